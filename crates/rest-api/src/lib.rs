@@ -1,0 +1,1 @@
+//! The FHIR R4 RESTful API (axum): interactions, search, batch/transaction, history, bulk export.

@@ -1,0 +1,1 @@
+//! FHIR search: parameter parsing, index value extraction and query model (storage-independent).
