@@ -1,0 +1,262 @@
+//! Regenerates the embedded data files in `crates/fhir-spec/data/` from the
+//! FHIR R4 definitions and the JP profiles.
+//!
+//! ```text
+//! cargo run -p iryo-fhir-spec --example pack -- /work/shared
+//! ```
+//!
+//! The argument is the folder holding `fhir-r4/` and `fhir-jp/profiles/`.
+//! R4 content (CC0) is stripped of narrative, mappings and descriptive text.
+//! JP content (CC BY-ND 4.0) is stored byte-identical inside `data/jp/jp-profiles.bin`.
+
+use serde_json::{Map, Value};
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+const ZSTD_LEVEL: i32 = 19;
+
+fn main() {
+    let shared = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .unwrap_or_else(|| "/work/shared".into()),
+    );
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    let r4 = shared.join("fhir-r4");
+
+    let types = bundle_resources(&read_json(&r4.join("profiles-types.json")));
+    let resources = bundle_resources(&read_json(&r4.join("profiles-resources.json.gz")));
+    let search = bundle_resources(&read_json(&r4.join("search-parameters.json")));
+
+    let mut sds = Vec::new();
+    for r in types.iter().chain(resources.iter()) {
+        if r["resourceType"] == "StructureDefinition" {
+            sds.push(strip_structure_definition(r));
+        }
+    }
+    let params: Vec<Value> = search.iter().map(strip_search_parameter).collect();
+    let mut compartments = Vec::new();
+    let mut names: Vec<PathBuf> = fs::read_dir(r4.join("compartments"))
+        .expect("compartments dir")
+        .map(|e| e.expect("dir entry").path())
+        .collect();
+    names.sort();
+    for p in names {
+        let c = read_json(&p);
+        let mut m = Map::new();
+        for k in ["resourceType", "url", "code", "search", "resource"] {
+            if let Some(v) = c.get(k) {
+                m.insert(k.into(), v.clone());
+            }
+        }
+        compartments.push(Value::Object(m));
+    }
+    let mut core = Map::new();
+    core.insert("structureDefinitions".into(), Value::Array(sds));
+    core.insert("searchParameters".into(), Value::Array(params));
+    core.insert("compartments".into(), Value::Array(compartments));
+    write_zst(&out.join("r4-core.json.zst"), &Value::Object(core));
+
+    let valuesets: Vec<Value> = bundle_resources(&read_json(&r4.join("valuesets.json.gz")))
+        .iter()
+        .map(|r| strip_keys(r, &["text"]))
+        .collect();
+    write_zst(&out.join("r4-valuesets.json.zst"), &Value::Array(valuesets));
+    let exts: Vec<Value> = bundle_resources(&read_json(&r4.join("extension-definitions.json.gz")))
+        .iter()
+        .map(strip_structure_definition)
+        .collect();
+    write_zst(&out.join("r4-extensions.json.zst"), &Value::Array(exts));
+
+    pack_jp(&shared.join("fhir-jp").join("profiles"), &out.join("jp"));
+}
+
+fn read_json(p: &Path) -> Value {
+    let mut bytes = Vec::new();
+    let mut f = fs::File::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
+    if p.extension().is_some_and(|e| e == "gz") {
+        flate2::read::GzDecoder::new(f)
+            .read_to_end(&mut bytes)
+            .expect("gunzip");
+    } else {
+        f.read_to_end(&mut bytes).expect("read");
+    }
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("parse {}: {e}", p.display()))
+}
+
+fn bundle_resources(b: &Value) -> Vec<Value> {
+    b["entry"]
+        .as_array()
+        .map(|es| es.iter().map(|e| e["resource"].clone()).collect())
+        .unwrap_or_default()
+}
+
+fn strip_keys(v: &Value, keys: &[&str]) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| !keys.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        _ => v.clone(),
+    }
+}
+
+/// Keeps the computable part of a StructureDefinition: drops narrative, mappings,
+/// the differential and descriptive element text.
+fn strip_structure_definition(sd: &Value) -> Value {
+    let mut sd = strip_keys(
+        sd,
+        &[
+            "text",
+            "mapping",
+            "differential",
+            "contact",
+            "description",
+            "purpose",
+            "publisher",
+        ],
+    );
+    if let Some(els) = sd
+        .pointer_mut("/snapshot/element")
+        .and_then(Value::as_array_mut)
+    {
+        for el in els.iter_mut() {
+            *el = strip_keys(
+                el,
+                &[
+                    "mapping",
+                    "definition",
+                    "comment",
+                    "requirements",
+                    "alias",
+                    "example",
+                    "isModifierReason",
+                    "meaningWhenMissing",
+                    "orderMeaning",
+                    "short",
+                ],
+            );
+            if let Some(cs) = el.get_mut("constraint").and_then(Value::as_array_mut) {
+                for c in cs.iter_mut() {
+                    *c = strip_keys(c, &["xpath"]);
+                }
+            }
+            if let Some(b) = el.get_mut("binding") {
+                *b = strip_keys(b, &["extension", "description"]);
+            }
+        }
+    }
+    sd
+}
+
+fn strip_search_parameter(sp: &Value) -> Value {
+    let mut m = Map::new();
+    for k in [
+        "resourceType",
+        "id",
+        "url",
+        "name",
+        "code",
+        "base",
+        "type",
+        "description",
+        "expression",
+        "xpathUsage",
+        "target",
+        "multipleOr",
+        "multipleAnd",
+        "comparator",
+        "modifier",
+        "chain",
+        "component",
+    ] {
+        if let Some(v) = sp.get(k) {
+            m.insert(k.into(), v.clone());
+        }
+    }
+    Value::Object(m)
+}
+
+fn write_zst(path: &Path, v: &Value) {
+    let json = serde_json::to_vec(v).expect("serialize");
+    let z = zstd::encode_all(&json[..], ZSTD_LEVEL).expect("zstd");
+    fs::write(path, &z).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    println!(
+        "{}: {} bytes json -> {} bytes zstd",
+        path.display(),
+        json.len(),
+        z.len()
+    );
+}
+
+/// JP archive: a plain-text index followed by one zstd frame holding every
+/// file's bytes, unmodified, in index order.
+///
+/// ```text
+/// IRYO-JP-ARCHIVE 1\n
+/// <package>\t<file name>\t<byte length>\n   (one line per file)
+/// \n
+/// <zstd frame: concatenated file bytes>
+/// ```
+fn pack_jp(src: &Path, out: &Path) {
+    fs::create_dir_all(out).expect("mkdir data/jp");
+    let mut packages: Vec<PathBuf> = fs::read_dir(src)
+        .expect("fhir-jp/profiles")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.is_dir())
+        .collect();
+    packages.sort();
+    let mut index = String::from("IRYO-JP-ARCHIVE 1\n");
+    let mut blob = Vec::new();
+    let mut count = 0;
+    for pkg in &packages {
+        let pkg_name = pkg.file_name().unwrap().to_str().unwrap().to_string();
+        let mut files = Vec::new();
+        collect_files(pkg, &mut files);
+        files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+        let mut seen = std::collections::HashSet::new();
+        for f in files {
+            let name = f.file_name().unwrap().to_str().unwrap().to_string();
+            if !name.ends_with(".json") {
+                continue;
+            }
+            assert!(
+                seen.insert(name.clone()),
+                "duplicate file name {name} in {pkg_name}"
+            );
+            let bytes = fs::read(&f).expect("read jp file");
+            index.push_str(&format!("{pkg_name}\t{name}\t{}\n", bytes.len()));
+            blob.extend_from_slice(&bytes);
+            count += 1;
+        }
+    }
+    index.push('\n');
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), ZSTD_LEVEL).expect("zstd");
+    enc.long_distance_matching(true).expect("ldm");
+    enc.window_log(27).expect("window");
+    std::io::Write::write_all(&mut enc, &blob).expect("compress");
+    let z = enc.finish().expect("zstd finish");
+    let mut file = index.into_bytes();
+    file.extend_from_slice(&z);
+    fs::write(out.join("jp-profiles.bin"), &file).expect("write jp archive");
+    fs::copy(src.join("SOURCES.md"), out.join("SOURCES.md")).expect("copy SOURCES.md");
+    println!(
+        "jp: {count} files, {} bytes -> {} bytes",
+        blob.len(),
+        file.len()
+    );
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in fs::read_dir(dir).expect("read dir") {
+        let p = e.expect("dir entry").path();
+        if p.is_dir() {
+            collect_files(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
