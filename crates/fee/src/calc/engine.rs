@@ -1,0 +1,1409 @@
+//! The calculation of one outpatient visit.
+
+use super::model::*;
+use super::rules::{self, bundle_points, shikibetsu_of_tally};
+use crate::error::{FeeError, Result};
+use crate::master::{AgeBound, ExclusionScope, MasterStore, Procedure};
+use crate::num::{format_fixed, parse_fixed};
+use chrono::{Datelike, NaiveDate};
+use std::sync::Arc;
+
+/// Calculate one visit: every billed line with its reason, total points, copay, and the
+/// refusals/warnings of each rule. `visit.history` carries what was billed earlier in the month.
+pub fn calculate(
+    store: &MasterStore,
+    facility: &Facility,
+    visit: &VisitInput,
+) -> Result<VisitResult> {
+    if visit.patient.birth_date > visit.date {
+        return Err(FeeError::input(
+            "patient.birth_date",
+            "birth date is after the visit date / 生年月日が診療日より後です",
+        ));
+    }
+    if let Some(p) = visit.insurance.burden_percent {
+        if p > 100 || p % 10 != 0 {
+            return Err(FeeError::input(
+                "insurance.burden_percent",
+                "must be 0, 10, 20 or 30 / 負担割合は10%単位",
+            ));
+        }
+    }
+    let mut c = Ctx {
+        store,
+        facility,
+        visit,
+        date: visit.date,
+        lines: Vec::new(),
+        messages: Vec::new(),
+    };
+    c.visit_fee()?;
+    c.procedures()?;
+    c.bundle_labs();
+    c.judgements()?;
+    c.prescription()?;
+    c.materials()?;
+    c.outpatient_management()?;
+    c.exclusions()?;
+    c.count_limits()?;
+    let total_points: i64 = c.lines.iter().map(|l| l.total).sum();
+    let burden_percent = visit
+        .insurance
+        .burden_percent
+        .unwrap_or_else(|| default_burden(visit));
+    let total_yen = total_points * 10;
+    let copay_yen = copay(total_points, burden_percent);
+    Ok(VisitResult {
+        visit_id: visit.id.clone(),
+        patient_id: visit.patient.id.clone(),
+        date: visit.date,
+        lines: c.lines,
+        total_points,
+        burden_percent,
+        total_yen,
+        copay_yen,
+        messages: c.messages,
+    })
+}
+
+/// 一部負担金: points × 10 yen × percent, rounded to 10 yen — under 5 yen dropped, 5 yen or more
+/// rounded up (健康保険法第75条, 国民健康保険法第42条の2).
+pub fn copay(total_points: i64, burden_percent: u8) -> i64 {
+    let yen = total_points * 10 * i64::from(burden_percent);
+    // yen is ×100 here; round half up to a multiple of 10 yen (= 1000 in this scale).
+    (yen + 500).div_euclid(1000) * 10
+}
+
+/// Default 負担割合 by age when the card does not say: 未就学 20%, 70-74 20% (from the month after
+/// the 70th birthday), 75+ / 後期高齢者 10%, otherwise 30%.
+pub fn default_burden(visit: &VisitInput) -> u8 {
+    let birth = visit.patient.birth_date;
+    let on = visit.date;
+    if visit.insurance.kind == InsuranceKind::Koki {
+        return 10;
+    }
+    if !AgeBound::in_range(AgeBound::None, AgeBound::Preschool, birth, on) {
+        let seventy = if birth.day() == 1 {
+            AgeBound::Years(70).threshold(birth)
+        } else {
+            AgeBound::MonthAfterBirthday(70).threshold(birth)
+        };
+        if AgeBound::Years(75)
+            .threshold(birth)
+            .is_some_and(|t| on >= t)
+        {
+            return 10;
+        }
+        if seventy.is_some_and(|t| on >= t) {
+            return 20;
+        }
+        30
+    } else {
+        20
+    }
+}
+
+struct Ctx<'a> {
+    store: &'a MasterStore,
+    facility: &'a Facility,
+    visit: &'a VisitInput,
+    date: NaiveDate,
+    lines: Vec<Line>,
+    messages: Vec<Message>,
+}
+
+fn item_of(p: &Procedure, quantity: Option<String>) -> LineItem {
+    LineItem {
+        kind: ItemKind::Procedure,
+        code: p.code.clone(),
+        name: p.name.clone(),
+        quantity,
+        master_amount: format_fixed(p.points_x100, 2),
+        unit: None,
+    }
+}
+
+fn same_month(a: NaiveDate, b: NaiveDate) -> bool {
+    a.year() == b.year() && a.month() == b.month()
+}
+
+/// Sunday-to-Saturday week of a date (the 1週間 / 週 unit of the 電子点数表).
+fn week_start(d: NaiveDate) -> NaiveDate {
+    d - chrono::Days::new(u64::from(d.weekday().num_days_from_sunday()))
+}
+
+impl Ctx<'_> {
+    fn msg(&mut self, level: Level, rule: &str, code: Option<&str>, ja: String, en: String) {
+        self.messages.push(Message {
+            level,
+            rule: rule.to_string(),
+            code: code.map(str::to_string),
+            message_ja: ja,
+            message_en: en,
+        });
+    }
+
+    fn procedure(&self, code: &str) -> Result<Option<Arc<Procedure>>> {
+        self.store.procedure(code, self.date)
+    }
+
+    fn age_years(&self) -> i32 {
+        crate::num::age_years(self.visit.patient.birth_date, self.date)
+    }
+
+    /// Why `p` cannot be billed for this visit (入外, 病院/診療所, age, 施設基準), or `None`.
+    fn inapplicable(&self, p: &Procedure) -> Option<(String, String)> {
+        if p.inout == 1 {
+            return Some((
+                "入院のみ算定可能な項目です".into(),
+                "inpatient-only item".into(),
+            ));
+        }
+        let hospital = self.facility.kind == FacilityKind::Hospital;
+        if p.facility_kind == 1 && !hospital {
+            return Some(("病院のみ算定可能な項目です".into(), "hospitals only".into()));
+        }
+        if p.facility_kind == 2 && hospital {
+            return Some(("診療所のみ算定可能な項目です".into(), "clinics only".into()));
+        }
+        let birth = self.visit.patient.birth_date;
+        if !AgeBound::in_range(p.min_age, p.max_age, birth, self.date) {
+            return Some((
+                format!(
+                    "年齢制限（下限 {:?}・上限 {:?}）の対象外です（{}歳）",
+                    p.min_age,
+                    p.max_age,
+                    self.age_years()
+                ),
+                format!(
+                    "age limits (lower {:?}, upper {:?}) not met: age {}",
+                    p.min_age,
+                    p.max_age,
+                    self.age_years()
+                ),
+            ));
+        }
+        if !p.standards.is_empty()
+            && !p.standards.iter().any(|s| {
+                self.facility
+                    .standards
+                    .iter()
+                    .any(|f| f.trim_start_matches('0') == s.trim_start_matches('0'))
+            })
+        {
+            return Some((
+                format!("施設基準（{}）の届出がありません", p.standards.join("・")),
+                format!("facility standard {} not notified", p.standards.join("/")),
+            ));
+        }
+        None
+    }
+
+    fn push_proc(
+        &mut self,
+        p: &Procedure,
+        points: i64,
+        count: u32,
+        quantity: Option<String>,
+        rule: &str,
+        ja: String,
+        en: String,
+    ) {
+        self.lines.push(Line {
+            shikibetsu: shikibetsu_of_tally(p.tally_out),
+            items: vec![item_of(p, quantity)],
+            points,
+            count,
+            total: points * i64::from(count),
+            rule: rule.to_string(),
+            reason_ja: ja,
+            reason_en: en,
+        });
+    }
+
+    /// Add an automatic addition if it applies; record a refusal otherwise.
+    fn add_auto(&mut self, code: &str, rule: &str, ja: &str, en: &str) -> Result<bool> {
+        let Some(p) = self.procedure(code)? else {
+            self.msg(
+                Level::Warning,
+                rule,
+                Some(code),
+                format!(
+                    "{ja}: コード {code} が {} に有効なマスターにありません",
+                    self.date
+                ),
+                format!("{en}: code {code} not in the master on {}", self.date),
+            );
+            return Ok(false);
+        };
+        if let Some((rja, ren)) = self.inapplicable(&p) {
+            self.msg(
+                Level::Info,
+                rule,
+                Some(code),
+                format!("{}（{}）を算定しません: {rja}", p.name, ja),
+                format!("{} ({en}) not billed: {ren}", p.name),
+            );
+            return Ok(false);
+        }
+        let pts = p.points();
+        self.push_proc(
+            &p,
+            pts,
+            1,
+            None,
+            rule,
+            format!("{ja}: {} {}点", p.name, pts),
+            format!("{en}: {} {pts} points", p.code),
+        );
+        Ok(true)
+    }
+
+    fn billed_codes(&self) -> impl Iterator<Item = &str> {
+        self.lines
+            .iter()
+            .flat_map(|l| l.items.iter())
+            .filter(|i| i.kind == ItemKind::Procedure)
+            .map(|i| i.code.as_str())
+    }
+
+    fn billed_this_month(&self, code: &str) -> bool {
+        self.visit
+            .history
+            .iter()
+            .any(|h| h.code == code && same_month(h.date, self.date) && h.date <= self.date)
+            || self.billed_codes().any(|c| c == code)
+    }
+
+    // ---- 初診料 / 再診料 / 外来診療料 with 時間外等・乳幼児加算 --------------------------------
+    fn visit_fee(&mut self) -> Result<()> {
+        let code = match self.visit.visit_kind {
+            VisitKind::None => return Ok(()),
+            VisitKind::Initial => rules::SHOSHIN,
+            VisitKind::Revisit => {
+                if self.facility.kind == FacilityKind::Hospital && self.facility.beds >= 200 {
+                    rules::GAIRAI_SHINRYO
+                } else {
+                    rules::SAISHIN
+                }
+            }
+        };
+        let Some(base) = self.procedure(code)? else {
+            return Err(FeeError::UnknownCode {
+                code: code.into(),
+                date: self.date.to_string(),
+            });
+        };
+        if let Some((ja, en)) = self.inapplicable(&base) {
+            self.msg(
+                Level::Error,
+                "visit_fee",
+                Some(code),
+                format!("{}を算定できません: {ja}", base.name),
+                format!("{} cannot be billed: {en}", base.name),
+            );
+            return Ok(());
+        }
+        let pts = base.points();
+        let why = if code == rules::GAIRAI_SHINRYO {
+            "許可病床200床以上の病院の再診は外来診療料"
+        } else {
+            ""
+        };
+        self.push_proc(
+            &base,
+            pts,
+            1,
+            None,
+            "visit_fee",
+            format!(
+                "{} {}点{}",
+                base.name,
+                pts,
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!("（{why}）")
+                }
+            ),
+            format!("{} {} points", base.code, pts),
+        );
+
+        // 時間外等加算: additions of the same 区分 whose 時間加算区分 (col 43) matches the category.
+        let mut time_added = false;
+        let kinds: &[u8] = match self.visit.time_category {
+            TimeCategory::Normal => &[],
+            TimeCategory::Overtime => &[1],
+            TimeCategory::Holiday => &[2, 3],
+            TimeCategory::LateNight => &[4],
+            TimeCategory::OvertimeSpecial => &[5],
+            TimeCategory::NightEarly => &[6],
+        };
+        if !kinds.is_empty() {
+            if base.time_kind != 1 {
+                self.msg(
+                    Level::Info,
+                    "time_addition",
+                    Some(code),
+                    format!("{}は時間外等加算の対象外です", base.name),
+                    format!("{} takes no time-of-day addition", base.code),
+                );
+            } else {
+                let mut cands: Vec<Arc<Procedure>> = self
+                    .store
+                    .section_procedures(&base.section, self.date)?
+                    .into_iter()
+                    .filter(|p| {
+                        p.code != base.code
+                            && p.is_addition()
+                            && kinds.contains(&p.time_kind)
+                            && p.inout != 1
+                    })
+                    .collect();
+                cands.retain(|p| self.inapplicable(p).is_none());
+                // Prefer the age-specific (乳幼児) variant, then the lowest 項番 (the general 注).
+                cands.sort_by_key(|p| {
+                    (
+                        p.min_age == AgeBound::None && p.max_age == AgeBound::None,
+                        p.item_no.clone(),
+                        p.code.clone(),
+                    )
+                });
+                match cands.first() {
+                    Some(p) => {
+                        let pts = p.points();
+                        let p = p.clone();
+                        self.push_proc(
+                            &p,
+                            pts,
+                            1,
+                            None,
+                            "time_addition",
+                            format!("{:?}の受診: {} {}点", self.visit.time_category, p.name, pts),
+                            format!(
+                                "{:?} visit: {} {} points",
+                                self.visit.time_category, p.code, pts
+                            ),
+                        );
+                        time_added = !matches!(self.visit.time_category, TimeCategory::NightEarly);
+                    }
+                    None => self.msg(
+                        Level::Warning,
+                        "time_addition",
+                        Some(code),
+                        "該当する時間外等加算がありません（施設区分・年齢を確認）".into(),
+                        "no time addition applies (check facility kind and age)".into(),
+                    ),
+                }
+            }
+        }
+        // 乳幼児加算 from the 年齢加算 columns (100-111); not with 時間外・休日・深夜加算 (A000注6, A001注4).
+        for (lo, hi, add) in base.age_additions.clone() {
+            if !AgeBound::in_range(lo, hi, self.visit.patient.birth_date, self.date) {
+                continue;
+            }
+            if time_added {
+                self.msg(Level::Info, "infant_addition", Some(&add), "時間外等加算（乳幼児の点数）を算定したため乳幼児加算は算定しません".into(), "infant addition not billed: the time addition already includes the infant rate".into());
+                continue;
+            }
+            self.add_auto(
+                &add,
+                "infant_addition",
+                "乳幼児加算（年齢加算）",
+                "age addition",
+            )?;
+        }
+        Ok(())
+    }
+
+    // ---- ordered 診療行為 -------------------------------------------------------------------
+    fn procedures(&mut self) -> Result<()> {
+        for (i, o) in self.visit.procedures.iter().enumerate() {
+            let field = format!("procedures[{i}]");
+            if o.count == 0 {
+                return Err(FeeError::input(field, "count must be ≥ 1 / 回数は1以上"));
+            }
+            let Some(p) = self.procedure(&o.code)? else {
+                self.msg(
+                    Level::Error,
+                    "unknown_code",
+                    Some(&o.code),
+                    format!(
+                        "診療行為コード {} は {} に有効なマスターにありません",
+                        o.code, self.date
+                    ),
+                    format!("procedure code {} is not valid on {}", o.code, self.date),
+                );
+                continue;
+            };
+            if p.visit_fee_kind != 0 && self.visit.visit_kind != VisitKind::None {
+                self.msg(Level::Error, "visit_fee", Some(&o.code), format!("{}は visit_kind で指定してください（二重算定を防ぐため無視しました）", p.name), format!("{} is a basic visit fee: set it through visit_kind (ignored to avoid double billing)", p.code));
+                continue;
+            }
+            if let Some((ja, en)) = self.inapplicable(&p) {
+                self.msg(
+                    Level::Error,
+                    "applicability",
+                    Some(&o.code),
+                    format!("{}を算定できません: {ja}", p.name),
+                    format!("{} cannot be billed: {en}", p.code),
+                );
+                continue;
+            }
+            let quantity = match &o.quantity {
+                Some(q) => Some(parse_fixed(q, 5).ok_or_else(|| {
+                    FeeError::input(
+                        format!("{field}.quantity"),
+                        "not a decimal / 数量が数値ではありません",
+                    )
+                })?),
+                None => None,
+            };
+            let (points, ja, en) = match p.point_kind {
+                3 | 8 => {
+                    let sign = if p.point_kind == 8 { -1 } else { 1 };
+                    let mut pts = p.points();
+                    let mut ja = format!("{} {}点", p.name, pts);
+                    let mut en = format!("{} {} points", p.code, pts);
+                    if let Some(step) = p.step {
+                        let Some(q) = quantity else {
+                            self.msg(
+                                Level::Error,
+                                "step_value",
+                                Some(&o.code),
+                                format!("{}はきざみ計算のため数量が必要です", p.name),
+                                format!("{} needs a quantity (step pricing)", p.code),
+                            );
+                            continue;
+                        };
+                        let v = q / 100_000;
+                        if v < step.lower {
+                            self.msg(
+                                Level::Error,
+                                "step_value",
+                                Some(&o.code),
+                                format!("{}の数量 {} は下限 {} 未満です", p.name, v, step.lower),
+                                format!(
+                                    "{} quantity {} below the lower limit {}",
+                                    p.code, v, step.lower
+                                ),
+                            );
+                            continue;
+                        }
+                        let capped = v.min(step.upper);
+                        if capped < v {
+                            self.msg(
+                                Level::Warning,
+                                "step_value",
+                                Some(&o.code),
+                                format!("{}の数量を上限 {} に丸めました", p.name, step.upper),
+                                format!("{} quantity capped at {}", p.code, step.upper),
+                            );
+                        }
+                        let steps = (capped - step.lower + step.step - 1) / step.step;
+                        let add = steps * step.step_points_x100 / 100;
+                        ja = format!(
+                            "{} 基本{}点 + きざみ ceil(({}−{})/{})={}×{}点 = {}点",
+                            p.name,
+                            pts,
+                            capped,
+                            step.lower,
+                            step.step,
+                            steps,
+                            step.step_points_x100 / 100,
+                            pts + add
+                        );
+                        en = format!(
+                            "{} base {} + ceil(({}−{})/{})={} steps × {} = {} points",
+                            p.code,
+                            pts,
+                            capped,
+                            step.lower,
+                            step.step,
+                            steps,
+                            step.step_points_x100 / 100,
+                            pts + add
+                        );
+                        pts += add;
+                    }
+                    (sign * pts, ja, en)
+                }
+                1 => {
+                    // 金額: yen → points, 10 yen per point, rounded half up.
+                    let pts = (p.points_x100 + 500) / 1000;
+                    (
+                        pts,
+                        format!(
+                            "{} {}円 → {}点",
+                            p.name,
+                            format_fixed(p.points_x100, 2),
+                            pts
+                        ),
+                        format!(
+                            "{} {} yen → {} points",
+                            p.code,
+                            format_fixed(p.points_x100, 2),
+                            pts
+                        ),
+                    )
+                }
+                k => {
+                    self.msg(
+                        Level::Error,
+                        "point_kind",
+                        Some(&o.code),
+                        format!(
+                            "{}は点数識別 {} （%加算・減算・購入価格）のため自動計算に未対応です",
+                            p.name, k
+                        ),
+                        format!(
+                            "{} has 点数識別 {k} (percentage / purchase price), not supported",
+                            p.code
+                        ),
+                    );
+                    continue;
+                }
+            };
+            let mut count = o.count;
+            if p.max_count > 0 && count > p.max_count {
+                if p.max_count_clamp {
+                    self.msg(
+                        Level::Warning,
+                        "max_count",
+                        Some(&o.code),
+                        format!(
+                            "{}の回数 {} を上限回数 {} に補正しました",
+                            p.name, count, p.max_count
+                        ),
+                        format!(
+                            "{} count {} clamped to the limit {}",
+                            p.code, count, p.max_count
+                        ),
+                    );
+                    count = p.max_count;
+                } else {
+                    self.msg(
+                        Level::Error,
+                        "max_count",
+                        Some(&o.code),
+                        format!(
+                            "{}の回数 {} が上限回数 {} を超えています",
+                            p.name, count, p.max_count
+                        ),
+                        format!(
+                            "{} count {} exceeds the limit {}",
+                            p.code, count, p.max_count
+                        ),
+                    );
+                    continue;
+                }
+            }
+            let qtext = o.quantity.clone();
+            self.push_proc(&p, points, count, qtext, "ordered", ja, en);
+        }
+        Ok(())
+    }
+
+    // ---- 検体検査 item-count bundling (包括対象検査) ------------------------------------------
+    fn bundle_labs(&mut self) {
+        let mut groups: Vec<u8> = Vec::new();
+        let group_of = |l: &Line, store: &MasterStore, date: NaiveDate| -> Option<u8> {
+            if l.items.len() != 1 || l.items[0].kind != ItemKind::Procedure || l.rule != "ordered" {
+                return None;
+            }
+            store
+                .procedure(&l.items[0].code, date)
+                .ok()
+                .flatten()
+                .map(|p| p.bundle_group)
+                .filter(|&g| g != 0)
+        };
+        for l in &self.lines {
+            if let Some(g) = group_of(l, self.store, self.date) {
+                if !groups.contains(&g) {
+                    groups.push(g);
+                }
+            }
+        }
+        for g in groups {
+            let idx: Vec<usize> = (0..self.lines.len())
+                .filter(|&i| group_of(&self.lines[i], self.store, self.date) == Some(g))
+                .collect();
+            let Some((b, min, pts)) = bundle_points(g, idx.len()) else {
+                continue;
+            };
+            let sum: i64 = idx.iter().map(|&i| self.lines[i].total).sum();
+            let items: Vec<LineItem> = idx
+                .iter()
+                .map(|&i| self.lines[i].items[0].clone())
+                .collect();
+            let shikibetsu = self.lines[idx[0]].shikibetsu;
+            for &i in idx.iter().rev() {
+                self.lines.remove(i);
+            }
+            let n = items.len();
+            self.lines.push(Line {
+                shikibetsu,
+                items,
+                points: pts,
+                count: 1,
+                total: pts,
+                rule: "lab_bundle".into(),
+                reason_ja: format!("{}{}項目（{}項目以上の区分）: 個別合計{}点にかかわらず包括{}点", b.name, n, min, sum, pts),
+                reason_en: format!("{} items of bundle group {g} (step ≥ {min}): {pts} points instead of the item sum {sum}", n),
+            });
+        }
+    }
+
+    // ---- 検査判断料: once a month per 検査等実施判断グループ -----------------------------------
+    fn judgements(&mut self) -> Result<()> {
+        let mut groups: Vec<u8> = Vec::new();
+        let codes: Vec<String> = self.billed_codes().map(str::to_string).collect();
+        for c in &codes {
+            if let Some(p) = self.procedure(c)? {
+                if p.lab_kind == 1 && p.lab_group != 0 && !groups.contains(&p.lab_group) {
+                    groups.push(p.lab_group);
+                }
+            }
+        }
+        for g in groups {
+            let cands: Vec<Arc<Procedure>> = self
+                .store
+                .judgement_procedures(g, self.date)?
+                .into_iter()
+                .filter(|p| !p.is_addition() && self.inapplicable(p).is_none())
+                .collect();
+            let Some(j) = cands.first().cloned() else {
+                continue;
+            };
+            if self.billed_this_month(&j.code) {
+                self.msg(
+                    Level::Info,
+                    "judgement_monthly",
+                    Some(&j.code),
+                    format!("{}は当月算定済みのため算定しません（月1回）", j.name),
+                    format!("{} already billed this month (once a month)", j.code),
+                );
+                continue;
+            }
+            let pts = j.points();
+            self.push_proc(
+                &j,
+                pts,
+                1,
+                None,
+                "judgement",
+                format!(
+                    "検査等実施判断グループ{}の実施料を算定したため {} {}点（月1回）",
+                    g, j.name, pts
+                ),
+                format!(
+                    "tests of judgement group {g} billed: {} {} points (once a month)",
+                    j.code, pts
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    // ---- 投薬: 薬剤料 per 剤, 調剤料, 処方料 / 処方箋料 and their additions ------------------
+    fn prescription(&mut self) -> Result<()> {
+        let Some(rx) = &self.visit.prescription else {
+            return Ok(());
+        };
+        if rx.rps.is_empty() {
+            return Ok(());
+        }
+        let in_house = rx.mode == DispensingMode::InHouse;
+        let mut narcotic = false;
+        let mut internal_kinds: Vec<String> = Vec::new();
+        let mut has_internal = false;
+        let mut has_external = false;
+        let mut long_internal = false;
+        let mut generic_eligible = 0usize;
+        let mut generic_named = 0usize;
+        for (ri, rp) in rx.rps.iter().enumerate() {
+            if rp.drugs.is_empty() {
+                return Err(FeeError::input(
+                    format!("prescription.rps[{ri}].drugs"),
+                    "empty 剤 / 薬剤がありません",
+                ));
+            }
+            if rp.days == 0 {
+                return Err(FeeError::input(
+                    format!("prescription.rps[{ri}].days"),
+                    "days must be ≥ 1 / 日数は1以上",
+                ));
+            }
+            let mut amount = 0i128; // yen × 10^7
+            let mut items = Vec::new();
+            let mut parts_ja = Vec::new();
+            let mut ok = true;
+            for (di, d) in rp.drugs.iter().enumerate() {
+                let field = format!("prescription.rps[{ri}].drugs[{di}]");
+                let q = parse_fixed(&d.quantity, 5)
+                    .filter(|&q| q > 0)
+                    .ok_or_else(|| {
+                        FeeError::input(
+                            format!("{field}.quantity"),
+                            "not a positive decimal / 数量が不正です",
+                        )
+                    })?;
+                let Some(drug) = self.store.drug(&d.code, self.date)? else {
+                    self.msg(
+                        Level::Error,
+                        "unknown_code",
+                        Some(&d.code),
+                        format!(
+                            "医薬品コード {} は {} に有効なマスターにありません",
+                            d.code, self.date
+                        ),
+                        format!("drug code {} is not valid on {}", d.code, self.date),
+                    );
+                    ok = false;
+                    continue;
+                };
+                let expected = match rp.kind {
+                    RpKind::Internal | RpKind::AsNeeded => 1,
+                    RpKind::External => 6,
+                };
+                if drug.form != expected {
+                    self.msg(
+                        Level::Warning,
+                        "drug_form",
+                        Some(&d.code),
+                        format!(
+                            "{}の剤形区分 {} が剤の種類と合いません",
+                            drug.name, drug.form
+                        ),
+                        format!(
+                            "{} form {} does not match the 剤 kind",
+                            drug.code, drug.form
+                        ),
+                    );
+                }
+                if matches!(drug.narcotic, 1 | 2 | 3 | 5) {
+                    narcotic = true;
+                }
+                if rp.kind == RpKind::Internal {
+                    has_internal = true;
+                    if !internal_kinds.contains(&drug.code) {
+                        internal_kinds.push(drug.code.clone());
+                    }
+                    if rp.days >= rules::LONG_PRESCRIPTION_DAYS {
+                        long_internal = true;
+                    }
+                } else if rp.kind == RpKind::AsNeeded {
+                    has_internal = true;
+                } else {
+                    has_external = true;
+                }
+                if drug.generic_name_addition != 0 {
+                    generic_eligible += 1;
+                    if d.by_generic_name {
+                        generic_named += 1;
+                    }
+                }
+                amount += i128::from(drug.price_x100) * i128::from(q);
+                parts_ja.push(format!(
+                    "{}円×{}",
+                    format_fixed(drug.price_x100, 2),
+                    format_fixed(q, 5)
+                ));
+                items.push(LineItem {
+                    kind: ItemKind::Drug,
+                    code: drug.code.clone(),
+                    name: drug.name.clone(),
+                    quantity: Some(format_fixed(q, 5)),
+                    master_amount: format_fixed(drug.price_x100, 2),
+                    unit: Some(drug.unit_name.clone()),
+                });
+            }
+            if !ok || !in_house {
+                continue;
+            }
+            // 薬剤料: ≤ 15円 → 1点; otherwise (円 − 15) / 10 rounded up, + 1 (= 五捨五超入 of 円/10).
+            let scale: i128 = 10_000_000;
+            let points = if amount <= 15 * scale {
+                1
+            } else {
+                ((amount - 15 * scale) + 10 * scale - 1) / (10 * scale) + 1
+            } as i64;
+            let yen = format_fixed((amount / 100_000) as i64, 2);
+            let (shiki, unit_ja, unit_en) = match rp.kind {
+                RpKind::Internal => (21, "日分", "days"),
+                RpKind::AsNeeded => (22, "回分", "doses"),
+                RpKind::External => (23, "調剤", "dispensing"),
+            };
+            let count = if rp.kind == RpKind::External {
+                1
+            } else {
+                rp.days
+            };
+            self.lines.push(Line {
+                shikibetsu: shiki,
+                items,
+                points,
+                count,
+                total: points * i64::from(count),
+                rule: "drug".into(),
+                reason_ja: format!(
+                    "薬剤料: {} = {}円 → {}点 × {}{}",
+                    parts_ja.join(" + "),
+                    yen,
+                    points,
+                    count,
+                    unit_ja
+                ),
+                reason_en: format!(
+                    "drug price {} yen per unit → {} points × {} {}",
+                    yen, points, count, unit_en
+                ),
+            });
+        }
+        if in_house {
+            if has_internal {
+                self.add_auto(
+                    rules::CHOZAI_NAIFUKU,
+                    "dispensing",
+                    "調剤料（内服・屯服、1処方につき）",
+                    "dispensing fee, internal",
+                )?;
+            }
+            if has_external {
+                self.add_auto(
+                    rules::CHOZAI_GAIYO,
+                    "dispensing",
+                    "調剤料（外用、1処方につき）",
+                    "dispensing fee, external",
+                )?;
+            }
+            if narcotic {
+                self.add_auto(
+                    rules::MAYAKU_CHOZAI,
+                    "narcotic",
+                    "麻薬等加算（調剤料）",
+                    "narcotic addition (dispensing)",
+                )?;
+            }
+        }
+        let (code, why_ja) = if in_house {
+            if rx.psychotropic_multi {
+                (rules::SHOHO_PSY, "向精神薬多剤投与")
+            } else if internal_kinds.len() >= rules::SEVEN_KINDS {
+                (rules::SHOHO_7, "7種類以上の内服薬")
+            } else {
+                (rules::SHOHO_OTHER, "その他")
+            }
+        } else if rx.psychotropic_multi {
+            (
+                if rx.refill {
+                    rules::SHOHOSEN_REFILL_PSY
+                } else {
+                    rules::SHOHOSEN_PSY
+                },
+                "向精神薬多剤投与",
+            )
+        } else if internal_kinds.len() >= rules::SEVEN_KINDS {
+            (
+                if rx.refill {
+                    rules::SHOHOSEN_REFILL_7
+                } else {
+                    rules::SHOHOSEN_7
+                },
+                "7種類以上の内服薬",
+            )
+        } else {
+            (
+                if rx.refill {
+                    rules::SHOHOSEN_REFILL_OTHER
+                } else {
+                    rules::SHOHOSEN_OTHER
+                },
+                "その他",
+            )
+        };
+        let what = if in_house {
+            "院内処方のため処方料"
+        } else {
+            "院外処方のため処方箋料"
+        };
+        let Some(base) = self.procedure(code)? else {
+            return Err(FeeError::UnknownCode {
+                code: code.into(),
+                date: self.date.to_string(),
+            });
+        };
+        let pts = base.points();
+        self.push_proc(
+            &base,
+            pts,
+            1,
+            None,
+            "prescribing",
+            format!(
+                "{what}（{why_ja}、内服薬{}種類）: {} {}点",
+                internal_kinds.len(),
+                base.name,
+                pts
+            ),
+            format!(
+                "{} ({} internal drug kinds): {} {} points",
+                if in_house {
+                    "in-house dispensing"
+                } else {
+                    "prescription slip"
+                },
+                internal_kinds.len(),
+                base.code,
+                pts
+            ),
+        );
+        for (lo, hi, add) in base.age_additions.clone() {
+            if AgeBound::in_range(lo, hi, self.visit.patient.birth_date, self.date) {
+                self.add_auto(
+                    &add,
+                    "infant_addition",
+                    "乳幼児加算（処方）",
+                    "infant addition (prescribing)",
+                )?;
+            }
+        }
+        if in_house && narcotic {
+            self.add_auto(
+                rules::MAYAKU_SHOHO,
+                "narcotic",
+                "麻薬等加算（処方料）",
+                "narcotic addition (prescribing)",
+            )?;
+        }
+        if !in_house && generic_named > 0 {
+            let all = generic_named == generic_eligible && generic_eligible >= 2;
+            let (c, ja) = if all {
+                (rules::IPPANMEI_1, "一般名処方加算１（対象薬すべて一般名）")
+            } else {
+                (rules::IPPANMEI_2, "一般名処方加算２（一般名処方を含む）")
+            };
+            self.add_auto(c, "generic_name", ja, "generic-name prescription addition")?;
+        }
+        // 特定疾患処方管理加算: main disease is a 特定疾患 and an 内服 剤 of ≥ 28 days; once a month.
+        let specific = self
+            .visit
+            .diagnoses
+            .iter()
+            .filter(|d| d.main)
+            .any(|d| matches!(self.store.disease(&d.code, self.date), Ok(Some(x)) if x.specific_disease == rules::SPECIFIC_DISEASE));
+        if specific && long_internal {
+            let c = if in_house {
+                rules::TOKUTEI_SHOHO
+            } else {
+                rules::TOKUTEI_SHOHOSEN
+            };
+            if self.billed_this_month(rules::TOKUTEI_SHOHO)
+                || self.billed_this_month(rules::TOKUTEI_SHOHOSEN)
+            {
+                self.msg(
+                    Level::Info,
+                    "specific_disease",
+                    Some(c),
+                    "特定疾患処方管理加算は当月算定済みです（月1回）".into(),
+                    "specific-disease prescribing addition already billed this month".into(),
+                );
+            } else {
+                self.add_auto(
+                    c,
+                    "specific_disease",
+                    "特定疾患処方管理加算（主病が特定疾患・28日以上処方）",
+                    "specific-disease prescribing addition",
+                )?;
+            }
+        }
+        if in_house && self.facility.pharmacist_on_staff {
+            if self.billed_this_month(rules::CHOKI) {
+                self.msg(
+                    Level::Info,
+                    "dispensing_basic",
+                    Some(rules::CHOKI),
+                    "調剤技術基本料は当月算定済みです（月1回）".into(),
+                    "dispensing technical fee already billed this month".into(),
+                );
+            } else {
+                self.add_auto(
+                    rules::CHOKI,
+                    "dispensing_basic",
+                    "調剤技術基本料（常勤薬剤師、月1回）",
+                    "dispensing technical fee",
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- 特定保険医療材料 -------------------------------------------------------------------
+    fn materials(&mut self) -> Result<()> {
+        for (i, m) in self.visit.materials.iter().enumerate() {
+            let q = parse_fixed(&m.quantity, 5)
+                .filter(|&q| q > 0)
+                .ok_or_else(|| {
+                    FeeError::input(
+                        format!("materials[{i}].quantity"),
+                        "not a positive decimal / 数量が不正です",
+                    )
+                })?;
+            let Some(t) = self.store.material(&m.code, self.date)? else {
+                self.msg(
+                    Level::Error,
+                    "unknown_code",
+                    Some(&m.code),
+                    format!(
+                        "特定器材コード {} は {} に有効なマスターにありません",
+                        m.code, self.date
+                    ),
+                    format!("material code {} is not valid on {}", m.code, self.date),
+                );
+                continue;
+            };
+            let divisor: i128 = match t.material_kind {
+                3 => 50,
+                4 => 1000,
+                _ => 10,
+            };
+            // yen × 10^7 → points, 四捨五入.
+            let amount = i128::from(t.price_x100) * i128::from(q);
+            let unit = divisor * 10_000_000;
+            let points = ((amount + unit / 2) / unit) as i64;
+            let yen = format_fixed((amount / 100_000) as i64, 2);
+            self.lines.push(Line {
+                shikibetsu: m.shikibetsu.unwrap_or(40),
+                items: vec![LineItem {
+                    kind: ItemKind::Material,
+                    code: t.code.clone(),
+                    name: t.name.clone(),
+                    quantity: Some(format_fixed(q, 5)),
+                    master_amount: format_fixed(t.price_x100, 2),
+                    unit: Some(t.unit_name.clone()),
+                }],
+                points,
+                count: 1,
+                total: points,
+                rule: "material".into(),
+                reason_ja: format!(
+                    "材料価格 {}円×{} = {}円 ÷{}円 四捨五入 → {}点",
+                    format_fixed(t.price_x100, 2),
+                    format_fixed(q, 5),
+                    yen,
+                    divisor,
+                    points
+                ),
+                reason_en: format!(
+                    "material {} yen × {} = {} yen / {} rounded → {} points",
+                    format_fixed(t.price_x100, 2),
+                    format_fixed(q, 5),
+                    yen,
+                    divisor,
+                    points
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    // ---- 外来管理加算 -----------------------------------------------------------------------
+    fn outpatient_management(&mut self) -> Result<()> {
+        let base_code = self
+            .lines
+            .iter()
+            .find(|l| l.rule == "visit_fee")
+            .map(|l| l.items[0].code.clone());
+        let Some(base_code) = base_code else {
+            return Ok(());
+        };
+        let Some(base) = self.procedure(&base_code)? else {
+            return Ok(());
+        };
+        if base.section != "A001" {
+            if self.visit.outpatient_management && base.section == "A002" {
+                self.msg(
+                    Level::Info,
+                    "outpatient_management",
+                    Some(rules::GAIRAI_KANRI),
+                    "外来診療料には外来管理加算を算定できません".into(),
+                    "外来管理加算 cannot be billed with 外来診療料".into(),
+                );
+            }
+            return Ok(());
+        }
+        if !self.visit.outpatient_management {
+            return Ok(());
+        }
+        if base.outpatient_mgmt == 1 {
+            self.msg(
+                Level::Info,
+                "outpatient_management",
+                Some(rules::GAIRAI_KANRI),
+                format!("{}には外来管理加算を算定できません", base.name),
+                format!("{} excludes 外来管理加算", base.code),
+            );
+            return Ok(());
+        }
+        let codes: Vec<String> = self.billed_codes().map(str::to_string).collect();
+        for c in codes {
+            if let Some(p) = self.procedure(&c)? {
+                if p.outpatient_mgmt == 1 {
+                    self.msg(
+                        Level::Info,
+                        "outpatient_management",
+                        Some(rules::GAIRAI_KANRI),
+                        format!(
+                            "{}（外来管理加算区分1）を算定したため外来管理加算は算定しません",
+                            p.name
+                        ),
+                        format!("{} is billed (外来管理加算区分 1): no 外来管理加算", p.code),
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        self.add_auto(
+            rules::GAIRAI_KANRI,
+            "outpatient_management",
+            "再診料に外来管理加算（除外項目なし）",
+            "outpatient management addition",
+        )?;
+        Ok(())
+    }
+
+    // ---- 背反 (電子点数表 03): same day, same month, same time, same week ----------------------
+    fn exclusions(&mut self) -> Result<()> {
+        let mut i = 0;
+        while i < self.lines.len() {
+            let mut drop_line = false;
+            if self.lines[i]
+                .items
+                .iter()
+                .all(|it| it.kind != ItemKind::Procedure)
+            {
+                i += 1;
+                continue;
+            }
+            let codes: Vec<String> = self.lines[i]
+                .items
+                .iter()
+                .filter(|it| it.kind == ItemKind::Procedure)
+                .map(|it| it.code.clone())
+                .collect();
+            'codes: for code in &codes {
+                for ex in self.store.exclusions(code, self.date)? {
+                    let in_history = self.visit.history.iter().any(|h| {
+                        h.code == ex.other
+                            && h.date <= self.date
+                            && match ex.scope {
+                                ExclusionScope::SameDay => h.date == self.date,
+                                ExclusionScope::SameMonth => same_month(h.date, self.date),
+                                ExclusionScope::SameTime => false,
+                                ExclusionScope::SameWeek => {
+                                    week_start(h.date) == week_start(self.date)
+                                }
+                            }
+                    });
+                    let other_idx = self.lines.iter().position(|l| {
+                        l.items
+                            .iter()
+                            .any(|it| it.kind == ItemKind::Procedure && it.code == ex.other)
+                    });
+                    let other_idx = other_idx.filter(|&j| j != i);
+                    if !in_history && other_idx.is_none() {
+                        continue;
+                    }
+                    let scope_ja = match ex.scope {
+                        ExclusionScope::SameDay => "同一日",
+                        ExclusionScope::SameMonth => "同一月",
+                        ExclusionScope::SameTime => "同時",
+                        ExclusionScope::SameWeek => "同一週",
+                    };
+                    let name = self.lines[i]
+                        .items
+                        .iter()
+                        .find(|it| &it.code == code)
+                        .map(|it| it.name.clone())
+                        .unwrap_or_default();
+                    if ex.special {
+                        self.msg(Level::Warning, "exclusion", Some(code), format!("{name}と{}は{scope_ja}背反（特例条件あり）: 算定要件を確認してください", ex.other), format!("{code} and {} are exclusive ({:?}) with a special condition: check the requirements", ex.other, ex.scope));
+                        continue;
+                    }
+                    // 背反区分: 1 keep this, 2 keep the other, 3 either (keep the earlier one).
+                    let drop_this = match (ex.keep, other_idx) {
+                        (1, Some(_)) if !in_history => false,
+                        (_, Some(j)) if !in_history => ex.keep == 2 || j < i,
+                        _ => true,
+                    };
+                    if drop_this {
+                        let keep_hint = if in_history && ex.keep == 1 {
+                            "（当該項目を優先する場合は既算定分を取り消してください）"
+                        } else {
+                            ""
+                        };
+                        self.msg(
+                            Level::Warning,
+                            "exclusion",
+                            Some(code),
+                            format!(
+                                "{name}は{}と{scope_ja}に併算定できないため算定しません{keep_hint}",
+                                ex.other
+                            ),
+                            format!(
+                                "{code} not billed: mutually exclusive with {} ({:?})",
+                                ex.other, ex.scope
+                            ),
+                        );
+                        drop_line = true;
+                        break 'codes;
+                    } else if let Some(j) = other_idx {
+                        let other_name = self.lines[j]
+                            .items
+                            .iter()
+                            .find(|it| it.code == ex.other)
+                            .map(|it| it.name.clone())
+                            .unwrap_or_default();
+                        self.msg(
+                            Level::Warning,
+                            "exclusion",
+                            Some(&ex.other),
+                            format!(
+                                "{other_name}は{name}と{scope_ja}に併算定できないため算定しません"
+                            ),
+                            format!(
+                                "{} not billed: mutually exclusive with {code} ({:?})",
+                                ex.other, ex.scope
+                            ),
+                        );
+                        self.lines.remove(j);
+                        if j < i {
+                            i -= 1;
+                        }
+                    }
+                }
+            }
+            if drop_line {
+                self.lines.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- 算定回数 (電子点数表 05): per day / month / week ------------------------------------
+    fn count_limits(&mut self) -> Result<()> {
+        let mut i = 0;
+        while i < self.lines.len() {
+            if self.lines[i].items.len() != 1 || self.lines[i].items[0].kind != ItemKind::Procedure
+            {
+                i += 1;
+                continue;
+            }
+            let code = self.lines[i].items[0].code.clone();
+            let name = self.lines[i].items[0].name.clone();
+            let mut remove = false;
+            for lim in self.store.count_limits(&code, self.date)? {
+                let in_window = |d: NaiveDate| -> Option<bool> {
+                    Some(match lim.unit {
+                        121 => d == self.date,
+                        131 => same_month(d, self.date),
+                        138 => week_start(d) == week_start(self.date),
+                        _ => return None,
+                    })
+                };
+                if in_window(self.date).is_none() {
+                    continue;
+                }
+                let prior: u32 = self
+                    .visit
+                    .history
+                    .iter()
+                    .filter(|h| {
+                        h.code == code && h.date <= self.date && in_window(h.date) == Some(true)
+                    })
+                    .map(|h| h.count)
+                    .sum::<u32>()
+                    + self.lines[..i]
+                        .iter()
+                        .filter(|l| l.items.iter().any(|it| it.code == code))
+                        .map(|l| l.count)
+                        .sum::<u32>();
+                let count = self.lines[i].count;
+                if prior + count <= lim.max {
+                    continue;
+                }
+                if lim.special {
+                    self.msg(Level::Warning, "count_limit", Some(&code), format!("{name}は{}{}回まで（特例条件あり）: 既{}回＋今回{}回", lim.unit_name, lim.max, prior, count), format!("{code}: at most {} per {} (special condition): {prior} before + {count}", lim.max, lim.unit_name));
+                    continue;
+                }
+                let allowed = lim.max.saturating_sub(prior);
+                if allowed == 0 {
+                    self.msg(
+                        Level::Warning,
+                        "count_limit",
+                        Some(&code),
+                        format!(
+                            "{name}は{}{}回までのため算定しません（既に{}回算定）",
+                            lim.unit_name, lim.max, prior
+                        ),
+                        format!(
+                            "{code} not billed: at most {} per {} ({prior} already)",
+                            lim.max, lim.unit_name
+                        ),
+                    );
+                    remove = true;
+                    break;
+                }
+                self.msg(
+                    Level::Warning,
+                    "count_limit",
+                    Some(&code),
+                    format!(
+                        "{name}の回数を{}回に減らしました（{}{}回まで）",
+                        allowed, lim.unit_name, lim.max
+                    ),
+                    format!(
+                        "{code} count reduced to {allowed} (at most {} per {})",
+                        lim.max, lim.unit_name
+                    ),
+                );
+                let l = &mut self.lines[i];
+                l.count = allowed;
+                l.total = l.points * i64::from(allowed);
+            }
+            if remove {
+                self.lines.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copay_rounds_half_up_to_ten_yen() {
+        // 366 points × 10 yen × 30% = 1,098 yen → 1,100 yen (8 ≥ 5 rounds up)
+        assert_eq!(copay(366, 30), 1100);
+        // 361 points → 1,083 yen → 1,080 yen (3 < 5 dropped)
+        assert_eq!(copay(361, 30), 1080);
+        // 75 points × 10 × 10% = 75 yen → 80 yen (exactly 5 rounds up)
+        assert_eq!(copay(75, 10), 80);
+        // 74 points × 10 × 10% = 74 yen → 70 yen
+        assert_eq!(copay(74, 10), 70);
+        assert_eq!(copay(0, 30), 0);
+    }
+
+    #[test]
+    fn week_starts_on_sunday() {
+        let d = NaiveDate::from_ymd_opt(2024, 7, 3).unwrap(); // Wednesday
+        assert_eq!(week_start(d), NaiveDate::from_ymd_opt(2024, 6, 30).unwrap());
+    }
+}

@@ -1,0 +1,8 @@
+//! Outpatient (入院外) fee calculation driven by the masters and the 電子点数表.
+
+mod engine;
+pub mod model;
+pub mod rules;
+
+pub use engine::{calculate, copay, default_burden};
+pub use model::*;
