@@ -1,1 +1,284 @@
-//! FHIRPath (N1 + R4 additions) parser and evaluator over serde_json resources.
+//! FHIRPath (N1 + FHIR R4 additions) parser and evaluator over `serde_json::Value` resources.
+//!
+//! Used by search-parameter index extraction (every SearchParameter expression),
+//! by the profile validator (invariants) and anywhere else iryo needs FHIRPath.
+//! Expressions are compiled once ([`parse`]) and evaluated many times; results are
+//! [`Item`]s that either point into the resource JSON (with their FHIR type) or
+//! are System values (Boolean, String, Integer, Decimal, Date, DateTime, Time, Quantity).
+//! Decimals are exact (`rust_decimal`), never `f64`.
+//!
+//! ```
+//! use iryo_fhirpath::{parse, Context, Item};
+//! use serde_json::json;
+//!
+//! let patient = json!({"resourceType": "Patient", "birthDate": "1974-12-25",
+//!                      "name": [{"family": "山田", "given": ["太郎"]}]});
+//! let expr = parse("Patient.name.where(family = '山田').given.first()").unwrap();
+//! let ctx = Context::new(&patient);
+//! let out = expr.evaluate(&ctx, &patient).unwrap();
+//! assert_eq!(out[0].to_fhirpath_string().as_deref(), Some("太郎"));
+//!
+//! let adult = parse("birthDate <= today() - 18 years").unwrap();
+//! assert_eq!(adult.evaluate_bool(&ctx, &patient).unwrap(), Some(true));
+//!
+//! // Node items carry their FHIR type, e.g. for search indexing:
+//! let obs = json!({"resourceType": "Observation", "valueQuantity": {"value": 5.0, "unit": "mg"}});
+//! let v = parse("Observation.value").unwrap().evaluate(&Context::new(&obs), &obs).unwrap();
+//! assert!(matches!(&v[0], Item::Node { type_code, .. } if type_code == "Quantity"));
+//! ```
+
+mod error;
+mod eval;
+mod functions;
+mod lexer;
+pub mod model;
+mod parser;
+mod strings;
+mod temporal;
+mod ucum;
+mod value;
+
+pub use error::{EvalError, ParseError};
+pub use model::{BuiltinTypes, ChildType, TypeInfo};
+pub use temporal::{PartialDateTime, PartialTime, Precision};
+pub use value::{Item, Quantity};
+
+use chrono::{Datelike, Timelike};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A compiled FHIRPath expression: immutable, cheap to clone, `Send + Sync`.
+#[derive(Clone, Debug)]
+pub struct Expression {
+    ast: Arc<parser::Ast>,
+    source: Arc<str>,
+}
+
+/// Parses (compiles) a FHIRPath expression.
+pub fn parse(src: &str) -> Result<Expression, ParseError> {
+    let ast = parser::parse_ast(src)?;
+    Ok(Expression {
+        ast: Arc::new(ast),
+        source: Arc::from(src),
+    })
+}
+
+/// Resolves literal references for `resolve()` (e.g. from a store or a Bundle).
+/// References to contained resources (`#id`) and to entries of a Bundle that is
+/// the root resource are resolved by the engine itself.
+pub trait Resolver: Sync {
+    /// The resource a reference (`Patient/123`, absolute URL, `urn:uuid:…`) points to.
+    fn resolve(&self, reference: &str) -> Option<&Value>;
+}
+
+impl Resolver for HashMap<String, Value> {
+    fn resolve(&self, reference: &str) -> Option<&Value> {
+        self.get(reference)
+    }
+}
+
+/// Terminology services for `memberOf()`, `subsumes()` and `subsumedBy()`.
+pub trait Terminology: Sync {
+    /// Whether the code/Coding/CodeableConcept `item` is in the value set `value_set` (canonical URL).
+    /// `None` when unknown (the function then returns empty).
+    fn member_of(&self, item: &Item<'_>, value_set: &str) -> Option<bool>;
+    /// Whether code `a` subsumes code `b`; `None` when unknown.
+    fn subsumes(&self, _a: &Item<'_>, _b: &Item<'_>) -> Option<bool> {
+        None
+    }
+}
+
+/// Profile checks for `conformsTo()`.
+pub trait ProfileValidator: Sync {
+    /// Whether `resource` conforms to the profile `url`; `None` if the profile is unknown.
+    fn conforms_to(&self, resource: &Value, url: &str) -> Option<bool>;
+}
+
+/// Receives `trace()` output.
+pub trait Tracer: Sync {
+    fn trace(&self, label: &str, items: &[Item<'_>]);
+}
+
+/// Evaluation context: the resource (`%resource`, `%context`), the root resource
+/// (`%rootResource`), user variables, and optional callbacks.
+pub struct Context<'a> {
+    pub(crate) resource: Option<&'a Value>,
+    pub(crate) root_resource: Option<&'a Value>,
+    pub(crate) vars: HashMap<String, Vec<Item<'a>>>,
+    pub(crate) resolver: Option<&'a dyn Resolver>,
+    pub(crate) terminology: Option<&'a dyn Terminology>,
+    pub(crate) profiles: Option<&'a dyn ProfileValidator>,
+    pub(crate) tracer: Option<&'a dyn Tracer>,
+    pub(crate) now: Option<PartialDateTime>,
+    pub(crate) model: &'a dyn TypeInfo,
+    pub(crate) strict: bool,
+}
+
+impl<'a> Context<'a> {
+    /// A context whose `%resource` and `%rootResource` are `resource`.
+    pub fn new(resource: &'a Value) -> Self {
+        Context {
+            resource: Some(resource),
+            root_resource: None,
+            vars: HashMap::new(),
+            resolver: None,
+            terminology: None,
+            profiles: None,
+            tracer: None,
+            now: None,
+            model: model::default_model(),
+            strict: false,
+        }
+    }
+
+    /// A context without a resource (for expressions on literals only).
+    pub fn empty() -> Context<'static> {
+        Context {
+            resource: None,
+            root_resource: None,
+            vars: HashMap::new(),
+            resolver: None,
+            terminology: None,
+            profiles: None,
+            tracer: None,
+            now: None,
+            model: model::default_model(),
+            strict: false,
+        }
+    }
+
+    /// Sets `%rootResource` (e.g. the Bundle or the container of a contained resource).
+    pub fn with_root_resource(mut self, root: &'a Value) -> Self {
+        self.root_resource = Some(root);
+        self
+    }
+
+    /// Defines `%name`.
+    pub fn with_variable(mut self, name: &str, value: Vec<Item<'a>>) -> Self {
+        self.vars.insert(name.to_string(), value);
+        self
+    }
+
+    /// Callback for `resolve()`.
+    pub fn with_resolver(mut self, r: &'a dyn Resolver) -> Self {
+        self.resolver = Some(r);
+        self
+    }
+
+    /// Callback for `memberOf()`/`subsumes()`.
+    pub fn with_terminology(mut self, t: &'a dyn Terminology) -> Self {
+        self.terminology = Some(t);
+        self
+    }
+
+    /// Callback for `conformsTo()`.
+    pub fn with_profile_validator(mut self, p: &'a dyn ProfileValidator) -> Self {
+        self.profiles = Some(p);
+        self
+    }
+
+    /// Receiver for `trace()`.
+    pub fn with_tracer(mut self, t: &'a dyn Tracer) -> Self {
+        self.tracer = Some(t);
+        self
+    }
+
+    /// Fixes the value of `now()`/`today()`/`timeOfDay()` (for tests and reproducible runs).
+    pub fn with_now(mut self, now: PartialDateTime) -> Self {
+        self.now = Some(now);
+        self
+    }
+
+    /// Uses another source of type information.
+    pub fn with_model(mut self, model: &'a dyn TypeInfo) -> Self {
+        self.model = model;
+        self
+    }
+
+    /// Strict mode: navigation to elements that do not exist on a known type
+    /// and non-boolean `iif()` criteria are errors.
+    pub fn strict(mut self, on: bool) -> Self {
+        self.strict = on;
+        self
+    }
+
+    pub(crate) fn now_value(&self) -> PartialDateTime {
+        if let Some(n) = self.now {
+            return n;
+        }
+        let now = chrono::Local::now();
+        PartialDateTime {
+            year: now.year(),
+            month: now.month() as u8,
+            day: now.day() as u8,
+            hour: now.hour() as u8,
+            minute: now.minute() as u8,
+            second: now.second() as u8,
+            millisecond: (now.nanosecond() / 1_000_000).min(999) as u16,
+            fraction_digits: 3,
+            precision: Precision::Millisecond,
+            offset_minutes: Some((now.offset().local_minus_utc() / 60) as i16),
+        }
+    }
+}
+
+impl Expression {
+    /// The source text.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Evaluates against `input` (a resource, or any element; a JSON object with
+    /// `resourceType` is typed by it).
+    pub fn evaluate<'a>(
+        &self,
+        ctx: &Context<'a>,
+        input: &'a Value,
+    ) -> Result<Vec<Item<'a>>, EvalError> {
+        let item = if input.get("resourceType").is_some() {
+            Item::resource(input)
+        } else {
+            Item::node(input, "Element")
+        };
+        self.evaluate_items(ctx, vec![item])
+    }
+
+    /// Evaluates against an element of a known FHIR type (e.g. `HumanName`, or a
+    /// model path like `Patient.contact`).
+    pub fn evaluate_typed<'a>(
+        &self,
+        ctx: &Context<'a>,
+        input: &'a Value,
+        type_code: &'a str,
+    ) -> Result<Vec<Item<'a>>, EvalError> {
+        self.evaluate_items(ctx, vec![Item::node(input, type_code)])
+    }
+
+    /// Evaluates against an arbitrary input collection.
+    pub fn evaluate_items<'a>(
+        &self,
+        ctx: &Context<'a>,
+        input: Vec<Item<'a>>,
+    ) -> Result<Vec<Item<'a>>, EvalError> {
+        let env = eval::Env {
+            ctx,
+            focus: &input,
+            index: None,
+            total: None,
+            context: &input,
+        };
+        eval::eval(&self.ast, &env)
+    }
+
+    /// Singleton-boolean evaluation as used for invariants: empty → `None`,
+    /// a single Boolean → its value, a single other item → `true`, several items → error.
+    pub fn evaluate_bool(
+        &self,
+        ctx: &Context<'_>,
+        input: &Value,
+    ) -> Result<Option<bool>, EvalError> {
+        let out = self.evaluate(ctx, input)?;
+        eval::to_bool(&out)
+    }
+}
