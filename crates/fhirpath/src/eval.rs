@@ -214,23 +214,29 @@ pub(crate) fn navigate<'a>(model: &dyn TypeInfo, item: &Item<'a>, name: &str, ou
         push_values(out, val, ext, ct.as_ref());
         return;
     }
-    if model.is_choice(model_path, name) == Some(false) {
-        return;
-    }
     // choice element: valueQuantity, valueString, …
+    let known = model.knows(model_path);
+    let choice_type = |k: &str| -> Option<ChildType> {
+        match model.child(model_path, k) {
+            Some(ct) if ct.choice => Some(ct),
+            Some(_) => None,
+            None if known => None,
+            None => choice_suffix_type(&k[name.len()..]).map(|t| ChildType {
+                model_path: t.clone(),
+                type_code: t,
+                choice: true,
+            }),
+        }
+    };
     for (k, v) in obj.iter() {
         if k.len() > name.len()
             && k.starts_with(name)
             && k.as_bytes()[name.len()].is_ascii_uppercase()
         {
-            let ct = model.child(model_path, k).or_else(|| {
-                choice_suffix_type(&k[name.len()..]).map(|t| ChildType {
-                    model_path: t.clone(),
-                    type_code: t,
-                })
-            });
-            let e = obj.get(&format!("_{k}"));
-            push_values(out, Some(v), e, ct.as_ref());
+            if let Some(ct) = choice_type(k) {
+                let e = obj.get(&format!("_{k}"));
+                push_values(out, Some(v), e, Some(&ct));
+            }
         }
     }
     // primitive with only an extension, under a choice name: _valueString
@@ -241,13 +247,9 @@ pub(crate) fn navigate<'a>(model: &dyn TypeInfo, item: &Item<'a>, name: &str, ou
                 && base.as_bytes()[name.len()].is_ascii_uppercase()
                 && !obj.contains_key(base)
             {
-                let ct = model.child(model_path, base).or_else(|| {
-                    choice_suffix_type(&base[name.len()..]).map(|t| ChildType {
-                        model_path: t.clone(),
-                        type_code: t,
-                    })
-                });
-                push_values(out, None, Some(e), ct.as_ref());
+                if let Some(ct) = choice_type(base) {
+                    push_values(out, None, Some(e), Some(&ct));
+                }
             }
         }
     }
@@ -360,15 +362,15 @@ pub(crate) fn eval<'a>(ast: &Ast, env: &Env<'_, 'a>) -> R<'a> {
                 }
                 navigate(model, it, name, &mut out);
             }
-            if env.ctx.strict
-                && out.is_empty()
-                && !env.focus.is_empty()
-                && name.starts_with(|c: char| c.is_ascii_uppercase())
-            {
-                return err(
-                    "コンテキストの型と一致しない型名です",
-                    format!("type name '{name}' does not match the context type"),
-                );
+            if env.ctx.strict && !env.focus.is_empty() {
+                if !name.starts_with(|c: char| c.is_ascii_uppercase()) {
+                    strict_check(model, env.focus, name)?;
+                } else if out.is_empty() {
+                    return err(
+                        "コンテキストの型と一致しない型名です",
+                        format!("type name '{name}' does not match the context type"),
+                    );
+                }
             }
             Ok(out)
         }
@@ -388,7 +390,7 @@ pub(crate) fn eval<'a>(ast: &Ast, env: &Env<'_, 'a>) -> R<'a> {
             for it in &base {
                 navigate(model, it, name, &mut out);
             }
-            if env.ctx.strict && out.is_empty() {
+            if env.ctx.strict {
                 strict_check(model, &base, name)?;
             }
             Ok(out)
@@ -480,6 +482,8 @@ pub(crate) fn eval<'a>(ast: &Ast, env: &Env<'_, 'a>) -> R<'a> {
     }
 }
 
+/// Strict mode: the name must be an element of the (known) type, and must not be a
+/// type-suffixed choice key such as `valueQuantity`.
 fn strict_check(model: &dyn TypeInfo, base: &[Item<'_>], name: &str) -> Result<(), EvalError> {
     for it in base {
         if let Item::Node {
@@ -488,10 +492,16 @@ fn strict_check(model: &dyn TypeInfo, base: &[Item<'_>], name: &str) -> Result<(
             ..
         } = it
         {
-            let known = model.child(model_path, name).is_some()
-                || model.is_choice(model_path, name) == Some(true);
-            let has_info = model.is_type(model_path) || model_path.contains('.');
-            if has_info && !known && model.child(model_path, "id").is_some() {
+            if model.child(model_path, name).is_some_and(|c| c.choice) {
+                return err(
+                    "選択型の要素は型名の接尾辞なしで参照してください",
+                    format!("'{name}' is a choice-type key; use the element name with ofType()"),
+                );
+            }
+            if model.knows(model_path)
+                && model.child(model_path, name).is_none()
+                && !model.has_element(model_path, name)
+            {
                 return err(
                     "型に存在しない要素です",
                     format!("'{name}' is not an element of {model_path}"),

@@ -22,6 +22,8 @@
 //! assert_eq!(adult.evaluate_bool(&ctx, &patient).unwrap(), Some(true));
 //!
 //! // Node items carry their FHIR type, e.g. for search indexing:
+//! let bd = parse("Patient.birthDate").unwrap().evaluate(&ctx, &patient).unwrap();
+//! assert!(matches!(&bd[0], Item::Node { type_code, .. } if type_code == "date"));
 //! let obs = json!({"resourceType": "Observation", "valueQuantity": {"value": 5.0, "unit": "mg"}});
 //! let v = parse("Observation.value").unwrap().evaluate(&Context::new(&obs), &obs).unwrap();
 //! assert!(matches!(&v[0], Item::Node { type_code, .. } if type_code == "Quantity"));

@@ -17,6 +17,8 @@ pub struct ChildType {
     /// Model path used to look up the children of this element
     /// (equal to `type_code` except for backbone elements, e.g. `Patient.contact`).
     pub model_path: Cow<'static, str>,
+    /// True when the JSON key is a type-suffixed choice key (`valueQuantity` for `value[x]`).
+    pub choice: bool,
 }
 
 /// Source of type information for the engine.
@@ -24,8 +26,10 @@ pub trait TypeInfo: Send + Sync {
     /// Type of the JSON property `key` (as spelled in JSON, e.g. `valueQuantity`)
     /// of an element whose model path is `parent`.
     fn child(&self, parent: &str, key: &str) -> Option<ChildType>;
-    /// Whether `name` is a choice element (`name[x]`) of `parent`, if known.
-    fn is_choice(&self, parent: &str, name: &str) -> Option<bool>;
+    /// Whether the model has element definitions for `parent` (a type name or backbone path).
+    fn knows(&self, parent: &str) -> bool;
+    /// Whether `parent` has an element named `name` (for choices: without `[x]`).
+    fn has_element(&self, parent: &str, name: &str) -> bool;
     /// The base type of a type (e.g. `code` → `string`, `Patient` → `DomainResource`).
     fn base(&self, type_name: &str) -> Option<Cow<'static, str>>;
     /// Whether `name` is a known FHIR type (resource, data type or primitive).
@@ -144,15 +148,19 @@ pub(crate) fn choice_suffix_type(suffix: &str) -> Option<Cow<'static, str>> {
     Some(Cow::Owned(suffix.to_string()))
 }
 
-/// Type information from the built-in tables only (no element definitions).
+/// Type information from the built-in tables only (no element definitions):
+/// element types are inferred from the JSON.
 pub struct BuiltinTypes;
 
 impl TypeInfo for BuiltinTypes {
     fn child(&self, _parent: &str, _key: &str) -> Option<ChildType> {
         None
     }
-    fn is_choice(&self, _parent: &str, _name: &str) -> Option<bool> {
-        None
+    fn knows(&self, _parent: &str) -> bool {
+        false
+    }
+    fn has_element(&self, _parent: &str, _name: &str) -> bool {
+        false
     }
     fn base(&self, type_name: &str) -> Option<Cow<'static, str>> {
         builtin_base(type_name).map(Cow::Borrowed)
@@ -161,6 +169,54 @@ impl TypeInfo for BuiltinTypes {
         PRIMITIVES.contains(&name)
             || COMPLEX.contains(&name)
             || name.starts_with(|c: char| c.is_ascii_uppercase())
+    }
+}
+
+/// The FHIR R4 model from `iryo-fhir-spec` (element definitions of every
+/// resource and data type), with the built-in tables as fallback.
+pub struct R4Types;
+
+impl TypeInfo for R4Types {
+    fn child(&self, parent: &str, key: &str) -> Option<ChildType> {
+        let c = iryo_fhir_spec::r4().child(parent, key)?;
+        let mut tc: &'static str = c.type_code;
+        // R4 types Resource.id as System.String/"string"; its FHIR type is `id`.
+        if key == "id" && c.element.base_path == "Resource.id" {
+            tc = "id";
+        }
+        let model_path = if c.next_parent == tc {
+            Cow::Borrowed(tc)
+        } else {
+            Cow::Owned(c.next_parent)
+        };
+        Some(ChildType {
+            type_code: Cow::Borrowed(tc),
+            model_path,
+            choice: c.element.is_choice && c.element.name != key,
+        })
+    }
+    fn knows(&self, parent: &str) -> bool {
+        let m = iryo_fhir_spec::r4();
+        m.type_def(parent).is_some()
+            || (parent.contains('.') && m.element_by_path(parent).is_some())
+    }
+    fn has_element(&self, parent: &str, name: &str) -> bool {
+        iryo_fhir_spec::r4()
+            .children(parent)
+            .iter()
+            .any(|e| e.name == name)
+    }
+    fn base(&self, type_name: &str) -> Option<Cow<'static, str>> {
+        match iryo_fhir_spec::r4().type_def(type_name) {
+            Some(t) => match t.base.as_deref() {
+                Some(b) => Some(Cow::Borrowed(b)),
+                None => builtin_base(type_name).map(Cow::Borrowed),
+            },
+            None => builtin_base(type_name).map(Cow::Borrowed),
+        }
+    }
+    fn is_type(&self, name: &str) -> bool {
+        iryo_fhir_spec::r4().type_def(name).is_some()
     }
 }
 
@@ -187,5 +243,5 @@ pub(crate) fn derives_from(model: &dyn TypeInfo, t: &str, ancestor: &str) -> boo
 
 /// The model used by default.
 pub(crate) fn default_model() -> &'static dyn TypeInfo {
-    &BuiltinTypes
+    &R4Types
 }
