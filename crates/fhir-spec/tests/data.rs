@@ -1,0 +1,85 @@
+//! Embedded raw definitions and the JP archive.
+
+use std::path::Path;
+
+#[test]
+fn jp_archive_is_complete_and_unmodified() {
+    let files = iryo_fhir_spec::jp_files();
+    assert_eq!(files.len(), 592);
+    let pkgs: std::collections::BTreeSet<&str> = files.iter().map(|f| f.package).collect();
+    assert_eq!(
+        pkgs.into_iter().collect::<Vec<_>>(),
+        [
+            "eCheckupReport-1.5.0",
+            "jp-clins-1.10.0",
+            "jp-core-1.1.2-clins"
+        ]
+    );
+    let raw = iryo_fhir_spec::jp_raw_files();
+    assert_eq!(raw.len(), 592);
+    let shared = Path::new("/work/shared/fhir-jp/profiles");
+    if shared.exists() {
+        let mut compared = 0;
+        for (f, bytes) in &raw {
+            let a = shared.join(f.package).join(f.file_name);
+            let b = shared.join(f.package).join("terminology").join(f.file_name);
+            let original = std::fs::read(&a)
+                .or_else(|_| std::fs::read(&b))
+                .expect("file in shared");
+            assert!(original == *bytes, "{} {} differs", f.package, f.file_name);
+            compared += 1;
+        }
+        assert_eq!(compared, 592);
+    } else {
+        println!("note: /work/shared not found, byte comparison skipped");
+    }
+    let notice = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/jp/NOTICE.md");
+    assert!(std::fs::read_to_string(notice)
+        .unwrap()
+        .contains("CC BY-ND 4.0"));
+}
+
+#[test]
+fn jp_resources_parse() {
+    let sds = iryo_fhir_spec::jp_resources_where(|f| {
+        f.file_name.starts_with("StructureDefinition-jp-patient")
+    });
+    assert!(!sds.is_empty());
+    let (pkg, name, v) = sds
+        .iter()
+        .find(|(_, n, _)| *n == "StructureDefinition-jp-patient.json")
+        .unwrap();
+    assert_eq!(*pkg, "jp-core-1.1.2-clins");
+    assert_eq!(*name, "StructureDefinition-jp-patient.json");
+    assert_eq!(
+        v["url"],
+        "http://jpfhir.jp/fhir/core/StructureDefinition/JP_Patient"
+    );
+    assert!(v["snapshot"]["element"].as_array().unwrap().len() > 10);
+}
+
+#[test]
+fn r4_raw_definitions() {
+    let sds = iryo_fhir_spec::r4_structure_definitions();
+    assert_eq!(sds.len(), 212);
+    let patient = sds.iter().find(|s| s["name"] == "Patient").unwrap();
+    assert!(patient.get("text").is_none());
+    assert!(patient["snapshot"]["element"].as_array().unwrap().len() > 30);
+    let vs = iryo_fhir_spec::r4_value_sets();
+    assert_eq!(vs.len(), 1167);
+    assert!(vs
+        .iter()
+        .any(|v| v["url"] == "http://hl7.org/fhir/ValueSet/administrative-gender"));
+    let ext = iryo_fhir_spec::r4_extension_definitions();
+    assert_eq!(ext.len(), 396);
+    assert!(ext
+        .iter()
+        .any(|v| v["url"] == "http://hl7.org/fhir/StructureDefinition/patient-birthTime"));
+}
+
+#[test]
+fn model_is_shared_and_threadsafe() {
+    let a = std::thread::spawn(|| iryo_fhir_spec::r4() as *const _ as usize);
+    let b = std::thread::spawn(|| iryo_fhir_spec::r4() as *const _ as usize);
+    assert_eq!(a.join().unwrap(), b.join().unwrap());
+}
