@@ -66,6 +66,37 @@ pub fn calculate(
     })
 }
 
+/// Calculate a month of visits: per patient in date order, each visit also sees (in its
+/// history) the lines billed by that patient's earlier visits in the list. Results come back in
+/// the input order.
+pub fn calculate_month(
+    store: &MasterStore,
+    facility: &Facility,
+    visits: &[VisitInput],
+) -> Result<Vec<VisitResult>> {
+    let mut order: Vec<usize> = (0..visits.len()).collect();
+    order.sort_by(|&a, &b| {
+        (&visits[a].patient.id, visits[a].date, a).cmp(&(&visits[b].patient.id, visits[b].date, b))
+    });
+    let mut results: Vec<Option<VisitResult>> = vec![None; visits.len()];
+    let mut billed: std::collections::HashMap<&str, Vec<HistoryLine>> =
+        std::collections::HashMap::new();
+    for i in order {
+        let v = &visits[i];
+        let prior = billed.entry(v.patient.id.as_str()).or_default();
+        let r = if prior.is_empty() {
+            calculate(store, facility, v)?
+        } else {
+            let mut with_history = v.clone();
+            with_history.history.extend(prior.iter().cloned());
+            calculate(store, facility, &with_history)?
+        };
+        prior.extend(r.history_lines());
+        results[i] = Some(r);
+    }
+    Ok(results.into_iter().flatten().collect())
+}
+
 /// 一部負担金: points × 10 yen × percent, rounded to 10 yen — under 5 yen dropped, 5 yen or more
 /// rounded up (健康保険法第75条, 国民健康保険法第42条の2).
 pub fn copay(total_points: i64, burden_percent: u8) -> i64 {

@@ -183,18 +183,40 @@ fn parse_csv(display: &str, bytes: &[u8]) -> Result<Rows> {
         .from_reader(text.as_bytes());
     let mut rows = Vec::new();
     let mut rec = csv::StringRecord::new();
+    // Line numbers are counted here from byte offsets (the reader's own count is unreliable
+    // with CRLF line ends).
+    let (mut seen_byte, mut seen_line) = (0usize, 1u64);
+    let tb = text.as_bytes();
+    let mut line_at = |byte: usize| -> u64 {
+        // A record may be reported as starting on the line end of the previous one.
+        let mut byte = byte.min(tb.len());
+        while byte < tb.len() && (tb[byte] == b'\r' || tb[byte] == b'\n') {
+            byte += 1;
+        }
+        if byte > seen_byte {
+            seen_line += tb[seen_byte..byte].iter().filter(|&&b| b == b'\n').count() as u64;
+            seen_byte = byte;
+        }
+        seen_line
+    };
     loop {
         match rdr.read_record(&mut rec) {
             Ok(false) => break,
             Ok(true) => {
-                let line = rec.position().map(|p| p.line()).unwrap_or(0);
+                let line = rec
+                    .position()
+                    .map(|p| line_at(p.byte() as usize))
+                    .unwrap_or(0);
                 if rec.len() == 1 && rec[0].trim().is_empty() {
                     continue;
                 }
                 rows.push((line, rec.iter().map(|s| s.to_string()).collect()));
             }
             Err(e) => {
-                let line = e.position().map(|p| p.line()).unwrap_or(0);
+                let line = e
+                    .position()
+                    .map(|p| line_at(p.byte() as usize))
+                    .unwrap_or(0);
                 return Err(FeeError::MalformedRow {
                     file: display.to_string(),
                     line,
@@ -311,24 +333,39 @@ impl VersionSet {
         !orphan
     }
 
-    /// Add the version before each revision from 旧点数 (S cols 57/58): the master states what
-    /// the code was worth before its 変更年月日, so `price_on` can answer for earlier dates.
-    fn add_old_point_versions(&mut self) {
+    /// Add the version before each code's first known revision from its 旧点数/旧金額 columns
+    /// (S cols 57/58, Y cols 24/25, T cols 17/18): the master states what the code was worth
+    /// before its 変更年月日, so `price_on` can answer for earlier dates.
+    fn add_old_amount_versions(&mut self, spec: &super::KindSpec) {
+        let (old_kind_col, old_amount_col) = match spec.kind {
+            MasterKind::Procedure => (57, 58),
+            MasterKind::Drug => (24, 25),
+            MasterKind::Material => (17, 18),
+            _ => return,
+        };
         for versions in self.by_code.values_mut() {
             let Some(first) = versions.first() else {
                 continue;
             };
-            let old_kind = first.fields.get(56).map(|s| s.trim()).unwrap_or("");
-            let old_points = first.fields.get(57).map(|s| s.trim()).unwrap_or("");
-            if first.from == 0 || old_kind.is_empty() || old_kind == "0" {
+            let old_kind = first
+                .fields
+                .get(old_kind_col - 1)
+                .map(|s| s.trim())
+                .unwrap_or("");
+            let old_amount = first
+                .fields
+                .get(old_amount_col - 1)
+                .map(|s| s.trim())
+                .unwrap_or("");
+            if first.from == 0 || old_kind.is_empty() || old_kind == "0" || old_amount.is_empty() {
                 continue;
             }
             let mut fields = first.fields.clone();
             fields[10] = old_kind.to_string();
-            fields[11] = old_points.to_string();
-            fields[56] = "0".into();
-            fields[57] = "0.00".into();
-            fields[86] = "00000000".into();
+            fields[11] = old_amount.to_string();
+            fields[old_kind_col - 1] = "0".into();
+            fields[old_amount_col - 1] = "0.00".into();
+            fields[spec.from_col - 1] = "00000000".into();
             let v = Version {
                 from: 0,
                 abolished: day_before(first.from),
@@ -701,9 +738,7 @@ pub fn import_masters(
     let mut records = Vec::new();
     for spec in SPECS.iter() {
         if let Some(mut set) = sets.remove(&spec.kind) {
-            if spec.kind == MasterKind::Procedure {
-                set.add_old_point_versions();
-            }
+            set.add_old_amount_versions(spec);
             let codes = set.by_code.values().filter(|v| !v.is_empty()).count();
             let recs = set.into_records(spec.kind);
             report.codes.insert(spec.letter, (codes, recs.len()));
@@ -760,5 +795,14 @@ mod tests {
         ));
         assert!(classify("ck_ALL_20250901.csv").is_none());
         assert!(classify("R06rec1.pdf").is_none());
+    }
+}
+#[cfg(test)]
+mod line_tests {
+    #[test]
+    fn csv_line_numbers() {
+        let rows = super::parse_csv("x", b"\"a\",\"b\"\r\n\"c\",\"d\"\r\n\"e\",\"f\"\r\n").unwrap();
+        let lines: Vec<u64> = rows.iter().map(|r| r.0).collect();
+        assert_eq!(lines, vec![1, 2, 3]);
     }
 }
