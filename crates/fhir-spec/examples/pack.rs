@@ -5,7 +5,8 @@
 //! cargo run -p iryo-fhir-spec --example pack -- /work/shared
 //! ```
 //!
-//! The argument is the folder holding `fhir-r4/` and `fhir-jp/profiles/`.
+//! The argument is the folder holding `fhir-r4/` and `fhir-jp/profiles/`; add `--jp-only`
+//! after it to rebuild only the JP archive.
 //! R4 content (CC0) is stripped of narrative, mappings and descriptive text.
 //! JP content (CC BY-ND 4.0) is stored byte-identical inside `data/jp/jp-profiles.bin`.
 
@@ -24,6 +25,10 @@ fn main() {
     );
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
     let r4 = shared.join("fhir-r4");
+    if std::env::args().nth(2).as_deref() == Some("--jp-only") {
+        pack_jp(&shared.join("fhir-jp").join("profiles"), &out.join("jp"));
+        return;
+    }
 
     let types = bundle_resources(&read_json(&r4.join("profiles-types.json")));
     let resources = bundle_resources(&read_json(&r4.join("profiles-resources.json.gz")));
@@ -196,8 +201,8 @@ fn write_zst(path: &Path, v: &Value) {
 /// file's bytes, unmodified, in index order.
 ///
 /// ```text
-/// IRYO-JP-ARCHIVE 1\n
-/// <package>\t<file name>\t<byte length>\n   (one line per file)
+/// IRYO-JP-ARCHIVE 2\n
+/// <package>\t<file name>\t<byte length>\t<resourceType>\t<url>\t<version>\n   (one line per file)
 /// \n
 /// <zstd frame: concatenated file bytes>
 /// ```
@@ -209,7 +214,7 @@ fn pack_jp(src: &Path, out: &Path) {
         .filter(|p| p.is_dir())
         .collect();
     packages.sort();
-    let mut index = String::from("IRYO-JP-ARCHIVE 1\n");
+    let mut index = String::from("IRYO-JP-ARCHIVE 2\n");
     let mut blob = Vec::new();
     let mut count = 0;
     for pkg in &packages {
@@ -228,7 +233,22 @@ fn pack_jp(src: &Path, out: &Path) {
                 "duplicate file name {name} in {pkg_name}"
             );
             let bytes = fs::read(&f).expect("read jp file");
-            index.push_str(&format!("{pkg_name}\t{name}\t{}\n", bytes.len()));
+            let v: Value = serde_json::from_slice(&bytes).expect("jp file is JSON");
+            let field = |k: &str| {
+                let s = v.get(k).and_then(Value::as_str).unwrap_or("");
+                assert!(
+                    !s.contains(['\t', '\n']),
+                    "{name}: {k} contains a tab or newline"
+                );
+                s.to_string()
+            };
+            index.push_str(&format!(
+                "{pkg_name}\t{name}\t{}\t{}\t{}\t{}\n",
+                bytes.len(),
+                field("resourceType"),
+                field("url"),
+                field("version")
+            ));
             blob.extend_from_slice(&bytes);
             count += 1;
         }

@@ -76,13 +76,19 @@ pub fn r4_extension_definitions() -> Vec<Value> {
     json_array(R4_EXTENSIONS, "r4-extensions").unwrap_or_default()
 }
 
-/// One file of the JP archive.
+/// One file of the JP archive (from the uncompressed index; no decompression needed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JpFile {
     /// "jp-core-1.1.2-clins", "jp-clins-1.10.0" or "eCheckupReport-1.5.0".
     pub package: &'static str,
     /// File name as published, e.g. "StructureDefinition-jp-patient.json".
     pub file_name: &'static str,
+    /// "StructureDefinition", "ValueSet", "CodeSystem", "NamingSystem", "SearchParameter".
+    pub resource_type: &'static str,
+    /// Canonical URL ("" when the resource has none).
+    pub url: &'static str,
+    /// Business version ("" when the resource has none).
+    pub version: &'static str,
     offset: usize,
     len: usize,
 }
@@ -106,7 +112,7 @@ fn parse_jp_index(bytes: &'static [u8]) -> Option<JpIndex> {
     let end = bytes.windows(2).position(|w| w == b"\n\n")?;
     let header = std::str::from_utf8(&bytes[..end]).ok()?;
     let mut lines = header.lines();
-    if lines.next()? != "IRYO-JP-ARCHIVE 1" {
+    if lines.next()? != "IRYO-JP-ARCHIVE 2" {
         return None;
     }
     let mut files = Vec::new();
@@ -116,9 +122,15 @@ fn parse_jp_index(bytes: &'static [u8]) -> Option<JpIndex> {
         let package = parts.next()?;
         let file_name = parts.next()?;
         let len: usize = parts.next()?.parse().ok()?;
+        let resource_type = parts.next()?;
+        let url = parts.next()?;
+        let version = parts.next()?;
         files.push(JpFile {
             package,
             file_name,
+            resource_type,
+            url,
+            version,
             offset,
             len,
         });
@@ -135,41 +147,98 @@ pub fn jp_files() -> &'static [JpFile] {
     &jp_index().files
 }
 
+/// The index entry for a canonical URL, optionally with `|version`.
+pub fn jp_file_by_url(canonical: &str) -> Option<&'static JpFile> {
+    let (url, version) = match canonical.split_once('|') {
+        Some((u, v)) => (u, Some(v)),
+        None => (canonical, None),
+    };
+    jp_files()
+        .iter()
+        .find(|f| !f.url.is_empty() && f.url == url && version.is_none_or(|v| v == f.version))
+}
+
+/// The decompressed JP archive. Opening it decompresses all files once (about 41 MB,
+/// tens of milliseconds); keep it while loading what you need, then drop it.
+///
+/// ```
+/// let jp = iryo_fhir_spec::JpArchive::open().unwrap();
+/// let sd = jp.by_url("http://jpfhir.jp/fhir/core/StructureDefinition/JP_Patient").unwrap();
+/// assert_eq!(sd["type"], "Patient");
+/// ```
+pub struct JpArchive {
+    blob: Vec<u8>,
+}
+
+impl JpArchive {
+    pub fn open() -> Result<JpArchive, SpecError> {
+        let idx = jp_index();
+        if idx.files.is_empty() {
+            return Err(SpecError::Data("jp archive: bad index".into()));
+        }
+        let blob = unzstd(&JP_ARCHIVE[idx.data_start..], "jp archive")?;
+        let need = idx.files.last().map(|f| f.offset + f.len).unwrap_or(0);
+        if blob.len() != need {
+            return Err(SpecError::Data("jp archive: size mismatch".into()));
+        }
+        Ok(JpArchive { blob })
+    }
+
+    /// The index (same as [`jp_files`]).
+    pub fn files(&self) -> &'static [JpFile] {
+        jp_files()
+    }
+
+    /// The file's bytes exactly as published.
+    pub fn bytes(&self, f: &JpFile) -> &[u8] {
+        self.blob.get(f.offset..f.offset + f.len).unwrap_or(&[])
+    }
+
+    /// The file parsed as JSON.
+    pub fn parse(&self, f: &JpFile) -> Result<Value, SpecError> {
+        serde_json::from_slice(self.bytes(f))
+            .map_err(|e| SpecError::Data(format!("{}/{}: {e}", f.package, f.file_name)))
+    }
+
+    /// The resource with this canonical URL (optionally `url|version`), parsed.
+    pub fn by_url(&self, canonical: &str) -> Option<Value> {
+        self.parse(jp_file_by_url(canonical)?).ok()
+    }
+}
+
 /// The JP Core 1.1.2 / JP-CLINS 1.10.0 / eCheckupReport 1.5.0 conformance resources,
 /// byte-identical to the published package files (CC BY-ND 4.0, see data/jp/NOTICE.md),
-/// parsed as JSON. Decompressed on each call; nothing is kept in memory.
+/// parsed as JSON: (package, file name, resource). Decompressed on each call; nothing is
+/// kept in memory. Parsing everything takes a while (35 MB of snapshots): prefer
+/// [`jp_resources_where`] or [`JpArchive`] to load only what is needed.
 pub fn jp_resources() -> Vec<(&'static str, &'static str, Value)> {
     jp_resources_where(|_| true)
 }
 
 /// Like [`jp_resources`], but parses only the files `keep` accepts
-/// (e.g. only StructureDefinitions: `|f| f.file_name.starts_with("StructureDefinition-")`).
+/// (e.g. only StructureDefinitions: `|f| f.resource_type == "StructureDefinition"`).
 pub fn jp_resources_where(
     keep: impl Fn(&JpFile) -> bool,
 ) -> Vec<(&'static str, &'static str, Value)> {
-    let idx = jp_index();
-    let Ok(blob) = unzstd(&JP_ARCHIVE[idx.data_start..], "jp archive") else {
+    let Ok(archive) = JpArchive::open() else {
         return Vec::new();
     };
-    idx.files
+    archive
+        .files()
         .iter()
         .filter(|f| keep(f))
-        .filter_map(|f| {
-            let bytes = blob.get(f.offset..f.offset + f.len)?;
-            let v = serde_json::from_slice(bytes).ok()?;
-            Some((f.package, f.file_name, v))
-        })
+        .filter_map(|f| Some((f.package, f.file_name, archive.parse(f).ok()?)))
         .collect()
 }
 
 /// The raw bytes of every JP file (as published), for checksums or re-export.
 pub fn jp_raw_files() -> Vec<(JpFile, Vec<u8>)> {
-    let idx = jp_index();
-    let Ok(blob) = unzstd(&JP_ARCHIVE[idx.data_start..], "jp archive") else {
+    let Ok(archive) = JpArchive::open() else {
         return Vec::new();
     };
-    idx.files
+    archive
+        .files()
         .iter()
-        .filter_map(|f| Some((*f, blob.get(f.offset..f.offset + f.len)?.to_vec())))
+        .map(|f| (*f, archive.bytes(f).to_vec()))
         .collect()
 }

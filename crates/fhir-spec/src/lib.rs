@@ -38,8 +38,8 @@ mod search;
 
 pub use check::Issue;
 pub use data::{
-    jp_files, jp_raw_files, jp_resources, jp_resources_where, load_r4, r4_extension_definitions,
-    r4_structure_definitions, r4_value_sets, JpFile,
+    jp_file_by_url, jp_files, jp_raw_files, jp_resources, jp_resources_where, load_r4,
+    r4_extension_definitions, r4_structure_definitions, r4_value_sets, JpArchive, JpFile,
 };
 pub use model::{
     Binding, BindingStrength, Child, Constraint, ElementDef, Model, Severity, TypeDef, TypeKind,

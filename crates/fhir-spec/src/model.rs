@@ -756,6 +756,17 @@ pub(crate) fn build_core(
             }
         }
     }
+    // contentReference paths ("Questionnaire.item.item") also work as parents: they alias
+    // the referenced node.
+    for t in &types {
+        for e in &t.elements {
+            if let Some(cr) = &e.content_reference {
+                if let Some(&target) = node_index.get(cr) {
+                    node_index.entry(e.path.clone()).or_insert(target);
+                }
+            }
+        }
+    }
     Ok(Core {
         types,
         type_index,

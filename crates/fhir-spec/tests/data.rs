@@ -59,6 +59,33 @@ fn jp_resources_parse() {
 }
 
 #[test]
+fn jp_index_and_lookup_by_url() {
+    let files = iryo_fhir_spec::jp_files();
+    let count = |t: &str| files.iter().filter(|f| f.resource_type == t).count();
+    assert_eq!(count("StructureDefinition"), 164);
+    assert_eq!(count("ValueSet"), 253);
+    assert_eq!(count("CodeSystem"), 122);
+    assert_eq!(count("SearchParameter"), 8);
+    let url = "http://jpfhir.jp/fhir/core/StructureDefinition/JP_Patient";
+    let f = iryo_fhir_spec::jp_file_by_url(url).unwrap();
+    assert_eq!(f.file_name, "StructureDefinition-jp-patient.json");
+    assert!(iryo_fhir_spec::jp_file_by_url(&format!("{url}|{}", f.version)).is_some());
+    assert!(iryo_fhir_spec::jp_file_by_url(&format!("{url}|0.0.0-nope")).is_none());
+    assert!(iryo_fhir_spec::jp_file_by_url("http://example.org/nope").is_none());
+    let jp = iryo_fhir_spec::JpArchive::open().unwrap();
+    let v = jp.by_url(url).unwrap();
+    assert_eq!(v["url"], url);
+    // JP Core search parameters load into the model.
+    let sps: Vec<serde_json::Value> = files
+        .iter()
+        .filter(|f| f.resource_type == "SearchParameter")
+        .map(|f| jp.parse(f).unwrap())
+        .collect();
+    let m = iryo_fhir_spec::r4().with_search_parameters(&sps).unwrap();
+    assert!(m.all_search_params().len() > iryo_fhir_spec::r4().all_search_params().len());
+}
+
+#[test]
 fn r4_raw_definitions() {
     let sds = iryo_fhir_spec::r4_structure_definitions();
     assert_eq!(sds.len(), 212);

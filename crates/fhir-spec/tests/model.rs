@@ -79,6 +79,14 @@ fn child_lookup() {
     );
     assert_eq!(c.next_parent, "Questionnaire.item");
     assert_eq!(c.type_code, "BackboneElement");
+    // The contentReference path itself also works as a parent.
+    assert_eq!(
+        m.child("Questionnaire.item.item", "linkId")
+            .unwrap()
+            .element
+            .path,
+        "Questionnaire.item.linkId"
+    );
 
     // Inherited elements.
     for k in [
