@@ -97,6 +97,18 @@ pub fn calculate_month(
     Ok(results.into_iter().flatten().collect())
 }
 
+/// 薬剤料 points of one 剤 for one day (内服), dose (頓服) or dispensing (外用), from its price in
+/// units of 10⁻⁷ yen: ≤ 15円 → 1点; otherwise (円 − 15) / 10 rounded up, + 1 — the same as
+/// 円 / 10 rounded 五捨五超入 (exactly .5 rounds down, anything above rounds up).
+pub fn drug_points(yen_e7: i128) -> i64 {
+    let scale: i128 = 10_000_000;
+    if yen_e7 <= 15 * scale {
+        1
+    } else {
+        (((yen_e7 - 15 * scale) + 10 * scale - 1) / (10 * scale) + 1) as i64
+    }
+}
+
 /// 一部負担金: points × 10 yen × percent, rounded to 10 yen — under 5 yen dropped, 5 yen or more
 /// rounded up (健康保険法第75条, 国民健康保険法第42条の2).
 pub fn copay(total_points: i64, burden_percent: u8) -> i64 {
@@ -131,6 +143,20 @@ pub fn default_burden(visit: &VisitInput) -> u8 {
         30
     } else {
         20
+    }
+}
+
+fn time_label(t: TimeCategory) -> (&'static str, &'static str) {
+    match t {
+        TimeCategory::Normal => ("診療時間内", "regular hours"),
+        TimeCategory::Overtime => ("時間外", "overtime"),
+        TimeCategory::Holiday => ("休日", "holiday"),
+        TimeCategory::LateNight => ("深夜", "late-night"),
+        TimeCategory::OvertimeSpecial => (
+            "時間外特例医療機関での時間外",
+            "overtime (special facility)",
+        ),
+        TimeCategory::NightEarly => ("夜間・早朝等", "night/early-morning"),
     }
 }
 
@@ -1262,24 +1288,20 @@ impl Ctx<'_> {
                         self.msg(Level::Warning, "exclusion", Some(code), format!("{name}と{}は{scope_ja}背反（特例条件あり）: 算定要件を確認してください", ex.other), format!("{code} and {} are exclusive ({:?}) with a special condition: check the requirements", ex.other, ex.scope));
                         continue;
                     }
-                    // 背反区分: 1 keep this, 2 keep the other, 3 either (keep the earlier one).
-                    let drop_this = match (ex.keep, other_idx) {
-                        (1, Some(_)) if !in_history => false,
-                        (_, Some(j)) if !in_history => ex.keep == 2 || j < i,
-                        _ => true,
+                    // 背反区分: 1 keep this, 2 keep the other, 3 either (keep the earlier one;
+                    // a line billed on an earlier visit is earlier).
+                    let drop_this = match ex.keep {
+                        1 => false,
+                        2 => true,
+                        _ => in_history || other_idx.is_some_and(|j| j < i),
                     };
                     if drop_this {
-                        let keep_hint = if in_history && ex.keep == 1 {
-                            "（当該項目を優先する場合は既算定分を取り消してください）"
-                        } else {
-                            ""
-                        };
                         self.msg(
                             Level::Warning,
                             "exclusion",
                             Some(code),
                             format!(
-                                "{name}は{}と{scope_ja}に併算定できないため算定しません{keep_hint}",
+                                "{name}は{}と{scope_ja}に併算定できないため算定しません",
                                 ex.other
                             ),
                             format!(
@@ -1289,7 +1311,8 @@ impl Ctx<'_> {
                         );
                         drop_line = true;
                         break 'codes;
-                    } else if let Some(j) = other_idx {
+                    }
+                    if let Some(j) = other_idx {
                         let other_name = self.lines[j]
                             .items
                             .iter()
@@ -1312,6 +1335,8 @@ impl Ctx<'_> {
                         if j < i {
                             i -= 1;
                         }
+                    } else {
+                        self.msg(Level::Warning, "exclusion", Some(&ex.other), format!("{name}は既に算定した{}と{scope_ja}背反で、{name}が優先されます: 既算定分の取消が必要です", ex.other), format!("{code} takes precedence over {} billed earlier ({:?}): the earlier line must be cancelled", ex.other, ex.scope));
                     }
                 }
             }
@@ -1430,6 +1455,17 @@ mod tests {
         // 74 points × 10 × 10% = 74 yen → 70 yen
         assert_eq!(copay(74, 10), 70);
         assert_eq!(copay(0, 30), 0);
+    }
+
+    #[test]
+    fn drug_points_five_rounds_down_above_rounds_up() {
+        let yen = |y: f64| (y * 10_000_000.0).round() as i128;
+        assert_eq!(drug_points(yen(6.4)), 1); // ≤ 15円 → 1点
+        assert_eq!(drug_points(yen(15.0)), 1);
+        assert_eq!(drug_points(yen(15.01)), 2); // ceil(0.001) + 1
+        assert_eq!(drug_points(yen(25.0)), 2); // 2.5 → 2 (五捨)
+        assert_eq!(drug_points(yen(25.01)), 3); // 2.501 → 3 (五超入)
+        assert_eq!(drug_points(yen(207.0)), 21); // topaz-dent example: ceil(19.2) + 1
     }
 
     #[test]

@@ -4,5 +4,5 @@ mod engine;
 pub mod model;
 pub mod rules;
 
-pub use engine::{calculate, calculate_month, copay, default_burden};
+pub use engine::{calculate, calculate_month, copay, default_burden, drug_points};
 pub use model::*;

@@ -1,0 +1,659 @@
+//! Worked examples for every calculation rule. Point values are those of the fixture master rows
+//! (copied unchanged from the official R6 files); the arithmetic is written next to each assert.
+
+mod common;
+
+use common::*;
+use iryo_fee::calc::*;
+use iryo_fee::{calculate, calculate_month, FeeError};
+
+fn adult() -> chrono::NaiveDate {
+    d(1980, 1, 1)
+}
+
+fn calc(v: &VisitInput) -> VisitResult {
+    calculate(store(), &clinic(), v).unwrap()
+}
+
+// ---- 初診料・再診料・外来診療料 ----------------------------------------------------------
+
+#[test]
+fn initial_visit_adult() {
+    let r = calc(&visit(d(2024, 7, 1), adult(), VisitKind::Initial));
+    // 初診料 291点 (111000110). Copay 30%: 291 × 10 × 0.3 = 873円 → 870円 (3 < 5 dropped).
+    assert_eq!(billed(&r), vec![("111000110".into(), 291)]);
+    assert_eq!(r.lines[0].shikibetsu, 11);
+    assert_eq!(
+        (r.total_points, r.burden_percent, r.total_yen, r.copay_yen),
+        (291, 30, 2910, 870)
+    );
+    assert!(r.is_ok());
+}
+
+#[test]
+fn initial_fee_follows_the_dated_master() {
+    // On 2024-05-31 (before R6) 初診料 was 288点 (旧点数 of the R6 row).
+    let r = calc(&visit(d(2024, 5, 31), adult(), VisitKind::Initial));
+    assert_eq!(r.total_points, 288);
+}
+
+#[test]
+fn initial_visit_infant_gets_age_addition() {
+    // Age 3: 初診料 291 + 乳幼児加算（初診） 75 (年齢加算 cols 100-111: 00–06) = 366点.
+    // 未就学 → 20%: 3,660 × 0.2 = 732円 → 730円.
+    let r = calc(&visit(d(2024, 7, 1), d(2021, 5, 1), VisitKind::Initial));
+    assert_eq!(
+        billed(&r),
+        vec![("111000110".into(), 291), ("111000370".into(), 75)]
+    );
+    assert_eq!(
+        (r.total_points, r.burden_percent, r.copay_yen),
+        (366, 20, 730)
+    );
+}
+
+#[test]
+fn time_additions_initial() {
+    let mut v = visit(d(2024, 7, 1), adult(), VisitKind::Initial);
+    // 休日: 時間加算区分 3 (初診料の休日加算) 111000670 250点 → 291 + 250 = 541.
+    v.time_category = TimeCategory::Holiday;
+    assert_eq!(
+        billed(&calc(&v)),
+        vec![("111000110".into(), 291), ("111000670".into(), 250)]
+    );
+    // 時間外 111000570 85点 → 376; 深夜 111000770 480点 → 771.
+    v.time_category = TimeCategory::Overtime;
+    assert_eq!(calc(&v).total_points, 291 + 85);
+    v.time_category = TimeCategory::LateNight;
+    assert_eq!(calc(&v).total_points, 291 + 480);
+}
+
+#[test]
+fn infant_late_night_replaces_the_infant_addition() {
+    // Age 3, 深夜: the age-specific 乳幼児深夜加算（初診） 111012170 695点 is chosen over the
+    // general 深夜加算 (480) and over the 小児科 variant (項番 007); 乳幼児加算 is not added
+    // (A000 注6). 291 + 695 = 986点.
+    let mut v = visit(d(2024, 7, 1), d(2021, 5, 1), VisitKind::Initial);
+    v.time_category = TimeCategory::LateNight;
+    let r = calc(&v);
+    assert_eq!(
+        billed(&r),
+        vec![("111000110".into(), 291), ("111012170".into(), 695)]
+    );
+    assert!(message_for(&r, "infant_addition").is_some());
+}
+
+#[test]
+fn revisit_overtime_adult() {
+    // 再診料 75 + 時間外加算（再診） 65 + 外来管理加算 52 = 192点; 30%: 576円 → 580円.
+    let mut v = visit(d(2024, 7, 1), adult(), VisitKind::Revisit);
+    v.time_category = TimeCategory::Overtime;
+    let r = calc(&v);
+    assert_eq!(
+        billed(&r),
+        vec![
+            ("112007410".into(), 75),
+            ("112001110".into(), 65),
+            ("112011010".into(), 52)
+        ]
+    );
+    assert_eq!(r.lines[1].shikibetsu, 12);
+    assert_eq!((r.total_points, r.copay_yen), (192, 580));
+}
+
+#[test]
+fn revisit_infant_holiday() {
+    // Age 3, 休日: 乳幼児休日加算（再診） 112014870 260点 (項番 004, before the 小児科 variant
+    // 112014270 of 項番 005). 75 + 260 + 外来管理加算 52 = 387点; no 乳幼児加算 38.
+    let mut v = visit(d(2024, 7, 1), d(2021, 5, 1), VisitKind::Revisit);
+    v.time_category = TimeCategory::Holiday;
+    let r = calc(&v);
+    assert_eq!(
+        billed(&r),
+        vec![
+            ("112007410".into(), 75),
+            ("112014870".into(), 260),
+            ("112011010".into(), 52)
+        ]
+    );
+}
+
+#[test]
+fn revisit_infant_normal_hours() {
+    // Age 3: 75 + 乳幼児加算（再診） 38 + 外来管理加算 52 = 165点.
+    let r = calc(&visit(d(2024, 7, 1), d(2021, 5, 1), VisitKind::Revisit));
+    assert_eq!(r.total_points, 165);
+    assert!(has_code(&r, "112000970"));
+}
+
+#[test]
+fn night_early_addition_is_for_clinics_only() {
+    let mut v = visit(d(2024, 7, 1), adult(), VisitKind::Revisit);
+    v.time_category = TimeCategory::NightEarly;
+    // Clinic: 夜間・早朝等加算 112015570 50点 (病院・診療所区分 2). 75 + 50 + 52 = 177.
+    assert_eq!(calc(&v).total_points, 177);
+    // Hospital (100 beds): not applicable → warning, 75 + 52 = 127.
+    let mut h = clinic();
+    h.kind = FacilityKind::Hospital;
+    h.beds = 100;
+    let r = calculate(store(), &h, &v).unwrap();
+    assert_eq!(r.total_points, 127);
+    assert_eq!(
+        message_for(&r, "time_addition").map(|m| m.level),
+        Some(Level::Warning)
+    );
+}
+
+#[test]
+fn large_hospital_bills_outpatient_consultation_fee() {
+    // ≥ 200 beds: 外来診療料 112011310 76点 instead of 再診料; 外来管理加算 cannot be added.
+    let mut h = clinic();
+    h.kind = FacilityKind::Hospital;
+    h.beds = 400;
+    let r = calculate(
+        store(),
+        &h,
+        &visit(d(2024, 7, 1), adult(), VisitKind::Revisit),
+    )
+    .unwrap();
+    assert_eq!(billed(&r), vec![("112011310".into(), 76)]);
+    assert!(message_for(&r, "outpatient_management").is_some());
+}
+
+// ---- 外来管理加算 --------------------------------------------------------------------------
+
+#[test]
+fn outpatient_management_refused_with_a_treatment() {
+    // 消炎鎮痛等処置（湿布処置） 140002210 has 外来管理加算区分 1: 75 + 35 = 110点, no 52.
+    let mut v = visit(d(2024, 7, 1), adult(), VisitKind::Revisit);
+    v.procedures = vec![order("140002210")];
+    let r = calc(&v);
+    assert_eq!(
+        billed(&r),
+        vec![("112007410".into(), 75), ("140002210".into(), 35)]
+    );
+    assert_eq!(r.lines[1].shikibetsu, 40);
+    let m = message_for(&r, "outpatient_management").unwrap();
+    assert!(m.message_ja.contains("湿布処置"), "{}", m.message_ja);
+    // Not requested → not billed, no message.
+    let mut v = visit(d(2024, 7, 1), adult(), VisitKind::Revisit);
+    v.outpatient_management = false;
+    assert_eq!(calc(&v).total_points, 75);
+}
+
+// ---- きざみ・点数 ------------------------------------------------------------------------------
+
+#[test]
+fn step_priced_procedure() {
+    // 人工呼吸 140009310: 302点, きざみ lower 30, upper 300, step 30 分, +50点.
+    // 95分: 302 + ceil((95 − 30) / 30) = 3 × 50 = 452点.
+    let mut v = visit(d(2024, 7, 1), adult(), VisitKind::None);
+    v.procedures = vec![ProcedureOrder {
+        code: "140009310".into(),
+        count: 1,
+        quantity: Some("95".into()),
+    }];
+    assert_eq!(calc(&v).total_points, 452);
+    // 400分 is capped at 300: 302 + ceil(270 / 30) = 9 × 50 = 752点, with a warning.
+    v.procedures[0].quantity = Some("400".into());
+    let r = calc(&v);
+    assert_eq!(r.total_points, 752);
+    assert_eq!(
+        message_for(&r, "step_value").map(|m| m.level),
+        Some(Level::Warning)
+    );
+    // Without a quantity: error, nothing billed.
+    v.procedures[0].quantity = None;
+    let r = calc(&v);
+    assert_eq!(r.total_points, 0);
+    assert!(!r.is_ok());
+}
+
+// ---- 検体検査: 包括 and 判断料 -------------------------------------------------------------
+
+fn labs(codes: &[&str]) -> VisitInput {
+    let mut v = visit(d(2024, 7, 10), adult(), VisitKind::None);
+    v.procedures = codes.iter().map(|c| order(c)).collect();
+    v
+}
+
+#[test]
+fn four_chemistry_items_are_billed_one_by_one() {
+    // TP 11 + Alb 11 + BUN 11 + AST 17 = 50; + 生化学的検査（１）判断料 144 = 194点.
+    let r = calc(&labs(&["160017410", "160018910", "160019010", "160022510"]));
+    assert_eq!(r.total_points, 50 + 144);
+    assert_eq!(r.lines.len(), 5);
+}
+
+#[test]
+fn five_chemistry_items_are_bundled() {
+    // 5 items of 包括対象検査 1: 93点 "所定点数にかかわらず" (item sum 11+11+11+11+17 = 61).
+    // + 判断料 144 = 237点.
+    let r = calc(&labs(&[
+        "160017410",
+        "160018910",
+        "160019010",
+        "160019410",
+        "160022510",
+    ]));
+    assert_eq!(r.total_points, 93 + 144);
+    let bundle = r.lines.iter().find(|l| l.rule == "lab_bundle").unwrap();
+    assert_eq!(
+        (bundle.items.len(), bundle.points, bundle.shikibetsu),
+        (5, 93, 60)
+    );
+    assert!(bundle.reason_ja.contains("個別合計61点"));
+}
+
+#[test]
+fn nine_chemistry_items_use_the_second_step() {
+    // 8–9 items: 99点. + 144 = 243.
+    let r = calc(&labs(&[
+        "160017010",
+        "160017110",
+        "160017410",
+        "160018910",
+        "160019010",
+        "160019410",
+        "160019510",
+        "160020210",
+        "160022510",
+    ]));
+    assert_eq!(r.total_points, 99 + 144);
+}
+
+#[test]
+fn judgement_fees_per_group_once_a_month() {
+    // 末梢血液一般 21 (group 2 → 血液学的検査判断料 125), 尿蛋白 7 (group 1 → 尿・糞便等検査判断料 34),
+    // 尿一般 26 (D000, 検査等実施判断区分 0 → no 判断料). 21 + 7 + 26 + 125 + 34 = 213.
+    let r = calc(&labs(&["160008010", "160000410", "160000310"]));
+    assert_eq!(r.total_points, 213);
+    assert!(has_code(&r, "160061810") && has_code(&r, "160061710"));
+    // Same month, already billed on 07-01: only the 実施料 (21).
+    let mut v = labs(&["160008010"]);
+    v.history = vec![HistoryLine {
+        date: d(2024, 7, 1),
+        code: "160061810".into(),
+        count: 1,
+    }];
+    let r = calc(&v);
+    assert_eq!(r.total_points, 21);
+    assert!(message_for(&r, "judgement_monthly").is_some());
+    // Billed in June: July bills it again (21 + 125).
+    v.history[0].date = d(2024, 6, 28);
+    assert_eq!(calc(&v).total_points, 146);
+}
+
+// ---- 投薬 ------------------------------------------------------------------------------------
+
+fn rx(mode: DispensingMode, rps: Vec<Rp>) -> Option<Prescription> {
+    Some(Prescription {
+        mode,
+        refill: false,
+        psychotropic_multi: false,
+        rps,
+    })
+}
+
+fn rp(kind: RpKind, days: u32, drugs: &[(&str, &str)]) -> Rp {
+    Rp {
+        kind,
+        days,
+        drugs: drugs
+            .iter()
+            .map(|(c, q)| DrugOrder {
+                code: c.to_string(),
+                quantity: q.to_string(),
+                by_generic_name: false,
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn in_house_prescription() {
+    // ガスター散２％ 16.50円/g × 3g = 49.50円 → ceil((49.50 − 15) / 10) + 1 = 5点 × 14日 = 70.
+    // 調剤料（内服） 11 + 処方料（その他） 42. Revisit 75 + 外来管理加算 52 → 250点.
+    let mut v = visit(d(2024, 7, 1), adult(), VisitKind::Revisit);
+    v.prescription = rx(
+        DispensingMode::InHouse,
+        vec![rp(RpKind::Internal, 14, &[("610406079", "3")])],
+    );
+    let r = calc(&v);
+    let drug = r.lines.iter().find(|l| l.rule == "drug").unwrap();
+    assert_eq!(
+        (drug.shikibetsu, drug.points, drug.count, drug.total),
+        (21, 5, 14, 70)
+    );
+    assert!(drug.reason_ja.contains("49.5円"));
+    assert!(has_code(&r, "120000710") && has_code(&r, "120001210"));
+    assert_eq!(r.total_points, 250);
+    // With a pharmacist: + 調剤技術基本料 14 (月1回) = 264; not again if billed this month.
+    let mut f = clinic();
+    f.pharmacist_on_staff = true;
+    assert_eq!(calculate(store(), &f, &v).unwrap().total_points, 264);
+    v.history = vec![HistoryLine {
+        date: d(2024, 7, 1),
+        code: "120001810".into(),
+        count: 1,
+    }];
+    v.date = d(2024, 7, 8);
+    assert_eq!(calculate(store(), &f, &v).unwrap().total_points, 250);
+}
+
+#[test]
+fn cheap_psychotropic_drug_is_one_point_with_narcotic_additions() {
+    // エチゾラム 6.40円 × 2錠 = 12.80円 ≤ 15円 → 1点 × 7日 = 7. 向精神薬 (col 14 = 5):
+    // 麻薬等加算（調剤料） 1 + （処方料） 1. 7 + 11 + 1 + 42 + 1 = 62点 (no visit fee).
+    let mut v = visit(d(2024, 7, 1), adult(), VisitKind::None);
+    v.prescription = rx(
+        DispensingMode::InHouse,
+        vec![rp(RpKind::Internal, 7, &[("610412026", "2")])],
+    );
+    let r = calc(&v);
+    assert!(has_code(&r, "120000110") && has_code(&r, "120001310"));
+    assert_eq!(r.total_points, 62);
+}
+
+#[test]
+fn external_drug() {
+    // アクアチム軟膏 22.10円/g × 10g = 221円 → ceil(20.6) + 1 = 22点 × 1; 調剤料（外用） 8; 処方料 42.
+    let mut v = visit(d(2024, 7, 1), adult(), VisitKind::None);
+    v.prescription = rx(
+        DispensingMode::InHouse,
+        vec![rp(RpKind::External, 1, &[("620000348", "10")])],
+    );
+    let r = calc(&v);
+    let drug = r.lines.iter().find(|l| l.rule == "drug").unwrap();
+    assert_eq!((drug.shikibetsu, drug.total), (23, 22));
+    assert!(has_code(&r, "120001010"));
+    assert_eq!(r.total_points, 22 + 8 + 42);
+}
+
+#[test]
+fn seven_internal_drugs_change_the_prescribing_fee() {
+    // 1g each: 1.54 + 4.61 + 7.20 + 392.40 + 1.50 + 1.50 + 5.69 = 414.44円
+    // → ceil((414.44 − 15) / 10) = 40, + 1 = 41点 × 7日 = 287. 処方料（７種類以上） 29, 調剤料 11.
+    let drugs: Vec<(&str, &str)> = [
+        "610408072",
+        "610408073",
+        "610408074",
+        "610408075",
+        "610408076",
+        "610408077",
+        "610408078",
+    ]
+    .iter()
+    .map(|c| (*c, "1"))
+    .collect();
+    let mut v = visit(d(2024, 7, 1), adult(), VisitKind::None);
+    v.prescription = rx(
+        DispensingMode::InHouse,
+        vec![rp(RpKind::Internal, 7, &drugs)],
+    );
+    let r = calc(&v);
+    assert!(has_code(&r, "120002610"), "{:?}", billed(&r));
+    assert_eq!(r.total_points, 287 + 29 + 11);
+    // Out of house: 処方箋料（７種類以上） 32, no drug lines.
+    v.prescription.as_mut().unwrap().mode = DispensingMode::OutOfHouse;
+    assert_eq!(billed(&calc(&v)), vec![("120002710".into(), 32)]);
+}
+
+#[test]
+fn prescription_slip_with_infant_and_generic_name_additions() {
+    // Age 2, 院外: 処方箋料 60 + 乳幼児加算（処方箋料） 3 (< 3歳) + 一般名処方加算２ 8
+    // (one of the two eligible drugs by 一般名) = 71点. Drug prices are not billed.
+    let mut v = visit(d(2024, 7, 1), d(2022, 1, 1), VisitKind::None);
+    let mut p = rp(
+        RpKind::Internal,
+        5,
+        &[("610406389", "1"), ("610406079", "1")],
+    );
+    p.drugs[0].by_generic_name = true;
+    v.prescription = rx(DispensingMode::OutOfHouse, vec![p]);
+    let r = calc(&v);
+    assert_eq!(
+        billed(&r),
+        vec![
+            ("120002910".into(), 60),
+            ("120002470".into(), 3),
+            ("120003570".into(), 8)
+        ]
+    );
+    assert_eq!(r.lines[0].shikibetsu, 80);
+    // Both by 一般名 → 一般名処方加算１ 10: 73点.
+    v.prescription.as_mut().unwrap().rps[0].drugs[1].by_generic_name = true;
+    assert_eq!(calc(&v).total_points, 73);
+}
+
+#[test]
+fn specific_disease_prescribing_addition() {
+    // Main disease 胃潰瘍 (傷病名マスター col 21 = 05) and a 28-day 内服: 特定疾患処方管理加算 56.
+    // ガスター 1g = 16.50円 → ceil(0.15) + 1 = 2点 × 28 = 56; 調剤料 11; 処方料 42 → 165点.
+    let mut v = visit(d(2024, 7, 1), adult(), VisitKind::None);
+    v.diagnoses = vec![DiagnosisInput {
+        code: "5319009".into(),
+        modifiers: vec![],
+        name: None,
+        start_date: d(2024, 6, 1),
+        outcome: 1,
+        main: true,
+    }];
+    v.prescription = rx(
+        DispensingMode::InHouse,
+        vec![rp(RpKind::Internal, 28, &[("610406079", "1")])],
+    );
+    let r = calc(&v);
+    assert!(has_code(&r, "120005610"));
+    assert_eq!(r.total_points, 56 + 11 + 42 + 56);
+    // 27 days: no addition (2 × 27 = 54 + 11 + 42 = 107).
+    v.prescription.as_mut().unwrap().rps[0].days = 27;
+    assert_eq!(calc(&v).total_points, 107);
+}
+
+// ---- 特定保険医療材料 ------------------------------------------------------------------------
+
+#[test]
+fn material_price_to_points() {
+    // 710010172: 9,232円 × 0.5 = 4,616円 ÷ 10 = 461.6 → 四捨五入 462点.
+    let mut v = visit(d(2024, 7, 1), adult(), VisitKind::None);
+    v.materials = vec![MaterialOrder {
+        code: "710010172".into(),
+        quantity: "0.5".into(),
+        shikibetsu: None,
+    }];
+    let r = calc(&v);
+    assert_eq!((r.lines[0].shikibetsu, r.total_points), (40, 462));
+}
+
+// ---- 背反・算定回数・年齢 ------------------------------------------------------------------
+
+#[test]
+fn same_month_exclusion_keeps_the_item_the_table_names() {
+    // 03-2: 初診料 vs 生活習慣病管理料１ (113041710), 背反区分 1 → bill 初診料 only: 291点.
+    let mut v = visit(d(2024, 7, 1), adult(), VisitKind::Initial);
+    v.procedures = vec![order("113041710")];
+    let r = calc(&v);
+    assert_eq!(r.total_points, 291);
+    assert!(message_for(&r, "exclusion")
+        .unwrap()
+        .message_ja
+        .contains("生活習慣病管理料１"));
+    // 初診料 billed on 07-01; on 07-10 the 113041710 row says 背反区分 2 (bill 初診料): refused.
+    let mut v = visit(d(2024, 7, 10), adult(), VisitKind::Revisit);
+    v.outpatient_management = false;
+    v.procedures = vec![order("113041710")];
+    v.history = vec![HistoryLine {
+        date: d(2024, 7, 1),
+        code: "111000110".into(),
+        count: 1,
+    }];
+    assert_eq!(calc(&v).total_points, 75);
+}
+
+#[test]
+fn same_time_exclusion_can_drop_the_visit_fee() {
+    // 03-3: 初診料 vs 外来在宅共同指導料２ (114061210), 背反区分 2 → bill 114061210 600点 only.
+    let mut v = visit(d(2024, 7, 1), adult(), VisitKind::Initial);
+    v.procedures = vec![order("114061210")];
+    let r = calc(&v);
+    assert_eq!(billed(&r), vec![("114061210".into(), 600)]);
+}
+
+#[test]
+fn count_limit_per_day() {
+    // 05: 湿布処置 140002210 121 日 1回. Count 2 → reduced to 1: 35点.
+    let mut v = visit(d(2024, 7, 1), adult(), VisitKind::None);
+    v.procedures = vec![ProcedureOrder {
+        code: "140002210".into(),
+        count: 2,
+        quantity: None,
+    }];
+    let r = calc(&v);
+    assert_eq!((r.total_points, r.lines[0].count), (35, 1));
+    assert_eq!(
+        message_for(&r, "count_limit").map(|m| m.level),
+        Some(Level::Warning)
+    );
+    // Already billed earlier the same day → refused.
+    v.procedures[0].count = 1;
+    v.history = vec![HistoryLine {
+        date: d(2024, 7, 1),
+        code: "140002210".into(),
+        count: 1,
+    }];
+    assert_eq!(calc(&v).total_points, 0);
+}
+
+#[test]
+fn age_limits_and_unknown_codes_are_errors() {
+    // 乳幼児加算（初診） has 上限年齢 06: refused for an adult.
+    let mut v = visit(d(2024, 7, 1), adult(), VisitKind::None);
+    v.procedures = vec![order("111000370"), order("199999999"), order("160017410")];
+    let r = calc(&v);
+    assert!(!r.is_ok());
+    let errs: Vec<_> = r
+        .messages
+        .iter()
+        .filter(|m| m.level == Level::Error)
+        .map(|m| m.rule.as_str())
+        .collect();
+    assert_eq!(errs, vec!["applicability", "unknown_code"]);
+    // TP 11 + 判断料 144 still billed.
+    assert_eq!(r.total_points, 155);
+}
+
+#[test]
+fn facility_standard_is_required() {
+    // 医療ＤＸ推進体制整備加算１（初診） 111703470 (2024-10-01, 施設基準 4035).
+    let mut v = visit(d(2024, 11, 1), adult(), VisitKind::Initial);
+    v.procedures = vec![order("111703470")];
+    let r = calc(&v);
+    assert_eq!(r.total_points, 291);
+    assert!(r.messages.iter().any(|m| m.message_ja.contains("4035")));
+    let mut f = clinic();
+    f.standards = vec!["4035".into()];
+    // 291 + 11 = 302.
+    assert_eq!(calculate(store(), &f, &v).unwrap().total_points, 302);
+}
+
+#[test]
+fn visit_fee_codes_belong_in_visit_kind() {
+    let mut v = visit(d(2024, 7, 1), adult(), VisitKind::Revisit);
+    v.outpatient_management = false;
+    v.procedures = vec![order("112007410")];
+    let r = calc(&v);
+    assert_eq!(r.total_points, 75);
+    assert_eq!(
+        message_for(&r, "visit_fee").map(|m| m.level),
+        Some(Level::Error)
+    );
+}
+
+// ---- month, copay, input errors ------------------------------------------------------------
+
+#[test]
+fn month_carries_history_between_visits() {
+    // Two visits in July with AST: 判断料 144 only on the first. 17 + 144 and then 17.
+    let mut a = labs(&["160022510"]);
+    a.date = d(2024, 7, 2);
+    let mut b = a.clone();
+    b.id = "v2".into();
+    b.date = d(2024, 7, 20);
+    let rs = calculate_month(store(), &clinic(), &[b.clone(), a.clone()]).unwrap();
+    assert_eq!((rs[0].visit_id.as_str(), rs[0].total_points), ("v2", 17));
+    assert_eq!(rs[1].total_points, 161);
+}
+
+#[test]
+fn default_burden_by_age_and_insurance() {
+    // 72歳 (70th birthday 2022-03-15, 2割 from 2022-04-01): 20%.
+    let v = visit(d(2024, 7, 1), d(1952, 3, 15), VisitKind::Revisit);
+    assert_eq!(default_burden(&v), 20);
+    // 76歳: 10%. 後期高齢者: 10%. 40歳: 30%. 5歳 (未就学): 20%.
+    assert_eq!(
+        default_burden(&visit(d(2024, 7, 1), d(1948, 1, 1), VisitKind::Revisit)),
+        10
+    );
+    let mut k = visit(d(2024, 7, 1), d(1949, 1, 1), VisitKind::Revisit);
+    k.insurance.kind = InsuranceKind::Koki;
+    assert_eq!(default_burden(&k), 10);
+    assert_eq!(
+        default_burden(&visit(d(2024, 7, 1), adult(), VisitKind::Revisit)),
+        30
+    );
+    assert_eq!(
+        default_burden(&visit(d(2024, 7, 1), d(2019, 1, 1), VisitKind::Revisit)),
+        20
+    );
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() {
+    let v = visit(d(2024, 7, 1), d(2025, 1, 1), VisitKind::Initial);
+    assert!(matches!(
+        calculate(store(), &clinic(), &v),
+        Err(FeeError::InvalidInput { .. })
+    ));
+    let mut v = visit(d(2024, 7, 1), adult(), VisitKind::Initial);
+    v.insurance.burden_percent = Some(25);
+    assert!(calculate(store(), &clinic(), &v).is_err());
+    let mut v = visit(d(2024, 7, 1), adult(), VisitKind::None);
+    v.procedures = vec![ProcedureOrder {
+        code: "160017410".into(),
+        count: 0,
+        quantity: None,
+    }];
+    assert!(calculate(store(), &clinic(), &v).is_err());
+    v.procedures.clear();
+    v.prescription = rx(
+        DispensingMode::InHouse,
+        vec![rp(RpKind::Internal, 7, &[("610406079", "abc")])],
+    );
+    let e = calculate(store(), &clinic(), &v).unwrap_err();
+    assert!(e
+        .message_ja()
+        .contains("prescription.rps[0].drugs[0].quantity"));
+    // JSON with an unknown field is rejected by the input types.
+    assert!(serde_json::from_str::<CalcRequest>(
+        r#"{"facility":{"kind":"clinic","bogus":1},"visit":{}}"#
+    )
+    .is_err());
+}
+
+#[test]
+fn example_files_parse_and_calculate() {
+    for name in [
+        "visit_revisit_labs.json",
+        "visit_initial_infant_night.json",
+        "visit_out_of_house.json",
+    ] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join(name);
+        let req: CalcRequest = serde_json::from_slice(&std::fs::read(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let r = calculate(store(), &req.facility, &req.visit).unwrap();
+        assert!(r.total_points > 0, "{name}");
+    }
+}
