@@ -49,17 +49,30 @@ pub use master::{
     MasterStore, PriceOn,
 };
 
-/// Calculate a month of visits and write its UKE file (CP932 bytes).
-/// `claim_month` is the 請求年月 (any day of it); visits must all be in one service month.
+/// A month of calculated visits and its UKE files, one per 審査支払機関 that has receipts.
+pub struct MonthlyReceipts {
+    /// One result per input visit, in input order.
+    pub results: Vec<VisitResult>,
+    /// `(payer, CP932 file bytes)`: 社保 (支払基金) and/or 国保 (国保連合会).
+    pub files: Vec<(uke::Payer, Vec<u8>)>,
+}
+
+/// Calculate a month of visits (history carried between each patient's visits) and write the UKE
+/// files. `claim_month` is the 請求年月 (any day of it); visits must all be in one service month.
 pub fn monthly_receipts(
     store: &MasterStore,
     facility: &Facility,
-    payer: uke::Payer,
     claim_month: chrono::NaiveDate,
     visits: &[VisitInput],
-) -> Result<(Vec<VisitResult>, Vec<u8>)> {
+) -> Result<MonthlyReceipts> {
     let results = calculate_month(store, facility, visits)?;
     let pairs: Vec<(&VisitInput, &VisitResult)> = visits.iter().zip(results.iter()).collect();
-    let file = uke::build_uke(facility, payer, claim_month, &pairs)?;
-    Ok((results, file.to_bytes()?))
+    let mut files = Vec::new();
+    for payer in [uke::Payer::Shaho, uke::Payer::Kokuho] {
+        let file = uke::build_uke(facility, payer, claim_month, &pairs)?;
+        if !file.receipts.is_empty() {
+            files.push((payer, file.to_bytes()?));
+        }
+    }
+    Ok(MonthlyReceipts { results, files })
 }

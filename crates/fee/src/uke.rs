@@ -560,9 +560,18 @@ pub fn receipt_kind(visit: &VisitInput, burden_percent: u8) -> String {
     format!("111{last}")
 }
 
-/// Build the UKE file of one month from calculated visits (`(input, result)` pairs; visits of
-/// other months are rejected). One receipt per patient; identical lines are merged with their
-/// 算定日 counts. Receipts are numbered in patient-id order.
+/// The 審査支払機関 a visit's receipt goes to: 社保 → 支払基金; 国保 and 後期高齢者 → 国保連合会.
+pub fn payer_of(v: &VisitInput) -> Payer {
+    match v.insurance.kind {
+        InsuranceKind::Shaho => Payer::Shaho,
+        InsuranceKind::Kokuho | InsuranceKind::Koki => Payer::Kokuho,
+    }
+}
+
+/// Build the UKE file of one month for one 審査支払機関 from calculated visits (`(input,
+/// result)` pairs); visits for the other payer are left out, visits of several months rejected.
+/// One receipt per patient; identical lines are merged with their 算定日 counts. Receipts are
+/// numbered in patient-id order.
 pub fn build_uke(
     facility: &Facility,
     payer: Payer,
@@ -571,7 +580,7 @@ pub fn build_uke(
 ) -> Result<UkeFile> {
     let mut by_patient: BTreeMap<&str, Vec<(&VisitInput, &VisitResult)>> = BTreeMap::new();
     let mut service_month: Option<(i32, u32)> = None;
-    for (v, r) in visits {
+    for (v, r) in visits.iter().filter(|(v, _)| payer_of(v) == payer) {
         let m = (v.date.year(), v.date.month());
         if *service_month.get_or_insert(m) != m {
             return Err(FeeError::input(
@@ -701,7 +710,7 @@ pub fn build_uke(
                     ItemKind::Drug => DetailRecord::Iy(c),
                     ItemKind::Material => DetailRecord::To(ToRecord {
                         claim: c,
-                        unit_code: String::new(),
+                        unit_code: it.unit_code.clone().unwrap_or_default(),
                         unit_price: it.master_amount.clone(),
                         product_name: String::new(),
                     }),

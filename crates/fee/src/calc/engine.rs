@@ -177,6 +177,7 @@ fn item_of(p: &Procedure, quantity: Option<String>) -> LineItem {
         quantity,
         master_amount: format_fixed(p.points_x100, 2),
         unit: None,
+        unit_code: None,
     }
 }
 
@@ -874,6 +875,7 @@ impl Ctx<'_> {
                     quantity: Some(format_fixed(q, 5)),
                     master_amount: format_fixed(drug.price_x100, 2),
                     unit: Some(drug.unit_name.clone()),
+                    unit_code: Some(drug.unit_code.clone()),
                 });
             }
             if !ok || !in_house {
@@ -1139,6 +1141,7 @@ impl Ctx<'_> {
                     quantity: Some(format_fixed(q, 5)),
                     master_amount: format_fixed(t.price_x100, 2),
                     unit: Some(t.unit_name.clone()),
+                    unit_code: Some(t.unit_code.clone()),
                 }],
                 points,
                 count: 1,

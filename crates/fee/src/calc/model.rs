@@ -306,6 +306,9 @@ pub struct LineItem {
     /// 単位 of drugs and materials.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    /// 単位コード (別紙4-1) of drugs and materials, for the UKE TO record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit_code: Option<String>,
 }
 
 /// A billed line: one 診療行為, or one 剤, or one bundle, with its points and count.
