@@ -558,6 +558,28 @@ fn facility_standard_is_required() {
 }
 
 #[test]
+fn additions_need_their_base_and_one_per_sequence() {
+    let mut f = clinic();
+    f.standards = vec!["4035".into()];
+    // 医療ＤＸ推進体制整備加算 (注加算コード 1101 = 初診料) on a 再診: refused, 75点 only.
+    let mut v = visit(d(2024, 11, 1), adult(), VisitKind::Revisit);
+    v.outpatient_management = false;
+    v.procedures = vec![order("111703470")];
+    let r = calculate(store(), &f, &v).unwrap();
+    assert_eq!(r.total_points, 75);
+    assert_eq!(
+        message_for(&r, "addition_base").map(|m| m.level),
+        Some(Level::Error)
+    );
+    // On a 初診, 加算１ (11) and 加算２ (10) share 通番 A: only the first is billed. 291 + 11 = 302.
+    let mut v = visit(d(2024, 11, 1), adult(), VisitKind::Initial);
+    v.procedures = vec![order("111703470"), order("111703570")];
+    let r = calculate(store(), &f, &v).unwrap();
+    assert_eq!(r.total_points, 302);
+    assert!(message_for(&r, "addition_sequence").is_some());
+}
+
+#[test]
 fn visit_fee_codes_belong_in_visit_kind() {
     let mut v = visit(d(2024, 7, 1), adult(), VisitKind::Revisit);
     v.outpatient_management = false;

@@ -44,6 +44,7 @@ pub fn calculate(
     c.prescription()?;
     c.materials()?;
     c.outpatient_management()?;
+    c.addition_links()?;
     c.exclusions()?;
     c.count_limits()?;
     let total_points: i64 = c.lines.iter().map(|l| l.total).sum();
@@ -437,10 +438,18 @@ impl Ctx<'_> {
                             1,
                             None,
                             "time_addition",
-                            format!("{:?}の受診: {} {}点", self.visit.time_category, p.name, pts),
                             format!(
-                                "{:?} visit: {} {} points",
-                                self.visit.time_category, p.code, pts
+                                "{}の受診: {} {}点（時間加算区分{}）",
+                                time_label(self.visit.time_category).0,
+                                p.name,
+                                pts,
+                                p.time_kind
+                            ),
+                            format!(
+                                "{} visit: {} {} points",
+                                time_label(self.visit.time_category).1,
+                                p.code,
+                                pts
                             ),
                         );
                         time_added = !matches!(self.visit.time_category, TimeCategory::NightEarly);
@@ -1230,6 +1239,74 @@ impl Ctx<'_> {
             "再診料に外来管理加算（除外項目なし）",
             "outpatient management addition",
         )?;
+        Ok(())
+    }
+
+    // ---- 注加算 (cols 38/39): an ordered addition needs its base item; one per 通番 ------------
+    fn addition_links(&mut self) -> Result<()> {
+        let mut bases: Vec<String> = Vec::new();
+        for l in &self.lines {
+            for it in l.items.iter().filter(|i| i.kind == ItemKind::Procedure) {
+                if let Some(p) = self.procedure(&it.code)? {
+                    if !p.is_addition() && !p.addition_code.is_empty() && p.addition_code != "0" {
+                        bases.push(p.addition_code.clone());
+                    }
+                }
+            }
+        }
+        let mut seen: Vec<(String, String)> = Vec::new();
+        let mut i = 0;
+        while i < self.lines.len() {
+            let l = &self.lines[i];
+            let p = if l.rule == "ordered" && l.items.len() == 1 {
+                self.procedure(&l.items[0].code)?
+            } else {
+                None
+            };
+            let Some(p) = p.filter(|p| {
+                p.is_addition() && !p.addition_code.is_empty() && p.addition_code != "0"
+            }) else {
+                i += 1;
+                continue;
+            };
+            if !bases.contains(&p.addition_code) {
+                self.msg(
+                    Level::Error,
+                    "addition_base",
+                    Some(&p.code),
+                    format!(
+                        "{}の算定に必要な基本項目（注加算コード{}）がありません",
+                        p.name, p.addition_code
+                    ),
+                    format!(
+                        "{} needs its base item (注加算コード {}) on the same visit",
+                        p.code, p.addition_code
+                    ),
+                );
+                self.lines.remove(i);
+                continue;
+            }
+            let key = (p.addition_code.clone(), p.addition_seq.clone());
+            if seen.contains(&key) {
+                self.msg(
+                    Level::Warning,
+                    "addition_sequence",
+                    Some(&p.code),
+                    format!(
+                        "{}は同じ注加算通番{}の加算と併算定できないため算定しません",
+                        p.name, p.addition_seq
+                    ),
+                    format!(
+                        "{} not billed: another addition with 通番 {} is already billed",
+                        p.code, p.addition_seq
+                    ),
+                );
+                self.lines.remove(i);
+                continue;
+            }
+            seen.push(key);
+            i += 1;
+        }
         Ok(())
     }
 
