@@ -57,11 +57,24 @@ fn main() {
         }
         compartments.push(Value::Object(m));
     }
-    let mut core = Map::new();
-    core.insert("structureDefinitions".into(), Value::Array(sds));
-    core.insert("searchParameters".into(), Value::Array(params));
-    core.insert("compartments".into(), Value::Array(compartments));
-    write_zst(&out.join("r4-core.json.zst"), &Value::Object(core));
+    // The model blob: only what `Model` needs, constraints deduplicated into a table.
+    let mut constraints: Vec<Value> = Vec::new();
+    let mut constraint_ids: std::collections::HashMap<String, usize> = Default::default();
+    let lean: Vec<Value> = sds
+        .iter()
+        .map(|sd| lean_structure_definition(sd, &mut constraints, &mut constraint_ids))
+        .collect();
+    let mut model = Map::new();
+    model.insert("constraints".into(), Value::Array(constraints));
+    model.insert("structureDefinitions".into(), Value::Array(lean));
+    model.insert("searchParameters".into(), Value::Array(params));
+    model.insert("compartments".into(), Value::Array(compartments));
+    write_zst(&out.join("r4-model.json.zst"), &Value::Object(model));
+    // The stripped StructureDefinitions in FHIR shape, for the validator.
+    write_zst(
+        &out.join("r4-structure-definitions.json.zst"),
+        &Value::Array(sds),
+    );
 
     let valuesets: Vec<Value> = bundle_resources(&read_json(&r4.join("valuesets.json.gz")))
         .iter()
@@ -155,6 +168,100 @@ fn strip_structure_definition(sd: &Value) -> Value {
         }
     }
     sd
+}
+
+/// Keeps only the element fields the type model reads; `constraint` becomes `c`, a list
+/// of indices into the shared constraint table.
+fn lean_structure_definition(
+    sd: &Value,
+    table: &mut Vec<Value>,
+    ids: &mut std::collections::HashMap<String, usize>,
+) -> Value {
+    let mut out = Map::new();
+    for k in [
+        "name",
+        "url",
+        "kind",
+        "abstract",
+        "type",
+        "baseDefinition",
+        "derivation",
+    ] {
+        if let Some(v) = sd.get(k) {
+            out.insert(k.into(), v.clone());
+        }
+    }
+    let mut elements = Vec::new();
+    for el in sd
+        .pointer("/snapshot/element")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let mut e = Map::new();
+        for k in [
+            "path",
+            "sliceName",
+            "min",
+            "max",
+            "contentReference",
+            "binding",
+        ] {
+            if let Some(v) = el.get(k) {
+                e.insert(k.into(), v.clone());
+            }
+        }
+        for k in ["isSummary", "isModifier"] {
+            if el.get(k) == Some(&Value::Bool(true)) {
+                e.insert(k.into(), Value::Bool(true));
+            }
+        }
+        if let Some(b) = el.get("base") {
+            if b.get("path") != el.get("path") || b.get("max") != el.get("max") {
+                let mut bm = Map::new();
+                bm.insert("path".into(), b["path"].clone());
+                bm.insert("max".into(), b["max"].clone());
+                e.insert("base".into(), Value::Object(bm));
+            }
+        }
+        if let Some(Value::Array(types)) = el.get("type") {
+            let types: Vec<Value> = types
+                .iter()
+                .map(|t| {
+                    let mut t = t.clone();
+                    if let Some(Value::Array(exts)) = t.get_mut("extension") {
+                        exts.retain(|x| {
+                            x["url"] == "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type"
+                        });
+                    }
+                    if t.get("extension").and_then(Value::as_array).is_some_and(Vec::is_empty) {
+                        t.as_object_mut().map(|m| m.remove("extension"));
+                    }
+                    t
+                })
+                .collect();
+            e.insert("type".into(), Value::Array(types));
+        }
+        if let Some(Value::Array(cs)) = el.get("constraint") {
+            let refs: Vec<Value> = cs
+                .iter()
+                .map(|c| {
+                    let key = c.to_string();
+                    let id = *ids.entry(key).or_insert_with(|| {
+                        table.push(c.clone());
+                        table.len() - 1
+                    });
+                    Value::from(id)
+                })
+                .collect();
+            e.insert("c".into(), Value::Array(refs));
+        }
+        elements.push(Value::Object(e));
+    }
+    let mut snap = Map::new();
+    snap.insert("element".into(), Value::Array(elements));
+    out.insert("snapshot".into(), Value::Object(snap));
+    Value::Object(out)
 }
 
 fn strip_search_parameter(sp: &Value) -> Value {

@@ -8,7 +8,8 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-static R4_CORE: &[u8] = include_bytes!("../data/r4-core.json.zst");
+static R4_MODEL: &[u8] = include_bytes!("../data/r4-model.json.zst");
+static R4_SDS: &[u8] = include_bytes!("../data/r4-structure-definitions.json.zst");
 static R4_VALUESETS: &[u8] = include_bytes!("../data/r4-valuesets.json.zst");
 static R4_EXTENSIONS: &[u8] = include_bytes!("../data/r4-extensions.json.zst");
 static JP_ARCHIVE: &[u8] = include_bytes!("../data/jp/jp-profiles.bin");
@@ -19,9 +20,9 @@ fn unzstd(bytes: &[u8], what: &str) -> Result<Vec<u8>, SpecError> {
 
 /// Builds the R4 model from the embedded data (what [`crate::r4`] does once).
 pub fn load_r4() -> Result<Model, SpecError> {
-    let json = unzstd(R4_CORE, "r4-core")?;
+    let json = unzstd(R4_MODEL, "r4-model")?;
     let raw: RawCore =
-        serde_json::from_slice(&json).map_err(|e| SpecError::Data(format!("r4-core: {e}")))?;
+        serde_json::from_slice(&json).map_err(|e| SpecError::Data(format!("r4-model: {e}")))?;
     let mut compartments: HashMap<String, HashMap<String, Vec<String>>> = HashMap::new();
     for c in raw.compartments {
         let m = compartments.entry(c.code).or_default();
@@ -29,7 +30,7 @@ pub fn load_r4() -> Result<Model, SpecError> {
             m.insert(r.code, r.param);
         }
     }
-    let core = build_core(&raw.structure_definitions, compartments)?;
+    let core = build_core(&raw.structure_definitions, &raw.constraints, compartments)?;
     let mut search = SearchIndex::default();
     for sp in raw.search_parameters {
         search.add(convert(sp).map_err(SpecError::Data)?);
@@ -53,16 +54,7 @@ fn json_array(bytes: &[u8], what: &str) -> Result<Vec<Value>, SpecError> {
 /// mappings, the differential and descriptive element text removed (snapshots complete
 /// otherwise). Parsed on each call.
 pub fn r4_structure_definitions() -> Vec<Value> {
-    let Ok(json) = unzstd(R4_CORE, "r4-core") else {
-        return Vec::new();
-    };
-    match serde_json::from_slice::<Value>(&json) {
-        Ok(mut v) => match v.get_mut("structureDefinitions").map(Value::take) {
-            Some(Value::Array(a)) => a,
-            _ => Vec::new(),
-        },
-        Err(_) => Vec::new(),
-    }
+    json_array(R4_SDS, "r4-structure-definitions").unwrap_or_default()
 }
 
 /// The R4 ValueSets and CodeSystems (valuesets.json, narrative removed). Parsed on each call.

@@ -1,7 +1,7 @@
 //! The type model built from StructureDefinition snapshots.
 
 use crate::hash::FastMap;
-use crate::raw::{RawElement, RawStructureDefinition};
+use crate::raw::{RawConstraint, RawElement, RawStructureDefinition};
 use crate::search::{SearchIndex, SearchParamDef};
 use crate::SpecError;
 use std::collections::HashMap;
@@ -483,10 +483,29 @@ fn normalise_code(code: &str) -> &str {
         .unwrap_or(code)
 }
 
+pub(crate) fn convert_constraint(c: &RawConstraint) -> Constraint {
+    Constraint {
+        key: c.key.clone(),
+        severity: if c.severity == "warning" {
+            Severity::Warning
+        } else {
+            Severity::Error
+        },
+        human: c.human.clone(),
+        expression: c.expression.clone(),
+        source: c.source.clone(),
+        best_practice: c
+            .extension
+            .iter()
+            .any(|e| e.url == BEST_PRACTICE_EXT && e.value_boolean == Some(true)),
+    }
+}
+
 fn convert_element(
     raw: &RawElement,
     type_kind: TypeKind,
     root: &str,
+    table: &[Constraint],
 ) -> Result<ElementDef, String> {
     let path = raw.path.clone();
     let last = path.rsplit('.').next().unwrap_or(&path);
@@ -530,25 +549,13 @@ fn convert_element(
             value_set: b.value_set.clone(),
         })
     });
-    let constraints = raw
-        .constraint
-        .iter()
-        .map(|c| Constraint {
-            key: c.key.clone(),
-            severity: if c.severity == "warning" {
-                Severity::Warning
-            } else {
-                Severity::Error
-            },
-            human: c.human.clone(),
-            expression: c.expression.clone(),
-            source: c.source.clone(),
-            best_practice: c
-                .extension
-                .iter()
-                .any(|e| e.url == BEST_PRACTICE_EXT && e.value_boolean == Some(true)),
-        })
-        .collect();
+    let mut constraints: Vec<Constraint> = raw.constraint.iter().map(convert_constraint).collect();
+    for &i in &raw.c {
+        let c = table
+            .get(i as usize)
+            .ok_or_else(|| format!("{path}: constraint #{i} missing"))?;
+        constraints.push(c.clone());
+    }
     Ok(ElementDef {
         name,
         min: raw.min,
@@ -573,7 +580,7 @@ fn convert_element(
     })
 }
 
-fn convert_type(sd: &RawStructureDefinition) -> Result<TypeDef, String> {
+fn convert_type(sd: &RawStructureDefinition, table: &[Constraint]) -> Result<TypeDef, String> {
     let kind = match sd.kind.as_str() {
         "primitive-type" => TypeKind::PrimitiveType,
         "complex-type" => TypeKind::ComplexType,
@@ -595,7 +602,8 @@ fn convert_type(sd: &RawStructureDefinition) -> Result<TypeDef, String> {
         if e.slice_name.is_some() {
             continue;
         }
-        elements.push(convert_element(e, kind, &root).map_err(|m| format!("{}: {m}", sd.name))?);
+        elements
+            .push(convert_element(e, kind, &root, table).map_err(|m| format!("{}: {m}", sd.name))?);
     }
     // contentReference elements take the types of the referenced element.
     for i in 0..elements.len() {
@@ -633,11 +641,13 @@ fn capitalise(code: &str) -> String {
 
 pub(crate) fn build_core(
     sds: &[RawStructureDefinition],
+    constraint_table: &[RawConstraint],
     compartments: HashMap<String, HashMap<String, Vec<String>>>,
 ) -> Result<Core, SpecError> {
+    let table: Vec<Constraint> = constraint_table.iter().map(convert_constraint).collect();
     let mut types = Vec::with_capacity(sds.len());
     for sd in sds {
-        types.push(convert_type(sd).map_err(SpecError::Data)?);
+        types.push(convert_type(sd, &table).map_err(SpecError::Data)?);
     }
     let mut type_index = FastMap::default();
     for (i, t) in types.iter().enumerate() {

@@ -4,6 +4,9 @@ use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct RawCore {
+    /// Shared constraint table referenced by [`RawElement::c`].
+    #[serde(default)]
+    pub constraints: Vec<RawConstraint>,
     #[serde(rename = "structureDefinitions")]
     pub structure_definitions: Vec<RawStructureDefinition>,
     #[serde(rename = "searchParameters")]
@@ -53,6 +56,9 @@ pub(crate) struct RawElement {
     pub binding: Option<RawBinding>,
     #[serde(default)]
     pub constraint: Vec<RawConstraint>,
+    /// Indices into [`RawCore::constraints`] (the packed model form of `constraint`).
+    #[serde(default)]
+    pub c: Vec<u32>,
 }
 
 fn star() -> String {
