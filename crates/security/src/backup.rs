@@ -33,7 +33,7 @@ pub const KEY_LEN: usize = 32;
 const MAGIC: &[u8; 8] = b"IRYOBAK\x01";
 const HEADER_LEN: usize = 40;
 /// Plaintext bytes per chunk.
-pub const CHUNK_SIZE: usize = 1 << 20;
+pub const CHUNK_SIZE: usize = 64 * 1024;
 const TAG_LEN: usize = 16;
 const REC_FILE: u8 = 1;
 const REC_MANIFEST: u8 = 2;
