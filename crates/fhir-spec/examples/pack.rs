@@ -304,14 +304,15 @@ fn write_zst(path: &Path, v: &Value) {
     );
 }
 
-/// JP archive: a plain-text index followed by one zstd frame holding every
+/// JP archive: a plain-text index followed by zstd frames holding every
 /// file's bytes, unmodified, in index order.
 ///
 /// ```text
-/// IRYO-JP-ARCHIVE 2\n
-/// <package>\t<file name>\t<byte length>\t<resourceType>\t<url>\t<version>\n   (one line per file)
+/// IRYO-JP-ARCHIVE 3\n
+/// frames\t<compressed size of frame 0>\t<… frame 1>\t<… frame 2>\n
+/// <package>\t<file name>\t<byte length>\t<resourceType>\t<url>\t<version>\t<frame>\n   (one line per file)
 /// \n
-/// <zstd frame: concatenated file bytes>
+/// <zstd frames: each the concatenated bytes of its files, in index order>
 /// ```
 fn pack_jp(src: &Path, out: &Path) {
     fs::create_dir_all(out).expect("mkdir data/jp");
@@ -321,9 +322,8 @@ fn pack_jp(src: &Path, out: &Path) {
         .filter(|p| p.is_dir())
         .collect();
     packages.sort();
-    let mut index = String::from("IRYO-JP-ARCHIVE 2\n");
-    let mut blob = Vec::new();
-    let mut count = 0;
+    // (frame, package, name, bytes, resourceType, url, version)
+    let mut entries = Vec::new();
     for pkg in &packages {
         let pkg_name = pkg.file_name().unwrap().to_str().unwrap().to_string();
         let mut files = Vec::new();
@@ -349,32 +349,59 @@ fn pack_jp(src: &Path, out: &Path) {
                 );
                 s.to_string()
             };
-            index.push_str(&format!(
-                "{pkg_name}\t{name}\t{}\t{}\t{}\t{}\n",
-                bytes.len(),
-                field("resourceType"),
-                field("url"),
-                field("version")
-            ));
-            blob.extend_from_slice(&bytes);
-            count += 1;
+            let rt = field("resourceType");
+            let frame = jp_frame(&rt);
+            let (url, version) = (field("url"), field("version"));
+            entries.push((frame, pkg_name.clone(), name, bytes, rt, url, version));
         }
     }
-    index.push('\n');
-    let mut enc = zstd::stream::Encoder::new(Vec::new(), ZSTD_LEVEL).expect("zstd");
-    enc.long_distance_matching(true).expect("ldm");
-    enc.window_log(27).expect("window");
-    std::io::Write::write_all(&mut enc, &blob).expect("compress");
-    let z = enc.finish().expect("zstd finish");
-    let mut file = index.into_bytes();
-    file.extend_from_slice(&z);
+    // Stable: by frame, then package and file name as collected.
+    entries.sort_by_key(|e| e.0);
+    let mut index = String::new();
+    let mut frames: Vec<Vec<u8>> = vec![Vec::new(); JP_FRAMES];
+    for (frame, pkg, name, bytes, rt, url, version) in &entries {
+        index.push_str(&format!(
+            "{pkg}\t{name}\t{}\t{rt}\t{url}\t{version}\t{frame}\n",
+            bytes.len()
+        ));
+        frames[*frame].extend_from_slice(bytes);
+    }
+    let mut compressed = Vec::new();
+    for raw in &frames {
+        let mut enc = zstd::stream::Encoder::new(Vec::new(), ZSTD_LEVEL).expect("zstd");
+        enc.long_distance_matching(true).expect("ldm");
+        enc.window_log(27).expect("window");
+        std::io::Write::write_all(&mut enc, raw).expect("compress");
+        compressed.push(enc.finish().expect("zstd finish"));
+    }
+    let sizes: Vec<String> = compressed.iter().map(|c| c.len().to_string()).collect();
+    let mut file =
+        format!("IRYO-JP-ARCHIVE 3\nframes\t{}\n{index}\n", sizes.join("\t")).into_bytes();
+    for c in &compressed {
+        file.extend_from_slice(c);
+    }
     fs::write(out.join("jp-profiles.bin"), &file).expect("write jp archive");
     fs::copy(src.join("SOURCES.md"), out.join("SOURCES.md")).expect("copy SOURCES.md");
+    let total: usize = frames.iter().map(Vec::len).sum();
     println!(
-        "jp: {count} files, {} bytes -> {} bytes",
-        blob.len(),
-        file.len()
+        "jp: {} files, {total} bytes -> {} bytes (frames {})",
+        entries.len(),
+        file.len(),
+        sizes.join(", ")
     );
+}
+
+/// Files are grouped into zstd frames so a reader decompresses only what it needs:
+/// 0 = SearchParameter/NamingSystem/other small resources, 1 = StructureDefinition,
+/// 2 = ValueSet/CodeSystem.
+const JP_FRAMES: usize = 3;
+
+fn jp_frame(resource_type: &str) -> usize {
+    match resource_type {
+        "StructureDefinition" => 1,
+        "ValueSet" | "CodeSystem" => 2,
+        _ => 0,
+    }
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {

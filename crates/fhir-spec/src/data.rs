@@ -81,13 +81,17 @@ pub struct JpFile {
     pub url: &'static str,
     /// Business version ("" when the resource has none).
     pub version: &'static str,
+    frame: usize,
     offset: usize,
     len: usize,
 }
 
 struct JpIndex {
     files: Vec<JpFile>,
-    data_start: usize,
+    /// Compressed byte ranges of the frames inside the archive.
+    frames: Vec<(usize, usize)>,
+    /// Decompressed size of each frame.
+    frame_sizes: Vec<usize>,
 }
 
 fn jp_index() -> &'static JpIndex {
@@ -95,7 +99,8 @@ fn jp_index() -> &'static JpIndex {
     INDEX.get_or_init(|| {
         parse_jp_index(JP_ARCHIVE).unwrap_or(JpIndex {
             files: Vec::new(),
-            data_start: JP_ARCHIVE.len(),
+            frames: Vec::new(),
+            frame_sizes: Vec::new(),
         })
     })
 }
@@ -104,11 +109,25 @@ fn parse_jp_index(bytes: &'static [u8]) -> Option<JpIndex> {
     let end = bytes.windows(2).position(|w| w == b"\n\n")?;
     let header = std::str::from_utf8(&bytes[..end]).ok()?;
     let mut lines = header.lines();
-    if lines.next()? != "IRYO-JP-ARCHIVE 2" {
+    if lines.next()? != "IRYO-JP-ARCHIVE 3" {
         return None;
     }
+    let mut frame_line = lines.next()?.split('\t');
+    if frame_line.next()? != "frames" {
+        return None;
+    }
+    let mut frames = Vec::new();
+    let mut at = end + 2;
+    for len in frame_line {
+        let len: usize = len.parse().ok()?;
+        frames.push((at, at.checked_add(len)?));
+        at += len;
+    }
+    if at != bytes.len() {
+        return None;
+    }
+    let mut frame_sizes = vec![0usize; frames.len()];
     let mut files = Vec::new();
-    let mut offset = 0usize;
     for line in lines {
         let mut parts = line.split('\t');
         let package = parts.next()?;
@@ -117,20 +136,24 @@ fn parse_jp_index(bytes: &'static [u8]) -> Option<JpIndex> {
         let resource_type = parts.next()?;
         let url = parts.next()?;
         let version = parts.next()?;
+        let frame: usize = parts.next()?.parse().ok()?;
+        let offset = *frame_sizes.get(frame)?;
+        frame_sizes[frame] += len;
         files.push(JpFile {
             package,
             file_name,
             resource_type,
             url,
             version,
+            frame,
             offset,
             len,
         });
-        offset += len;
     }
     Some(JpIndex {
         files,
-        data_start: end + 2,
+        frames,
+        frame_sizes,
     })
 }
 
@@ -150,30 +173,28 @@ pub fn jp_file_by_url(canonical: &str) -> Option<&'static JpFile> {
         .find(|f| !f.url.is_empty() && f.url == url && version.is_none_or(|v| v == f.version))
 }
 
-/// The decompressed JP archive. Opening it decompresses all files once (about 41 MB,
-/// tens of milliseconds); keep it while loading what you need, then drop it.
+/// Access to the JP files. The archive is split in frames (SearchParameter/NamingSystem,
+/// StructureDefinition, ValueSet/CodeSystem); a frame is decompressed the first time one
+/// of its files is read and kept until the `JpArchive` is dropped. Keep it while loading
+/// what you need, then drop it.
 ///
 /// ```
-/// let jp = iryo_fhir_spec::JpArchive::open().unwrap();
+/// let jp = iryo_fhir_spec::JpArchive::open();
 /// let sd = jp.by_url("http://jpfhir.jp/fhir/core/StructureDefinition/JP_Patient").unwrap();
 /// assert_eq!(sd["type"], "Patient");
 /// ```
 pub struct JpArchive {
-    blob: Vec<u8>,
+    frames: Vec<OnceLock<Vec<u8>>>,
 }
 
 impl JpArchive {
-    pub fn open() -> Result<JpArchive, SpecError> {
-        let idx = jp_index();
-        if idx.files.is_empty() {
-            return Err(SpecError::Data("jp archive: bad index".into()));
+    /// Cheap: nothing is decompressed yet.
+    pub fn open() -> JpArchive {
+        JpArchive {
+            frames: (0..jp_index().frames.len())
+                .map(|_| OnceLock::new())
+                .collect(),
         }
-        let blob = unzstd(&JP_ARCHIVE[idx.data_start..], "jp archive")?;
-        let need = idx.files.last().map(|f| f.offset + f.len).unwrap_or(0);
-        if blob.len() != need {
-            return Err(SpecError::Data("jp archive: size mismatch".into()));
-        }
-        Ok(JpArchive { blob })
     }
 
     /// The index (same as [`jp_files`]).
@@ -181,9 +202,25 @@ impl JpArchive {
         jp_files()
     }
 
-    /// The file's bytes exactly as published.
+    fn frame(&self, i: usize) -> &[u8] {
+        let idx = jp_index();
+        let Some(cell) = self.frames.get(i) else {
+            return &[];
+        };
+        cell.get_or_init(|| {
+            let (a, b) = idx.frames[i];
+            match unzstd(&JP_ARCHIVE[a..b], "jp archive") {
+                Ok(v) if v.len() == idx.frame_sizes[i] => v,
+                _ => Vec::new(),
+            }
+        })
+    }
+
+    /// The file's bytes exactly as published (empty if the archive is damaged).
     pub fn bytes(&self, f: &JpFile) -> &[u8] {
-        self.blob.get(f.offset..f.offset + f.len).unwrap_or(&[])
+        self.frame(f.frame)
+            .get(f.offset..f.offset + f.len)
+            .unwrap_or(&[])
     }
 
     /// The file parsed as JSON.
@@ -207,14 +244,12 @@ pub fn jp_resources() -> Vec<(&'static str, &'static str, Value)> {
     jp_resources_where(|_| true)
 }
 
-/// Like [`jp_resources`], but parses only the files `keep` accepts
-/// (e.g. only StructureDefinitions: `|f| f.resource_type == "StructureDefinition"`).
+/// Like [`jp_resources`], but parses only the files `keep` accepts (only their frames are
+/// decompressed), e.g. `|f| f.resource_type == "StructureDefinition"`.
 pub fn jp_resources_where(
     keep: impl Fn(&JpFile) -> bool,
 ) -> Vec<(&'static str, &'static str, Value)> {
-    let Ok(archive) = JpArchive::open() else {
-        return Vec::new();
-    };
+    let archive = JpArchive::open();
     archive
         .files()
         .iter()
@@ -223,11 +258,17 @@ pub fn jp_resources_where(
         .collect()
 }
 
+/// The JP Core SearchParameter resources (8), for [`crate::Model::with_search_parameters`].
+pub fn jp_search_parameters() -> Vec<Value> {
+    jp_resources_where(|f| f.resource_type == "SearchParameter")
+        .into_iter()
+        .map(|(_, _, v)| v)
+        .collect()
+}
+
 /// The raw bytes of every JP file (as published), for checksums or re-export.
 pub fn jp_raw_files() -> Vec<(JpFile, Vec<u8>)> {
-    let Ok(archive) = JpArchive::open() else {
-        return Vec::new();
-    };
+    let archive = JpArchive::open();
     archive
         .files()
         .iter()

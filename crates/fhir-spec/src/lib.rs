@@ -38,8 +38,8 @@ mod search;
 
 pub use check::Issue;
 pub use data::{
-    jp_file_by_url, jp_files, jp_raw_files, jp_resources, jp_resources_where, load_r4,
-    r4_extension_definitions, r4_structure_definitions, r4_value_sets, JpArchive, JpFile,
+    jp_file_by_url, jp_files, jp_raw_files, jp_resources, jp_resources_where, jp_search_parameters,
+    load_r4, r4_extension_definitions, r4_structure_definitions, r4_value_sets, JpArchive, JpFile,
 };
 pub use model::{
     Binding, BindingStrength, Child, Constraint, ElementDef, Model, Severity, TypeDef, TypeKind,
@@ -69,4 +69,19 @@ static R4: LazyLock<Model> = LazyLock::new(|| match load_r4() {
 /// The FHIR R4 model, built once on first use (thread-safe).
 pub fn r4() -> &'static Model {
     &R4
+}
+
+static R4_JP: LazyLock<Model> = LazyLock::new(|| {
+    let jp = jp_search_parameters();
+    match r4().with_search_parameters(&jp) {
+        Ok(m) => m,
+        // Shipped data, covered by tests; failing here is a build defect.
+        Err(e) => panic!("{e}"),
+    }
+});
+
+/// The R4 model plus the JP Core SearchParameters (jp-kana-sort, jp-insured-personnumber, …),
+/// built once on first use. Types and compartments are shared with [`r4`].
+pub fn r4_jp() -> &'static Model {
+    &R4_JP
 }

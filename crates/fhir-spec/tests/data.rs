@@ -72,7 +72,7 @@ fn jp_index_and_lookup_by_url() {
     assert!(iryo_fhir_spec::jp_file_by_url(&format!("{url}|{}", f.version)).is_some());
     assert!(iryo_fhir_spec::jp_file_by_url(&format!("{url}|0.0.0-nope")).is_none());
     assert!(iryo_fhir_spec::jp_file_by_url("http://example.org/nope").is_none());
-    let jp = iryo_fhir_spec::JpArchive::open().unwrap();
+    let jp = iryo_fhir_spec::JpArchive::open();
     let v = jp.by_url(url).unwrap();
     assert_eq!(v["url"], url);
     // JP Core search parameters load into the model.
@@ -83,6 +83,20 @@ fn jp_index_and_lookup_by_url() {
         .collect();
     let m = iryo_fhir_spec::r4().with_search_parameters(&sps).unwrap();
     assert!(m.all_search_params().len() > iryo_fhir_spec::r4().all_search_params().len());
+    assert_eq!(sps, iryo_fhir_spec::jp_search_parameters());
+    let jpm = iryo_fhir_spec::r4_jp();
+    let kana = jpm.search_param("Patient", "jp-kana-sort").unwrap();
+    assert_eq!(kana.kind, iryo_fhir_spec::SearchParamType::String);
+    assert!(kana
+        .expression_for("Patient")
+        .unwrap()
+        .starts_with("Patient.name.where("));
+    assert!(jpm
+        .search_param("Coverage", "jp-insured-personnumber")
+        .is_some());
+    assert!(iryo_fhir_spec::r4()
+        .search_param("Patient", "jp-kana-sort")
+        .is_none());
 }
 
 #[test]
