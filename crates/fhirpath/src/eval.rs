@@ -415,7 +415,9 @@ pub(crate) fn eval<'a>(ast: &Ast, env: &Env<'_, 'a>) -> R<'a> {
                 Some(t) => eval(t, env)?,
                 None => env.focus.to_vec(),
             };
-            crate::functions::call(name, input, args, env)
+            let out = crate::functions::call(name, input, args, env)?;
+            check_size(&out)?;
+            Ok(out)
         }
         Ast::TypeOp(target, f, spec) => {
             let input = match target {
@@ -478,8 +480,35 @@ pub(crate) fn eval<'a>(ast: &Ast, env: &Env<'_, 'a>) -> R<'a> {
                 },
             }
         }
-        Ast::Bin(op, l, r) => binary(*op, l, r, env),
+        Ast::Bin(op, l, r) => {
+            let out = binary(*op, l, r, env)?;
+            check_size(&out)?;
+            Ok(out)
+        }
     }
+}
+
+/// Largest collection and string an evaluation may build (protects against
+/// expressions that grow results exponentially).
+pub(crate) const MAX_ITEMS: usize = 100_000;
+pub(crate) const MAX_STRING: usize = 1 << 20;
+
+fn check_size(c: &[Item<'_>]) -> Result<(), EvalError> {
+    if c.len() > MAX_ITEMS {
+        return err(
+            "結果の集合が大きすぎます",
+            format!("result collection exceeds {MAX_ITEMS} items"),
+        );
+    }
+    if c.iter()
+        .any(|i| matches!(i, Item::String(s) if s.len() > MAX_STRING))
+    {
+        return err(
+            "結果の文字列が長すぎます",
+            format!("result string exceeds {MAX_STRING} bytes"),
+        );
+    }
+    Ok(())
 }
 
 /// Strict mode: the name must be an element of the (known) type, and must not be a
@@ -784,7 +813,8 @@ pub(crate) fn arith<'a>(
                     Some(Item::Decimal(
                         Decimal::from(*a)
                             .checked_div(Decimal::from(*b))
-                            .ok_or_else(overflow)?,
+                            .ok_or_else(overflow)?
+                            .normalize(),
                     ))
                 }
             }
@@ -804,7 +834,9 @@ pub(crate) fn arith<'a>(
                     if b.is_zero() {
                         None
                     } else {
-                        Some(Item::Decimal(a.checked_div(b).ok_or_else(overflow)?))
+                        Some(Item::Decimal(
+                            a.checked_div(b).ok_or_else(overflow)?.normalize(),
+                        ))
                     }
                 }
                 BinOp::IntDiv => {

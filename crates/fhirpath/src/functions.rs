@@ -327,6 +327,12 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
                 let mut next = Vec::new();
                 each(&frontier, &args[0], env, |_, _, r| {
                     for x in r {
+                        if out.len() >= crate::eval::MAX_ITEMS / 10 {
+                            return err(
+                                "repeat() の結果が大きすぎます",
+                                "repeat() produced too many items",
+                            );
+                        }
                         if !out.iter().any(|o| item_equals(o, &x) == Some(true)) {
                             out.push(x.clone());
                             next.push(x);
@@ -534,6 +540,9 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
             ) else {
                 return Ok(Vec::new());
             };
+            if (s.len() / p.len().max(1) + 1).saturating_mul(r.len()) > crate::eval::MAX_STRING {
+                return err("結果の文字列が長すぎます", "replace() result too long");
+            }
             one(str_item(s.replace(&p, &r)))
         }
         "matches" | "matchesFull" => {
@@ -563,6 +572,12 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
             };
             if p.is_empty() {
                 return one(str_item(s));
+            }
+            if (s.len() + 1).saturating_mul(r.len()) > crate::eval::MAX_STRING {
+                return err(
+                    "結果の文字列が長すぎます",
+                    "replaceMatches() result too long",
+                );
             }
             let re = compile_regex(&format!("(?s){p}"))?;
             one(str_item(re.replace_all(&s, r.as_str()).into_owned()))
@@ -969,7 +984,7 @@ fn dec_boundary(d: Decimal, p: Option<i64>, high: bool) -> Option<Decimal> {
         return None;
     }
     let s = d.scale();
-    let half = Decimal::new(5, s + 1);
+    let half = Decimal::try_new(5, s + 1).ok()?;
     let b = if high {
         d.checked_add(half)?
     } else {

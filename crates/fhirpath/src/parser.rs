@@ -102,6 +102,7 @@ pub(crate) fn parse_ast(src: &str) -> Result<Ast, ParseError> {
         toks,
         i: 0,
         depth: 0,
+        nodes: 0,
     };
     let ast = p.expr(0)?;
     if p.peek() != &Tok::Eof {
@@ -118,9 +119,13 @@ struct Parser {
     toks: Vec<Token>,
     i: usize,
     depth: usize,
+    nodes: usize,
 }
 
-const MAX_DEPTH: usize = 200;
+/// Limits that keep evaluation (which recurses over the tree) and dropping the
+/// tree well within the stack: nesting depth and the total number of nodes.
+const MAX_DEPTH: usize = 100;
+const MAX_NODES: usize = 1000;
 
 fn keyword_op(name: &str) -> Option<(BinOp, u8)> {
     Some(match name {
@@ -194,6 +199,19 @@ impl Parser {
         })
     }
 
+    /// Counts one more tree node, failing beyond [`MAX_NODES`].
+    fn node(&mut self) -> Result<(), ParseError> {
+        self.nodes += 1;
+        if self.nodes > MAX_NODES {
+            return Err(ParseError::new(
+                self.pos(),
+                "式が長すぎます",
+                "expression too long",
+            ));
+        }
+        Ok(())
+    }
+
     fn expr(&mut self, min_bp: u8) -> Result<Ast, ParseError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
@@ -212,6 +230,7 @@ impl Parser {
             {
                 if (name == "is" || name == "as") && TYPE_OP_BP > min_bp {
                     let f = if name == "is" { TypeFn::Is } else { TypeFn::As };
+                    self.node()?;
                     self.bump();
                     let spec = self.type_spec()?;
                     lhs = Ast::TypeOp(Some(Box::new(lhs)), f, spec);
@@ -223,6 +242,7 @@ impl Parser {
                 break;
             }
             self.bump();
+            self.node()?;
             let rhs = self.expr(bp)?;
             lhs = Ast::Bin(op, Box::new(lhs), Box::new(rhs));
         }
@@ -261,6 +281,7 @@ impl Parser {
         match self.peek() {
             Tok::Minus => {
                 self.bump();
+                self.node()?;
                 let inner = self.unary()?;
                 Ok(match inner {
                     Ast::Lit(Lit::Int(n)) => Ast::Lit(Lit::Int(-n)),
@@ -274,6 +295,7 @@ impl Parser {
             }
             Tok::Plus => {
                 self.bump();
+                self.node()?;
                 self.unary()
             }
             _ => self.postfix(),
@@ -283,6 +305,9 @@ impl Parser {
     fn postfix(&mut self) -> Result<Ast, ParseError> {
         let mut t = self.term()?;
         loop {
+            if matches!(self.peek(), Tok::Dot | Tok::LBracket) {
+                self.node()?;
+            }
             match self.peek() {
                 Tok::Dot => {
                     self.bump();
