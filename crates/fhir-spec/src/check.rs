@@ -262,6 +262,16 @@ impl<'m> Checker<'m> {
                 continue;
             };
             let el = self.model.element(slot.ty, slot.el);
+            if el.max == Some(0) {
+                let l = loc.child(Seg::Key(key));
+                self.push(
+                    "structure",
+                    &l,
+                    format!("要素 '{key}' はここでは使えません（最大 0 個）"),
+                    format!("Element '{key}' is not allowed here (max 0)"),
+                );
+                continue;
+            }
             let type_code = el
                 .types
                 .get(slot.type_idx as usize)

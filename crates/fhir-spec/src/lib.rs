@@ -42,8 +42,8 @@ pub use data::{
     load_r4, r4_extension_definitions, r4_structure_definitions, r4_value_sets, JpArchive, JpFile,
 };
 pub use model::{
-    Binding, BindingStrength, Child, Constraint, ElementDef, Model, Severity, TypeDef, TypeKind,
-    TypeRef,
+    Binding, BindingStrength, Child, ChildRef, Constraint, ElementDef, Model, Severity, TypeDef,
+    TypeKind, TypeRef,
 };
 pub use search::{split_top_level_union, SearchParamDef, SearchParamType};
 

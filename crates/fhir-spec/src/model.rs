@@ -153,6 +153,14 @@ pub struct Child<'a> {
     pub next_parent: String,
 }
 
+/// The result of [`Model::child_ref`]: like [`Child`], borrowing `next_parent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildRef<'a> {
+    pub element: &'a ElementDef,
+    pub type_code: &'a str,
+    pub next_parent: &'a str,
+}
+
 /// Primitive type with its JSON representation and lexical rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Prim {
@@ -256,6 +264,8 @@ pub(crate) struct Core {
     pub type_index: FastMap<String, u32>,
     pub nodes: Vec<Node>,
     pub node_index: FastMap<String, u32>,
+    /// Element path → (type index, element index), for the types' own elements.
+    pub path_index: FastMap<String, (u32, u32)>,
     pub resource_types: Vec<String>,
     pub compartments: HashMap<String, HashMap<String, Vec<String>>>,
 }
@@ -320,12 +330,17 @@ impl Model {
     /// (Questionnaire.item.item → next_parent "Questionnaire.item") and inherited elements.
     /// Keys starting with '_' are not resolved: pass the key without '_'.
     pub fn child(&self, parent: &str, key: &str) -> Option<Child<'_>> {
-        let node = *self.core.node_index.get(parent)?;
-        let slot = self.core.nodes[node as usize].children.get(key)?;
-        Some(self.child_of_slot(slot))
+        self.child_ref(parent, key).map(|c| Child {
+            element: c.element,
+            type_code: c.type_code,
+            next_parent: c.next_parent.to_string(),
+        })
     }
 
-    pub(crate) fn child_of_slot(&self, slot: &Slot) -> Child<'_> {
+    /// Like [`Model::child`] without allocating: `next_parent` borrows from the model.
+    pub fn child_ref(&self, parent: &str, key: &str) -> Option<ChildRef<'_>> {
+        let node = *self.core.node_index.get(parent)?;
+        let slot = self.core.nodes[node as usize].children.get(key)?;
         let element = self.element(slot.ty, slot.el);
         let type_code = element
             .types
@@ -333,15 +348,15 @@ impl Model {
             .map(|t| t.code.as_str())
             .unwrap_or("");
         let next_parent = if slot.next == NO_NODE {
-            type_code.to_string()
+            type_code
         } else {
-            self.core.nodes[slot.next as usize].name.clone()
+            self.core.nodes[slot.next as usize].name.as_str()
         };
-        Child {
+        Some(ChildRef {
             element,
             type_code,
             next_parent,
-        }
+        })
     }
 
     pub(crate) fn element(&self, ty: u32, el: u32) -> &ElementDef {
@@ -363,11 +378,8 @@ impl Model {
 
     /// The element with the given full path ("Patient.contact.name", "Observation.value[x]").
     pub fn element_by_path(&self, path: &str) -> Option<&ElementDef> {
-        let root = path.split('.').next()?;
-        self.type_def(root)?
-            .elements
-            .iter()
-            .find(|e| e.path == path)
+        let &(t, e) = self.core.path_index.get(path)?;
+        Some(self.element(t, e))
     }
 
     /// Search parameters that apply to `resource_type`, including those defined on Resource and
@@ -777,11 +789,22 @@ pub(crate) fn build_core(
             }
         }
     }
+    let mut path_index = FastMap::default();
+    for (ti, t) in types.iter().enumerate() {
+        // Profiles (SimpleQuantity) reuse their base type's paths: keep the base type's.
+        if t.type_name != t.name {
+            continue;
+        }
+        for (ei, e) in t.elements.iter().enumerate() {
+            path_index.insert(e.path.clone(), (ti as u32, ei as u32));
+        }
+    }
     Ok(Core {
         types,
         type_index,
         nodes,
         node_index,
+        path_index,
         resource_types,
         compartments,
     })

@@ -124,6 +124,16 @@ fn child_lookup() {
         "Resource"
     );
     assert!(m.child("NoSuchType", "id").is_none());
+    // The borrowing variant agrees.
+    let r = m.child_ref("Patient", "contact").unwrap();
+    assert_eq!(r.next_parent, "Patient.contact");
+    assert_eq!(
+        m.child_ref("Observation", "valueQuantity")
+            .unwrap()
+            .next_parent,
+        "Quantity"
+    );
+    assert!(m.child_ref("Patient", "nope").is_none());
 }
 
 #[test]
@@ -206,7 +216,15 @@ fn element_details() {
         .find(|e| e.path == "boolean.value")
         .unwrap();
     assert_eq!(v.types[0].code, "System.Boolean");
-    assert!(m.element_by_path("Patient.contact.name").is_some());
+    assert_eq!(
+        m.element_by_path("Patient.contact.name").unwrap().types[0].code,
+        "HumanName"
+    );
+    assert_eq!(
+        m.element_by_path("Quantity.value").unwrap().path,
+        "Quantity.value"
+    );
+    assert!(m.element_by_path("Patient.nope").is_none());
 }
 
 #[test]

@@ -204,6 +204,10 @@ fn primitive_extensions() {
     let mut p = patient();
     p["_birthDate"]["extension"][0]["url"] = json!(1);
     one(p, "Patient.birthDate.extension[0].url", "structure");
+    // xhtml has no extensions (xhtml.extension max 0).
+    let mut p = patient();
+    p["text"] = json!({"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>", "_div": {"extension": [{"url": "http://example.org/x", "valueString": "y"}]}});
+    one(p, "Patient.text.div.extension", "structure");
     // _ on a complex element.
     let mut p = patient();
     p["_contact"] = json!([{"id": "x"}]);
