@@ -114,6 +114,38 @@ pub enum LoginStep {
     Complete,
 }
 
+/// Proof that all login steps succeeded; only this crate can make one, and
+/// [`Accounts::start_session`] requires it, so a caller cannot skip the
+/// second factor by mistake.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LoginTicket {
+    tenant: String,
+    user_id: String,
+    second_factor: bool,
+}
+
+impl LoginTicket {
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+    pub fn user_id(&self) -> &str {
+        &self.user_id
+    }
+    /// Whether a second factor was verified.
+    pub fn second_factor(&self) -> bool {
+        self.second_factor
+    }
+}
+
+/// Result of the password step.
+#[derive(Debug)]
+pub struct PasswordLogin {
+    pub user: UserRecord,
+    pub step: LoginStep,
+    /// Present when `step` is [`LoginStep::Complete`].
+    pub ticket: Option<LoginTicket>,
+}
+
 /// One row of the account report (checklist: accounts, roles, administrator
 /// rights, 2FA, last login).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -505,6 +537,14 @@ impl<S: SecurityStore> Accounts<S> {
             .collect())
     }
 
+    fn ticket(&self, tenant: &str, user_id: &str, second_factor: bool) -> LoginTicket {
+        LoginTicket {
+            tenant: tenant.to_string(),
+            user_id: user_id.to_string(),
+            second_factor,
+        }
+    }
+
     /// What the user must do after the password was accepted.
     pub fn next_step(&self, u: &UserRecord, now: DateTime<Utc>) -> LoginStep {
         let change_due = self.config.password.change_due(
@@ -552,13 +592,13 @@ impl<S: SecurityStore> Accounts<S> {
         pw: &str,
         source_ip: &str,
         now: DateTime<Utc>,
-    ) -> Result<(UserRecord, LoginStep)> {
+    ) -> Result<PasswordLogin> {
         let uname = username.trim().to_lowercase();
         let fail = |user: &str,
                     role: Option<String>,
                     why: &str,
                     err: SecurityError|
-         -> Result<(UserRecord, LoginStep)> {
+         -> Result<PasswordLogin> {
             self.log(
                 now,
                 tenant,
@@ -602,7 +642,16 @@ impl<S: SecurityStore> Accounts<S> {
         u.locked_until = None;
         self.store.update_user(&u)?;
         let step = self.next_step(&u, now);
-        Ok((u, step))
+        let ticket = (step == LoginStep::Complete).then(|| LoginTicket {
+            tenant: tenant.to_string(),
+            user_id: u.user_id.clone(),
+            second_factor: false,
+        });
+        Ok(PasswordLogin {
+            user: u,
+            step,
+            ticket,
+        })
     }
 
     /// Changes a password; the current one is required. Applies the policy,
@@ -685,14 +734,15 @@ impl<S: SecurityStore> Accounts<S> {
     }
 
     /// Confirms enrolment with a first code; enables TOTP and returns fresh
-    /// recovery codes (shown once).
+    /// recovery codes (shown once) and, the code being a verified second
+    /// factor, a login ticket.
     pub fn confirm_totp(
         &self,
         tenant: &str,
         user_id: &str,
         code: &str,
         now: DateTime<Utc>,
-    ) -> Result<Vec<String>> {
+    ) -> Result<(Vec<String>, LoginTicket)> {
         let mut u = self.user_by_id(tenant, user_id)?;
         let secret = u.totp_secret.clone().ok_or_else(|| {
             SecurityError::invalid(
@@ -717,7 +767,7 @@ impl<S: SecurityStore> Accounts<S> {
             None,
             json!({}),
         )?;
-        Ok(codes)
+        Ok((codes, self.ticket(tenant, user_id, true)))
     }
 
     /// Verifies a TOTP code at login. A code of an already used time step
@@ -729,7 +779,7 @@ impl<S: SecurityStore> Accounts<S> {
         code: &str,
         source_ip: &str,
         now: DateTime<Utc>,
-    ) -> Result<()> {
+    ) -> Result<LoginTicket> {
         let u = self.user_by_id(tenant, user_id)?;
         let role = Some(u.role.code().to_string());
         if let Err(e) = self.throttle.check(tenant, &u.username, source_ip, now) {
@@ -779,10 +829,11 @@ impl<S: SecurityStore> Accounts<S> {
             )?;
             return Err(e);
         }
-        Ok(())
+        Ok(self.ticket(tenant, user_id, true))
     }
 
-    /// Uses a one-time recovery code instead of TOTP. Returns how many are left.
+    /// Uses a one-time recovery code instead of TOTP. Returns how many are
+    /// left and a login ticket.
     pub fn use_recovery_code(
         &self,
         tenant: &str,
@@ -790,7 +841,7 @@ impl<S: SecurityStore> Accounts<S> {
         code: &str,
         source_ip: &str,
         now: DateTime<Utc>,
-    ) -> Result<u32> {
+    ) -> Result<(u32, LoginTicket)> {
         let u = self.user_by_id(tenant, user_id)?;
         let role = Some(u.role.code().to_string());
         if let Err(e) = self.throttle.check(tenant, &u.username, source_ip, now) {
@@ -837,22 +888,25 @@ impl<S: SecurityStore> Accounts<S> {
             Some(source_ip),
             json!({"second_factor": "recovery-code", "remaining": left}),
         )?;
-        Ok(left)
+        Ok((left, self.ticket(tenant, user_id, true)))
     }
 
     /// Starts a session after all login steps succeeded. Any session id the
     /// browser presented before login is deleted (session fixation).
     pub fn start_session(
         &self,
-        tenant: &str,
-        user_id: &str,
+        ticket: LoginTicket,
         previous_session_id: Option<&str>,
         source_ip: &str,
         now: DateTime<Utc>,
     ) -> Result<NewSession> {
+        let (tenant, user_id) = (ticket.tenant.as_str(), ticket.user_id.as_str());
         let mut u = self.user_by_id(tenant, user_id)?;
         self.usable(&u, now)?;
-        if self.next_step(&u, now) != LoginStep::Complete && !u.totp_enabled {
+        let step = self.next_step(&u, now);
+        let complete = step == LoginStep::Complete
+            || (step == LoginStep::SecondFactor && ticket.second_factor);
+        if !complete {
             return Err(SecurityError::new(
                 ErrorKind::Forbidden,
                 "ログイン手続きが完了していません",
