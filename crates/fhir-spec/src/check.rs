@@ -411,12 +411,7 @@ impl<'m> Checker<'m> {
                 return;
             };
             if items.is_empty() {
-                self.push(
-                    "structure",
-                    loc,
-                    "空の配列は許されません（値がなければ要素ごと省略してください）".to_string(),
-                    "Empty arrays are not allowed (omit the element instead)".to_string(),
-                );
+                self.empty_array(loc);
                 return;
             }
             if let Some(max) = el.max {
@@ -473,6 +468,15 @@ impl<'m> Checker<'m> {
             }
             self.single(val, slot, type_code, loc, depth);
         }
+    }
+
+    fn empty_array(&mut self, loc: &Loc<'_>) {
+        self.push(
+            "structure",
+            loc,
+            "空の配列は許されません（値がなければ要素ごと省略してください）".to_string(),
+            "Empty arrays are not allowed (omit the element instead)".to_string(),
+        );
     }
 
     fn null_error(&mut self, loc: &Loc<'_>) {
@@ -641,12 +645,7 @@ impl<'m> Checker<'m> {
                 return;
             };
             if items.is_empty() {
-                self.push(
-                    "structure",
-                    loc,
-                    "空の配列は許されません（値がなければ要素ごと省略してください）".to_string(),
-                    "Empty arrays are not allowed (omit the element instead)".to_string(),
-                );
+                self.empty_array(loc);
                 return;
             }
             if let Some(Value::Array(vs)) = values {
