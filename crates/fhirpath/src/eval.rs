@@ -1,6 +1,7 @@
 //! The tree-walking evaluator: navigation, operators, variables.
 
 use crate::error::EvalError;
+use crate::functions::Func;
 use crate::model::{choice_suffix_type, derives_from, ChildType, TypeInfo};
 use crate::parser::{Ast, BinOp, Lit, TypeFn, TypeSpec};
 use crate::temporal::{CalUnit, PartialDateTime};
@@ -201,7 +202,8 @@ pub(crate) fn navigate<'a>(model: &dyn TypeInfo, item: &Item<'a>, name: &str, ou
         Some(Value::Array(a)) => a.first().is_some_and(|f| !f.is_object()),
         Some(_) => true,
     };
-    let ext = if needs_ext && !obj.is_empty() {
+    // Most objects have no `_name` keys: skip the extra hash lookup then.
+    let ext = if needs_ext && obj.keys().any(|k| k.starts_with('_')) {
         let mut k = String::with_capacity(name.len() + 1);
         k.push('_');
         k.push_str(name);
@@ -376,7 +378,7 @@ pub(crate) fn eval<'a>(ast: &Ast, env: &Env<'_, 'a>) -> R<'a> {
         }
         Ast::Member(Some(t), name) => {
             if let Ast::Call(tt, f, a) = &**t {
-                if f == "type" && a.is_empty() {
+                if *f == Func::Type && a.is_empty() {
                     let input = match tt {
                         Some(x) => eval(x, env)?,
                         None => env.focus.to_vec(),
@@ -395,18 +397,19 @@ pub(crate) fn eval<'a>(ast: &Ast, env: &Env<'_, 'a>) -> R<'a> {
             }
             Ok(out)
         }
-        Ast::Call(target, name, args) => {
+        Ast::Call(target, f, args) => {
             if env.ctx.strict
                 && matches!(
-                    name.as_str(),
-                    "skip" | "take" | "first" | "last" | "tail" | "single"
+                    f,
+                    Func::Skip | Func::Take | Func::First | Func::Last | Func::Tail | Func::Single
                 )
             {
                 if let Some(t) = target {
-                    if matches!(&**t, Ast::Call(_, f, _) if f == "children" || f == "descendants") {
+                    if matches!(&**t, Ast::Call(_, g, _) if *g == Func::Children || *g == Func::Descendants)
+                    {
                         return err(
                             "順序のない集合に順序依存の関数は使えません",
-                            format!("{name}() applied to an unordered collection"),
+                            format!("{}() applied to an unordered collection", f.name()),
                         );
                     }
                 }
@@ -415,7 +418,7 @@ pub(crate) fn eval<'a>(ast: &Ast, env: &Env<'_, 'a>) -> R<'a> {
                 Some(t) => eval(t, env)?,
                 None => env.focus.to_vec(),
             };
-            let out = crate::functions::call(name, input, args, env)?;
+            let out = crate::functions::call(*f, input, args, env)?;
             check_size(&out)?;
             Ok(out)
         }

@@ -19,119 +19,232 @@ use std::cmp::Ordering;
 use std::str::FromStr;
 use std::sync::LazyLock;
 
-/// (name, min args, max args)
-const FUNCTIONS: &[(&str, usize, usize)] = &[
-    ("empty", 0, 0),
-    ("exists", 0, 1),
-    ("all", 1, 1),
-    ("allTrue", 0, 0),
-    ("anyTrue", 0, 0),
-    ("allFalse", 0, 0),
-    ("anyFalse", 0, 0),
-    ("subsetOf", 1, 1),
-    ("supersetOf", 1, 1),
-    ("count", 0, 0),
-    ("distinct", 0, 0),
-    ("isDistinct", 0, 0),
-    ("where", 1, 1),
-    ("select", 1, 1),
-    ("repeat", 1, 1),
-    ("single", 0, 0),
-    ("first", 0, 0),
-    ("last", 0, 0),
-    ("tail", 0, 0),
-    ("skip", 1, 1),
-    ("take", 1, 1),
-    ("intersect", 1, 1),
-    ("exclude", 1, 1),
-    ("union", 1, 1),
-    ("combine", 1, 1),
-    ("iif", 2, 3),
-    ("toBoolean", 0, 0),
-    ("convertsToBoolean", 0, 0),
-    ("toInteger", 0, 0),
-    ("convertsToInteger", 0, 0),
-    ("toDecimal", 0, 0),
-    ("convertsToDecimal", 0, 0),
-    ("toString", 0, 0),
-    ("convertsToString", 0, 0),
-    ("toDate", 0, 0),
-    ("convertsToDate", 0, 0),
-    ("toDateTime", 0, 0),
-    ("convertsToDateTime", 0, 0),
-    ("toTime", 0, 0),
-    ("convertsToTime", 0, 0),
-    ("toQuantity", 0, 1),
-    ("convertsToQuantity", 0, 1),
-    ("indexOf", 1, 1),
-    ("lastIndexOf", 1, 1),
-    ("substring", 1, 2),
-    ("startsWith", 1, 1),
-    ("endsWith", 1, 1),
-    ("contains", 1, 1),
-    ("upper", 0, 0),
-    ("lower", 0, 0),
-    ("replace", 2, 2),
-    ("matches", 1, 2),
-    ("matchesFull", 1, 2),
-    ("replaceMatches", 2, 3),
-    ("length", 0, 0),
-    ("toChars", 0, 0),
-    ("trim", 0, 0),
-    ("split", 1, 1),
-    ("join", 0, 1),
-    ("encode", 1, 1),
-    ("decode", 1, 1),
-    ("escape", 1, 1),
-    ("unescape", 1, 1),
-    ("abs", 0, 0),
-    ("ceiling", 0, 0),
-    ("exp", 0, 0),
-    ("floor", 0, 0),
-    ("ln", 0, 0),
-    ("log", 1, 1),
-    ("power", 1, 1),
-    ("round", 0, 1),
-    ("sqrt", 0, 0),
-    ("truncate", 0, 0),
-    ("children", 0, 0),
-    ("descendants", 0, 0),
-    ("trace", 1, 2),
-    ("now", 0, 0),
-    ("today", 0, 0),
-    ("timeOfDay", 0, 0),
-    ("aggregate", 1, 2),
-    ("type", 0, 0),
-    ("not", 0, 0),
-    ("extension", 1, 1),
-    ("hasValue", 0, 0),
-    ("getValue", 0, 0),
-    ("resolve", 0, 0),
-    ("conformsTo", 1, 1),
-    ("memberOf", 1, 1),
-    ("subsumes", 1, 1),
-    ("subsumedBy", 1, 1),
-    ("htmlChecks", 0, 0),
-    ("htmlchecks", 0, 0),
-    ("lowBoundary", 0, 1),
-    ("highBoundary", 0, 1),
-    ("precision", 0, 0),
-    ("comparable", 1, 1),
-    ("sort", 0, 16),
-    ("coalesce", 1, 16),
+/// Built-in functions, resolved at parse time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Func {
+    Empty,
+    Exists,
+    All,
+    AllTrue,
+    AnyTrue,
+    AllFalse,
+    AnyFalse,
+    SubsetOf,
+    SupersetOf,
+    Count,
+    Distinct,
+    IsDistinct,
+    Where,
+    Select,
+    Repeat,
+    Single,
+    First,
+    Last,
+    Tail,
+    Skip,
+    Take,
+    Intersect,
+    Exclude,
+    Union,
+    Combine,
+    Iif,
+    ToBoolean,
+    ConvertsToBoolean,
+    ToInteger,
+    ConvertsToInteger,
+    ToDecimal,
+    ConvertsToDecimal,
+    ToString,
+    ConvertsToString,
+    ToDate,
+    ConvertsToDate,
+    ToDateTime,
+    ConvertsToDateTime,
+    ToTime,
+    ConvertsToTime,
+    ToQuantity,
+    ConvertsToQuantity,
+    IndexOf,
+    LastIndexOf,
+    Substring,
+    StartsWith,
+    EndsWith,
+    Contains,
+    Upper,
+    Lower,
+    Replace,
+    Matches,
+    MatchesFull,
+    ReplaceMatches,
+    Length,
+    ToChars,
+    Trim,
+    Split,
+    Join,
+    Encode,
+    Decode,
+    Escape,
+    Unescape,
+    Abs,
+    Ceiling,
+    Exp,
+    Floor,
+    Ln,
+    Log,
+    Power,
+    Round,
+    Sqrt,
+    Truncate,
+    Children,
+    Descendants,
+    Trace,
+    Now,
+    Today,
+    TimeOfDay,
+    Aggregate,
+    Type,
+    Not,
+    Extension,
+    HasValue,
+    GetValue,
+    Resolve,
+    ConformsTo,
+    MemberOf,
+    Subsumes,
+    SubsumedBy,
+    HtmlChecks,
+    Htmlchecks,
+    LowBoundary,
+    HighBoundary,
+    Precision,
+    Comparable,
+    Sort,
+    Coalesce,
+}
+
+/// (name, function, min args, max args)
+const FUNCTIONS: &[(&str, Func, usize, usize)] = &[
+    ("empty", Func::Empty, 0, 0),
+    ("exists", Func::Exists, 0, 1),
+    ("all", Func::All, 1, 1),
+    ("allTrue", Func::AllTrue, 0, 0),
+    ("anyTrue", Func::AnyTrue, 0, 0),
+    ("allFalse", Func::AllFalse, 0, 0),
+    ("anyFalse", Func::AnyFalse, 0, 0),
+    ("subsetOf", Func::SubsetOf, 1, 1),
+    ("supersetOf", Func::SupersetOf, 1, 1),
+    ("count", Func::Count, 0, 0),
+    ("distinct", Func::Distinct, 0, 0),
+    ("isDistinct", Func::IsDistinct, 0, 0),
+    ("where", Func::Where, 1, 1),
+    ("select", Func::Select, 1, 1),
+    ("repeat", Func::Repeat, 1, 1),
+    ("single", Func::Single, 0, 0),
+    ("first", Func::First, 0, 0),
+    ("last", Func::Last, 0, 0),
+    ("tail", Func::Tail, 0, 0),
+    ("skip", Func::Skip, 1, 1),
+    ("take", Func::Take, 1, 1),
+    ("intersect", Func::Intersect, 1, 1),
+    ("exclude", Func::Exclude, 1, 1),
+    ("union", Func::Union, 1, 1),
+    ("combine", Func::Combine, 1, 1),
+    ("iif", Func::Iif, 2, 3),
+    ("toBoolean", Func::ToBoolean, 0, 0),
+    ("convertsToBoolean", Func::ConvertsToBoolean, 0, 0),
+    ("toInteger", Func::ToInteger, 0, 0),
+    ("convertsToInteger", Func::ConvertsToInteger, 0, 0),
+    ("toDecimal", Func::ToDecimal, 0, 0),
+    ("convertsToDecimal", Func::ConvertsToDecimal, 0, 0),
+    ("toString", Func::ToString, 0, 0),
+    ("convertsToString", Func::ConvertsToString, 0, 0),
+    ("toDate", Func::ToDate, 0, 0),
+    ("convertsToDate", Func::ConvertsToDate, 0, 0),
+    ("toDateTime", Func::ToDateTime, 0, 0),
+    ("convertsToDateTime", Func::ConvertsToDateTime, 0, 0),
+    ("toTime", Func::ToTime, 0, 0),
+    ("convertsToTime", Func::ConvertsToTime, 0, 0),
+    ("toQuantity", Func::ToQuantity, 0, 1),
+    ("convertsToQuantity", Func::ConvertsToQuantity, 0, 1),
+    ("indexOf", Func::IndexOf, 1, 1),
+    ("lastIndexOf", Func::LastIndexOf, 1, 1),
+    ("substring", Func::Substring, 1, 2),
+    ("startsWith", Func::StartsWith, 1, 1),
+    ("endsWith", Func::EndsWith, 1, 1),
+    ("contains", Func::Contains, 1, 1),
+    ("upper", Func::Upper, 0, 0),
+    ("lower", Func::Lower, 0, 0),
+    ("replace", Func::Replace, 2, 2),
+    ("matches", Func::Matches, 1, 2),
+    ("matchesFull", Func::MatchesFull, 1, 2),
+    ("replaceMatches", Func::ReplaceMatches, 2, 3),
+    ("length", Func::Length, 0, 0),
+    ("toChars", Func::ToChars, 0, 0),
+    ("trim", Func::Trim, 0, 0),
+    ("split", Func::Split, 1, 1),
+    ("join", Func::Join, 0, 1),
+    ("encode", Func::Encode, 1, 1),
+    ("decode", Func::Decode, 1, 1),
+    ("escape", Func::Escape, 1, 1),
+    ("unescape", Func::Unescape, 1, 1),
+    ("abs", Func::Abs, 0, 0),
+    ("ceiling", Func::Ceiling, 0, 0),
+    ("exp", Func::Exp, 0, 0),
+    ("floor", Func::Floor, 0, 0),
+    ("ln", Func::Ln, 0, 0),
+    ("log", Func::Log, 1, 1),
+    ("power", Func::Power, 1, 1),
+    ("round", Func::Round, 0, 1),
+    ("sqrt", Func::Sqrt, 0, 0),
+    ("truncate", Func::Truncate, 0, 0),
+    ("children", Func::Children, 0, 0),
+    ("descendants", Func::Descendants, 0, 0),
+    ("trace", Func::Trace, 1, 2),
+    ("now", Func::Now, 0, 0),
+    ("today", Func::Today, 0, 0),
+    ("timeOfDay", Func::TimeOfDay, 0, 0),
+    ("aggregate", Func::Aggregate, 1, 2),
+    ("type", Func::Type, 0, 0),
+    ("not", Func::Not, 0, 0),
+    ("extension", Func::Extension, 1, 1),
+    ("hasValue", Func::HasValue, 0, 0),
+    ("getValue", Func::GetValue, 0, 0),
+    ("resolve", Func::Resolve, 0, 0),
+    ("conformsTo", Func::ConformsTo, 1, 1),
+    ("memberOf", Func::MemberOf, 1, 1),
+    ("subsumes", Func::Subsumes, 1, 1),
+    ("subsumedBy", Func::SubsumedBy, 1, 1),
+    ("htmlChecks", Func::HtmlChecks, 0, 0),
+    ("htmlchecks", Func::Htmlchecks, 0, 0),
+    ("lowBoundary", Func::LowBoundary, 0, 1),
+    ("highBoundary", Func::HighBoundary, 0, 1),
+    ("precision", Func::Precision, 0, 0),
+    ("comparable", Func::Comparable, 1, 1),
+    ("sort", Func::Sort, 0, 16),
+    ("coalesce", Func::Coalesce, 1, 16),
 ];
 
-pub(crate) fn check_arity(name: &str, n: usize) -> Result<(), (String, String)> {
+impl Func {
+    /// The function name as written in FHIRPath.
+    pub(crate) fn name(self) -> &'static str {
+        // FUNCTIONS lists the variants in declaration order.
+        FUNCTIONS[self as usize].0
+    }
+}
+
+/// Resolves a function name and checks the number of arguments.
+pub(crate) fn lookup(name: &str, n: usize) -> Result<Func, (String, String)> {
     match FUNCTIONS.iter().find(|f| f.0 == name) {
         None => Err((
             format!("不明な関数 '{name}'"),
             format!("unknown function '{name}'"),
         )),
-        Some((_, lo, hi)) if n < *lo || n > *hi => Err((
+        Some((_, _, lo, hi)) if n < *lo || n > *hi => Err((
             format!("関数 '{name}' の引数の数が不正です"),
             format!("wrong number of arguments for '{name}': {n}"),
         )),
-        _ => Ok(()),
+        Some((_, f, _, _)) => Ok(*f),
     }
 }
 
@@ -232,11 +345,12 @@ fn approx(d: Decimal) -> Decimal {
     d.round_dp(18).normalize()
 }
 
-pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 'a>) -> R<'a> {
-    match name {
+pub(crate) fn call<'a>(f: Func, input: Coll<'a>, args: &[Ast], env: &Env<'_, 'a>) -> R<'a> {
+    let name = f.name();
+    match f {
         // ---- existence
-        "empty" => one(Item::Boolean(input.is_empty())),
-        "exists" => {
+        Func::Empty => one(Item::Boolean(input.is_empty())),
+        Func::Exists => {
             if let Some(c) = args.first() {
                 let mut found = false;
                 each(&input, c, env, |_, _, r| {
@@ -251,7 +365,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
                 one(Item::Boolean(!input.is_empty()))
             }
         }
-        "all" => {
+        Func::All => {
             let mut ok = true;
             each(&input, &args[0], env, |_, _, r| {
                 if to_bool(&r)? != Some(true) {
@@ -262,7 +376,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
             })?;
             one(Item::Boolean(ok))
         }
-        "allTrue" | "anyTrue" | "allFalse" | "anyFalse" => {
+        Func::AllTrue | Func::AnyTrue | Func::AllFalse | Func::AnyFalse => {
             let mut vals = Vec::with_capacity(input.len());
             for it in &input {
                 match it.val() {
@@ -282,7 +396,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
                 _ => vals.iter().any(|b| !*b),
             }))
         }
-        "subsetOf" | "supersetOf" => {
+        Func::SubsetOf | Func::SupersetOf => {
             let other = arg(args, 0, env)?;
             let (sub, sup) = if name == "subsetOf" {
                 (&input, &other)
@@ -293,14 +407,14 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
                 sup.iter().any(|y| item_equals(x, y) == Some(true))
             })))
         }
-        "count" => one(Item::Integer(input.len() as i64)),
-        "distinct" => Ok(union(input, Vec::new())),
-        "isDistinct" => {
+        Func::Count => one(Item::Integer(input.len() as i64)),
+        Func::Distinct => Ok(union(input, Vec::new())),
+        Func::IsDistinct => {
             let n = input.len();
             one(Item::Boolean(union(input, Vec::new()).len() == n))
         }
         // ---- filtering and projection
-        "where" => {
+        Func::Where => {
             let mut out = Vec::new();
             each(&input, &args[0], env, |_, it, r| {
                 if to_bool(&r)? == Some(true) {
@@ -310,7 +424,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
             })?;
             Ok(out)
         }
-        "select" => {
+        Func::Select => {
             let mut out = Vec::new();
             each(&input, &args[0], env, |_, _, r| {
                 out.extend(r);
@@ -318,7 +432,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
             })?;
             Ok(out)
         }
-        "repeat" => {
+        Func::Repeat => {
             let mut out: Coll<'a> = Vec::new();
             let mut frontier = input;
             let mut rounds = 0;
@@ -345,25 +459,25 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
             Ok(out)
         }
         // ---- subsetting
-        "single" => match input.len() {
+        Func::Single => match input.len() {
             0 | 1 => Ok(input),
             _ => err(
                 "single() の入力に複数の項目があります",
                 "single() called on a collection with more than one item",
             ),
         },
-        "first" => Ok(input.into_iter().take(1).collect()),
-        "last" => Ok(input.into_iter().last().into_iter().collect()),
-        "tail" => Ok(input.into_iter().skip(1).collect()),
-        "skip" => {
+        Func::First => Ok(input.into_iter().take(1).collect()),
+        Func::Last => Ok(input.into_iter().last().into_iter().collect()),
+        Func::Tail => Ok(input.into_iter().skip(1).collect()),
+        Func::Skip => {
             let n = arg_int(args, 0, env, name)?.unwrap_or(0);
             Ok(input.into_iter().skip(n.max(0) as usize).collect())
         }
-        "take" => {
+        Func::Take => {
             let n = arg_int(args, 0, env, name)?.unwrap_or(0);
             Ok(input.into_iter().take(n.max(0) as usize).collect())
         }
-        "intersect" => {
+        Func::Intersect => {
             let other = arg(args, 0, env)?;
             let keep: Coll<'a> = input
                 .into_iter()
@@ -371,7 +485,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
                 .collect();
             Ok(union(keep, Vec::new()))
         }
-        "exclude" => {
+        Func::Exclude => {
             let other = arg(args, 0, env)?;
             Ok(input
                 .into_iter()
@@ -379,13 +493,13 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
                 .collect())
         }
         // ---- combining
-        "union" => Ok(union(input, arg(args, 0, env)?)),
-        "combine" => {
+        Func::Union => Ok(union(input, arg(args, 0, env)?)),
+        Func::Combine => {
             let mut v = input;
             v.extend(arg(args, 0, env)?);
             Ok(v)
         }
-        "coalesce" => {
+        Func::Coalesce => {
             for a in args {
                 let r = eval(a, env)?;
                 if !r.is_empty() {
@@ -395,7 +509,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
             Ok(Vec::new())
         }
         // ---- conversion
-        "iif" => {
+        Func::Iif => {
             if input.len() > 1 {
                 return err(
                     "iif() の入力に複数の項目があります",
@@ -418,33 +532,33 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
                 Ok(Vec::new())
             }
         }
-        "toBoolean" => opt(input_val(&input, name)?
+        Func::ToBoolean => opt(input_val(&input, name)?
             .and_then(|v| to_boolean(&v))
             .map(Item::Boolean)),
-        "convertsToBoolean" => conv_check(&input, name, |v| to_boolean(v).is_some()),
-        "toInteger" => opt(input_val(&input, name)?
+        Func::ConvertsToBoolean => conv_check(&input, name, |v| to_boolean(v).is_some()),
+        Func::ToInteger => opt(input_val(&input, name)?
             .and_then(|v| to_integer(&v))
             .map(Item::Integer)),
-        "convertsToInteger" => conv_check(&input, name, |v| to_integer(v).is_some()),
-        "toDecimal" => opt(input_val(&input, name)?
+        Func::ConvertsToInteger => conv_check(&input, name, |v| to_integer(v).is_some()),
+        Func::ToDecimal => opt(input_val(&input, name)?
             .and_then(|v| to_decimal(&v))
             .map(Item::Decimal)),
-        "convertsToDecimal" => conv_check(&input, name, |v| to_decimal(v).is_some()),
-        "toString" => opt(input_val(&input, name)?.map(|v| Item::String(val_to_string(&v)))),
-        "convertsToString" => conv_check(&input, name, |_| true),
-        "toDate" => opt(input_val(&input, name)?
+        Func::ConvertsToDecimal => conv_check(&input, name, |v| to_decimal(v).is_some()),
+        Func::ToString => opt(input_val(&input, name)?.map(|v| Item::String(val_to_string(&v)))),
+        Func::ConvertsToString => conv_check(&input, name, |_| true),
+        Func::ToDate => opt(input_val(&input, name)?
             .and_then(|v| to_date(&v))
             .map(Item::Date)),
-        "convertsToDate" => conv_check(&input, name, |v| to_date(v).is_some()),
-        "toDateTime" => opt(input_val(&input, name)?
+        Func::ConvertsToDate => conv_check(&input, name, |v| to_date(v).is_some()),
+        Func::ToDateTime => opt(input_val(&input, name)?
             .and_then(|v| to_datetime(&v))
             .map(Item::DateTime)),
-        "convertsToDateTime" => conv_check(&input, name, |v| to_datetime(v).is_some()),
-        "toTime" => opt(input_val(&input, name)?
+        Func::ConvertsToDateTime => conv_check(&input, name, |v| to_datetime(v).is_some()),
+        Func::ToTime => opt(input_val(&input, name)?
             .and_then(|v| to_time(&v))
             .map(Item::Time)),
-        "convertsToTime" => conv_check(&input, name, |v| to_time(v).is_some()),
-        "toQuantity" | "convertsToQuantity" => {
+        Func::ConvertsToTime => conv_check(&input, name, |v| to_time(v).is_some()),
+        Func::ToQuantity | Func::ConvertsToQuantity => {
             let unit = arg_string(args, 0, env, name)?;
             let Some(v) = input_val(&input, name)? else {
                 return Ok(Vec::new());
@@ -464,7 +578,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
             }
         }
         // ---- strings
-        "indexOf" | "lastIndexOf" => {
+        Func::IndexOf | Func::LastIndexOf => {
             let Some(s) = input_string(&input, name)? else {
                 return Ok(Vec::new());
             };
@@ -480,7 +594,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
                 pos.map(|p| s[..p].chars().count() as i64).unwrap_or(-1),
             ))
         }
-        "substring" => {
+        Func::Substring => {
             let Some(s) = input_string(&input, name)? else {
                 return Ok(Vec::new());
             };
@@ -505,7 +619,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
                 chars[start as usize..end].iter().collect::<String>(),
             ))
         }
-        "startsWith" | "endsWith" | "contains" => {
+        Func::StartsWith | Func::EndsWith | Func::Contains => {
             let Some(s) = input_string(&input, name)? else {
                 return Ok(Vec::new());
             };
@@ -518,7 +632,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
                 _ => s.contains(&sub),
             }))
         }
-        "upper" | "lower" | "trim" | "length" | "toChars" => {
+        Func::Upper | Func::Lower | Func::Trim | Func::Length | Func::ToChars => {
             let Some(s) = input_string(&input, name)? else {
                 return Ok(Vec::new());
             };
@@ -530,7 +644,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
                 _ => Ok(s.chars().map(|c| str_item(c.to_string())).collect()),
             }
         }
-        "replace" => {
+        Func::Replace => {
             let Some(s) = input_string(&input, name)? else {
                 return Ok(Vec::new());
             };
@@ -545,7 +659,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
             }
             one(str_item(s.replace(&p, &r)))
         }
-        "matches" | "matchesFull" => {
+        Func::Matches | Func::MatchesFull => {
             let Some(s) = input_string(&input, name)? else {
                 return Ok(Vec::new());
             };
@@ -560,7 +674,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
             let re = compile_regex(&re)?;
             one(Item::Boolean(re.is_match(&s)))
         }
-        "replaceMatches" => {
+        Func::ReplaceMatches => {
             let Some(s) = input_string(&input, name)? else {
                 return Ok(Vec::new());
             };
@@ -582,7 +696,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
             let re = compile_regex(&format!("(?s){p}"))?;
             one(str_item(re.replace_all(&s, r.as_str()).into_owned()))
         }
-        "split" => {
+        Func::Split => {
             let Some(s) = input_string(&input, name)? else {
                 return Ok(Vec::new());
             };
@@ -594,7 +708,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
             }
             Ok(s.split(sep.as_str()).map(str_item).collect())
         }
-        "join" => {
+        Func::Join => {
             let sep = arg_string(args, 0, env, name)?.unwrap_or_default();
             let mut parts = Vec::with_capacity(input.len());
             for it in &input {
@@ -607,7 +721,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
             }
             one(str_item(parts.join(&sep)))
         }
-        "encode" | "decode" | "escape" | "unescape" => {
+        Func::Encode | Func::Decode | Func::Escape | Func::Unescape => {
             let Some(s) = input_string(&input, name)? else {
                 return Ok(Vec::new());
             };
@@ -617,13 +731,19 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
             opt(crate::strings::transform(name, &fmt, &s).map(str_item))
         }
         // ---- math
-        "abs" | "ceiling" | "floor" | "truncate" | "exp" | "ln" | "sqrt" => {
+        Func::Abs
+        | Func::Ceiling
+        | Func::Floor
+        | Func::Truncate
+        | Func::Exp
+        | Func::Ln
+        | Func::Sqrt => {
             let Some(v) = input_val(&input, name)? else {
                 return Ok(Vec::new());
             };
             math1(name, &v)
         }
-        "round" => {
+        Func::Round => {
             let Some(v) = input_val(&input, name)? else {
                 return Ok(Vec::new());
             };
@@ -640,7 +760,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
                 RoundingStrategy::MidpointAwayFromZero,
             )))
         }
-        "log" | "power" => {
+        Func::Log | Func::Power => {
             let Some(v) = input_val(&input, name)? else {
                 return Ok(Vec::new());
             };
@@ -673,14 +793,14 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
             opt(x.checked_powd(y).map(|d| Item::Decimal(approx(d))))
         }
         // ---- tree navigation
-        "children" => {
+        Func::Children => {
             let mut out = Vec::new();
             for it in &input {
                 all_children(env.model(), it, &mut out);
             }
             Ok(out)
         }
-        "descendants" => {
+        Func::Descendants => {
             let mut out = Vec::new();
             let mut frontier = input;
             let mut depth = 0;
@@ -696,7 +816,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
             Ok(out)
         }
         // ---- utility
-        "trace" => {
+        Func::Trace => {
             let label = arg_string(args, 0, env, name)?.unwrap_or_default();
             if let Some(t) = env.ctx.tracer {
                 let shown = match args.get(1) {
@@ -714,8 +834,8 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
             }
             Ok(input)
         }
-        "now" => one(Item::DateTime(env.ctx.now_value())),
-        "today" => {
+        Func::Now => one(Item::DateTime(env.ctx.now_value())),
+        Func::Today => {
             let mut d = env.ctx.now_value();
             d.precision = Precision::Day;
             d.offset_minutes = None;
@@ -726,7 +846,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
             d.fraction_digits = 0;
             one(Item::Date(d))
         }
-        "timeOfDay" => {
+        Func::TimeOfDay => {
             let d = env.ctx.now_value();
             one(Item::Time(PartialTime {
                 hour: d.hour,
@@ -737,7 +857,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
                 precision: Precision::Millisecond,
             }))
         }
-        "aggregate" => {
+        Func::Aggregate => {
             let mut total = arg(args, 1, env)?;
             for (i, it) in input.iter().enumerate() {
                 let focus = std::slice::from_ref(it);
@@ -752,17 +872,17 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
             }
             Ok(total)
         }
-        "type" => Ok(input
+        Func::Type => Ok(input
             .iter()
             .map(|it| {
                 let (ns, n) = type_of(it);
                 str_item(format!("{ns}.{n}"))
             })
             .collect()),
-        "not" => bools(to_bool(&input)?.map(|b| !b)),
-        "sort" => sort(input, args, env),
+        Func::Not => bools(to_bool(&input)?.map(|b| !b)),
+        Func::Sort => sort(input, args, env),
         // ---- FHIR additions
-        "extension" => {
+        Func::Extension => {
             let Some(url) = arg_string(args, 0, env, name)? else {
                 return Ok(Vec::new());
             };
@@ -780,20 +900,20 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
                 })
                 .collect())
         }
-        "hasValue" => one(Item::Boolean(match input.as_slice() {
+        Func::HasValue => one(Item::Boolean(match input.as_slice() {
             [Item::Node { value, .. }] => {
                 !value.is_null() && !value.is_object() && !value.is_array()
             }
             [_] => true,
             _ => false,
         })),
-        "getValue" => Ok(match input.as_slice() {
+        Func::GetValue => Ok(match input.as_slice() {
             [it @ Item::Node { value, .. }] if !value.is_object() && !value.is_null() => {
                 it.to_system().into_iter().collect()
             }
             _ => Vec::new(),
         }),
-        "resolve" => {
+        Func::Resolve => {
             let mut out = Vec::new();
             for it in &input {
                 if let Some(r) = resolve(it, env) {
@@ -802,7 +922,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
             }
             Ok(out)
         }
-        "conformsTo" => {
+        Func::ConformsTo => {
             let Some(url) = arg_string(args, 0, env, name)? else {
                 return Ok(Vec::new());
             };
@@ -831,7 +951,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
             }
             Ok(out)
         }
-        "memberOf" => {
+        Func::MemberOf => {
             let Some(vs) = arg_string(args, 0, env, name)? else {
                 return Ok(Vec::new());
             };
@@ -843,7 +963,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
             };
             bools(t.member_of(it, &vs))
         }
-        "subsumes" | "subsumedBy" => {
+        Func::Subsumes | Func::SubsumedBy => {
             let other = arg(args, 0, env)?;
             let (Some(a), Some(b)) = (singleton(&input, name)?, singleton(&other, name)?) else {
                 return Ok(Vec::new());
@@ -857,7 +977,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
                 t.subsumes(b, a)
             })
         }
-        "htmlChecks" | "htmlchecks" => {
+        Func::HtmlChecks | Func::Htmlchecks => {
             let Some(it) = singleton(&input, name)? else {
                 return Ok(Vec::new());
             };
@@ -867,7 +987,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
             };
             one(Item::Boolean(crate::strings::html_checks(&html)))
         }
-        "lowBoundary" | "highBoundary" => {
+        Func::LowBoundary | Func::HighBoundary => {
             let Some(v) = input_val(&input, name)? else {
                 return Ok(Vec::new());
             };
@@ -888,7 +1008,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
                 _ => None,
             })
         }
-        "precision" => {
+        Func::Precision => {
             let Some(v) = input_val(&input, name)? else {
                 return Ok(Vec::new());
             };
@@ -900,7 +1020,7 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
                 _ => None,
             })
         }
-        "comparable" => {
+        Func::Comparable => {
             let other = arg(args, 0, env)?;
             let (Some(Val::Qty(a)), Some(b)) = (input_val(&input, name)?, singleton(&other, name)?)
             else {
@@ -911,7 +1031,6 @@ pub(crate) fn call<'a>(name: &str, input: Coll<'a>, args: &[Ast], env: &Env<'_, 
                 _ => one(Item::Boolean(false)),
             }
         }
-        _ => err("不明な関数です", format!("unknown function '{name}'")),
     }
 }
 
@@ -1302,4 +1421,17 @@ fn resolve<'a>(it: &Item<'a>, env: &Env<'_, 'a>) -> Option<Item<'a>> {
         extension: None,
         model_path: Cow::Borrowed(t),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn function_table_matches_enum_order() {
+        for (i, (name, f, _, _)) in FUNCTIONS.iter().enumerate() {
+            assert_eq!(*f as usize, i, "{name}");
+            assert_eq!(f.name(), *name);
+        }
+    }
 }

@@ -8,6 +8,10 @@
 //! hierarchy, inference from JSON property names) otherwise.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
+use std::sync::{LazyLock, Mutex};
 
 /// The type of a child element.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,23 +180,101 @@ impl TypeInfo for BuiltinTypes {
 /// resource and data type), with the built-in tables as fallback.
 pub struct R4Types;
 
+/// A child lookup result with interned (`'static`) strings.
+#[derive(Clone, Copy)]
+struct CachedChild {
+    type_code: &'static str,
+    model_path: &'static str,
+    choice: bool,
+}
+
+/// FNV-1a hasher for the small per-thread lookup cache.
+#[derive(Default, Clone, Copy)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type FnvMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
+
+/// Upper bound of cached (parent, key) pairs per thread; keys come from
+/// input JSON, so the cache must not grow without limit.
+const CACHE_LIMIT: usize = 20_000;
+
+thread_local! {
+    static CHILD_CACHE: RefCell<(usize, FnvMap<Box<str>, FnvMap<Box<str>, Option<CachedChild>>>)> =
+        RefCell::new((0, FnvMap::default()));
+}
+
+/// Interns a model path (a backbone element path of the R4 model). The set of
+/// such paths is finite, so the leaked memory is bounded by the model size.
+fn intern(s: String) -> &'static str {
+    static SET: LazyLock<Mutex<HashSet<&'static str>>> =
+        LazyLock::new(|| Mutex::new(HashSet::new()));
+    let mut set = SET.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(v) = set.get(s.as_str()) {
+        return v;
+    }
+    let leaked: &'static str = Box::leak(s.into_boxed_str());
+    set.insert(leaked);
+    leaked
+}
+
+fn lookup_child(parent: &str, key: &str) -> Option<CachedChild> {
+    let c = iryo_fhir_spec::r4().child(parent, key)?;
+    let mut tc: &'static str = c.type_code;
+    // R4 types Resource.id as System.String/"string"; its FHIR type is `id`.
+    if key == "id" && c.element.base_path == "Resource.id" {
+        tc = "id";
+    }
+    let model_path = if c.next_parent == c.type_code {
+        tc
+    } else {
+        intern(c.next_parent)
+    };
+    Some(CachedChild {
+        type_code: tc,
+        model_path,
+        choice: c.element.is_choice && c.element.name != key,
+    })
+}
+
 impl TypeInfo for R4Types {
     fn child(&self, parent: &str, key: &str) -> Option<ChildType> {
-        let c = iryo_fhir_spec::r4().child(parent, key)?;
-        let mut tc: &'static str = c.type_code;
-        // R4 types Resource.id as System.String/"string"; its FHIR type is `id`.
-        if key == "id" && c.element.base_path == "Resource.id" {
-            tc = "id";
-        }
-        let model_path = if c.next_parent == tc {
-            Cow::Borrowed(tc)
-        } else {
-            Cow::Owned(c.next_parent)
+        let hit = CHILD_CACHE.with(|c| c.borrow().1.get(parent).and_then(|m| m.get(key)).copied());
+        let found = match hit {
+            Some(v) => v,
+            None => {
+                let v = lookup_child(parent, key);
+                CHILD_CACHE.with(|c| {
+                    let mut c = c.borrow_mut();
+                    if c.0 < CACHE_LIMIT {
+                        c.0 += 1;
+                        c.1.entry(parent.into()).or_default().insert(key.into(), v);
+                    }
+                });
+                v
+            }
         };
-        Some(ChildType {
-            type_code: Cow::Borrowed(tc),
-            model_path,
-            choice: c.element.is_choice && c.element.name != key,
+        found.map(|c| ChildType {
+            type_code: Cow::Borrowed(c.type_code),
+            model_path: Cow::Borrowed(c.model_path),
+            choice: c.choice,
         })
     }
     fn knows(&self, parent: &str) -> bool {

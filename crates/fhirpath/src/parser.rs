@@ -70,7 +70,7 @@ pub(crate) enum Ast {
     /// Member navigation; `None` target means the current focus.
     Member(Option<Box<Ast>>, String),
     /// Function call; `None` target means the current focus.
-    Call(Option<Box<Ast>>, String, Vec<Ast>),
+    Call(Option<Box<Ast>>, crate::functions::Func, Vec<Ast>),
     TypeOp(Option<Box<Ast>>, TypeFn, TypeSpec),
     Indexer(Box<Ast>, Box<Ast>),
     Neg(Box<Ast>),
@@ -370,9 +370,9 @@ impl Parser {
             }
         }
         self.expect(Tok::RParen, ")")?;
-        crate::functions::check_arity(&name, args.len())
+        let f = crate::functions::lookup(&name, args.len())
             .map_err(|(ja, en)| ParseError::new(pos, ja, en))?;
-        Ok(Ast::Call(target, name, args))
+        Ok(Ast::Call(target, f, args))
     }
 
     fn term(&mut self) -> Result<Ast, ParseError> {
