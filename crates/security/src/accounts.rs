@@ -31,6 +31,10 @@ pub struct SecurityConfig {
     pub require_totp_for_staff: bool,
     /// Issuer shown in authenticator apps.
     pub totp_issuer: String,
+    /// Server key (32 bytes, kept outside the database, e.g. a key file made
+    /// by [`crate::backup::generate_key_file`]) that encrypts TOTP secrets at
+    /// rest. `None` stores them unencrypted (tests only).
+    pub secret_key: Option<[u8; 32]>,
 }
 
 impl Default for SecurityConfig {
@@ -42,6 +46,7 @@ impl Default for SecurityConfig {
             dormant_after: Duration::days(90),
             require_totp_for_staff: true,
             totp_issuer: "iryo".into(),
+            secret_key: None,
         }
     }
 }
@@ -545,6 +550,26 @@ impl<S: SecurityStore> Accounts<S> {
         }
     }
 
+    fn seal_totp(&self, tenant: &str, user_id: &str, secret: &[u8]) -> Result<Vec<u8>> {
+        match &self.config.secret_key {
+            Some(k) => {
+                crate::secretbox::seal(k, &format!("totp\u{0}{tenant}\u{0}{user_id}"), secret)
+            }
+            None => Ok(secret.to_vec()),
+        }
+    }
+
+    fn open_totp(&self, u: &UserRecord) -> Result<Option<Vec<u8>>> {
+        match (&u.totp_secret, &self.config.secret_key) {
+            (None, _) => Ok(None),
+            (Some(s), Some(k)) => {
+                crate::secretbox::open(k, &format!("totp\u{0}{}\u{0}{}", u.tenant, u.user_id), s)
+                    .map(Some)
+            }
+            (Some(s), None) => Ok(Some(s.clone())),
+        }
+    }
+
     /// What the user must do after the password was accepted.
     pub fn next_step(&self, u: &UserRecord, now: DateTime<Utc>) -> LoginStep {
         let change_due = self.config.password.change_due(
@@ -727,7 +752,7 @@ impl<S: SecurityStore> Accounts<S> {
             &format!("{} ({tenant})", self.config.totp_issuer),
             &u.username,
         )?;
-        u.totp_secret = Some(e.secret.clone());
+        u.totp_secret = Some(self.seal_totp(tenant, user_id, &e.secret)?);
         u.totp_last_step = None;
         self.store.update_user(&u)?;
         Ok(e)
@@ -744,7 +769,7 @@ impl<S: SecurityStore> Accounts<S> {
         now: DateTime<Utc>,
     ) -> Result<(Vec<String>, LoginTicket)> {
         let mut u = self.user_by_id(tenant, user_id)?;
-        let secret = u.totp_secret.clone().ok_or_else(|| {
+        let secret = self.open_totp(&u)?.ok_or_else(|| {
             SecurityError::invalid(
                 "二要素認証の登録が開始されていません",
                 "TOTP enrolment not started",
@@ -795,8 +820,8 @@ impl<S: SecurityStore> Accounts<S> {
             )?;
             return Err(e);
         }
-        let secret = match (&u.totp_secret, u.totp_enabled) {
-            (Some(s), true) => s.clone(),
+        let secret = match (self.open_totp(&u)?, u.totp_enabled) {
+            (Some(s), true) => s,
             _ => {
                 return Err(SecurityError::invalid(
                     "二要素認証が設定されていません",

@@ -53,6 +53,7 @@ pub mod password;
 pub mod report;
 pub mod roles;
 pub mod scopes;
+pub mod secretbox;
 pub mod session;
 pub mod store;
 pub mod token;

@@ -490,3 +490,41 @@ pub fn client_credentials_grant(
         now,
     )
 }
+
+/// `/.well-known/smart-configuration` document for the SMART Backend
+/// Services part implemented here. `authorization_endpoint` is listed when
+/// the server offers the interactive launch (then its capabilities are added
+/// by the caller).
+pub fn smart_configuration(
+    issuer: &str,
+    token_endpoint: &str,
+    authorization_endpoint: Option<&str>,
+) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "issuer": issuer,
+        "token_endpoint": token_endpoint,
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+        "grant_types_supported": ["client_credentials"],
+        "scopes_supported": ["system/*.rs", "system/*.cruds", "user/*.rs", "user/*.cruds", "patient/*.rs", "openid", "fhirUser"],
+        "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2", "permission-patient", "permission-user"],
+    });
+    if let (Some(a), Some(obj)) = (authorization_endpoint, v.as_object_mut()) {
+        obj.insert("authorization_endpoint".into(), serde_json::json!(a));
+        obj.insert(
+            "response_types_supported".into(),
+            serde_json::json!(["code"]),
+        );
+        obj.insert(
+            "code_challenge_methods_supported".into(),
+            serde_json::json!(["S256"]),
+        );
+        if let Some(g) = obj
+            .get_mut("grant_types_supported")
+            .and_then(|g| g.as_array_mut())
+        {
+            g.push(serde_json::json!("authorization_code"));
+        }
+    }
+    v
+}

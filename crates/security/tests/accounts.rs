@@ -781,3 +781,52 @@ fn break_glass_flow_is_stored_logged_and_reviewable() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn totp_secrets_are_encrypted_at_rest() {
+    let cfg = SecurityConfig {
+        secret_key: Some([5u8; 32]),
+        ..Default::default()
+    };
+    let store = SqliteSecurityStore::open_in_memory().unwrap();
+    let a = Accounts::new(store, cfg);
+    let otp = staff(&a, "t", "dr2", Role::Physician);
+    let r = a.login_password("t", "dr2", &otp, IP, t0()).unwrap();
+    let uid = r.user.user_id;
+    a.change_password("t", &uid, &otp, "isha-no-nagai-pasuwaado", t0())
+        .unwrap();
+    let e = a.begin_totp_enrolment("t", &uid).unwrap();
+    let stored = a
+        .store()
+        .get_user("t", &uid)
+        .unwrap()
+        .unwrap()
+        .totp_secret
+        .unwrap();
+    assert_ne!(stored, e.secret);
+    assert!(!stored
+        .windows(e.secret.len())
+        .any(|w| w == e.secret.as_slice()));
+    let (_codes, t) = a
+        .confirm_totp("t", &uid, &code(&e.secret, t0()), t0())
+        .unwrap();
+    a.start_session(t, None, IP, t0()).unwrap();
+    let later = t0() + Duration::minutes(3);
+    a.verify_totp("t", &uid, &code(&e.secret, later), IP, later)
+        .unwrap();
+    // A secret copied from another account does not open for this one.
+    let otp3 = staff(&a, "t", "dr3", Role::Physician);
+    let uid3 = a
+        .login_password("t", "dr3", &otp3, IP, t0())
+        .unwrap()
+        .user
+        .user_id;
+    let mut u3 = a.store().get_user("t", &uid3).unwrap().unwrap();
+    u3.totp_secret = Some(stored);
+    u3.totp_enabled = true;
+    a.store().update_user(&u3).unwrap();
+    let e = a
+        .verify_totp("t", &uid3, &code(&e.secret, later), IP, later)
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Integrity);
+}

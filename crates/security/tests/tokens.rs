@@ -395,3 +395,49 @@ fn client_credentials_grant_narrows_scopes() {
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Forbidden);
 }
+
+#[test]
+fn smart_configuration_document() {
+    let c = smart_configuration("https://iryo.example.jp", ENDPOINT, None);
+    assert_eq!(c["token_endpoint"], ENDPOINT);
+    assert_eq!(
+        c["token_endpoint_auth_signing_alg_values_supported"],
+        json!(["RS384", "ES384"])
+    );
+    assert!(c.get("authorization_endpoint").is_none());
+    let c = smart_configuration(
+        "https://iryo.example.jp",
+        ENDPOINT,
+        Some("https://iryo.example.jp/auth/authorize"),
+    );
+    assert_eq!(
+        c["grant_types_supported"],
+        json!(["client_credentials", "authorization_code"])
+    );
+    assert_eq!(c["code_challenge_methods_supported"], json!(["S256"]));
+}
+
+#[test]
+fn random_input_never_panics() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let s = service();
+    let reg = jwks_registration();
+    let jtis = MemoryJtiRegistry::default();
+    let alphabet: Vec<char> = "abcXYZ019-_.=/*?&|{}\":, \u{0}é日".chars().collect();
+    for _ in 0..2000 {
+        let n = rng.gen_range(0..80);
+        let text: String = (0..n)
+            .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+            .collect();
+        let _ = ScopeSet::parse(&text);
+        let _ = s.verify(&text, "clinic-a", now());
+        let _ = verify_client_assertion(&text, &reg, ENDPOINT, now(), &jtis);
+        let b64 = |x: &str| URL_SAFE_NO_PAD.encode(x.as_bytes());
+        let _ = s.verify(
+            &format!("{}.{}.{}", b64(&text), b64(&text), b64(&text)),
+            "clinic-a",
+            now(),
+        );
+    }
+}
