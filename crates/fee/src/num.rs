@@ -183,7 +183,7 @@ mod tests {
         assert_eq!(parse_wareki("5060701"), Some(d));
         assert_eq!(parse_wareki("4010108"), NaiveDate::from_ymd_opt(1989, 1, 8));
         assert_eq!(day_before(20240601), 20240531);
-        assert_eq!(parse_master_date("20240230").is_err(), true);
+        assert!(parse_master_date("20240230").is_err());
         assert_eq!(parse_master_date("99999999"), Ok(Some(99999999)));
         let b = NaiveDate::from_ymd_opt(2018, 7, 2).unwrap();
         assert_eq!(age_years(b, d), 5);

@@ -182,6 +182,13 @@ fn item_of(p: &Procedure, quantity: Option<String>) -> LineItem {
     }
 }
 
+/// A positive decimal quantity (5 fraction digits), or an input error naming the field.
+fn positive_quantity(text: &str, field: String) -> Result<i64> {
+    parse_fixed(text, 5)
+        .filter(|&q| q > 0)
+        .ok_or_else(|| FeeError::input(field, "not a positive decimal / 数量が不正です"))
+}
+
 fn same_month(a: NaiveDate, b: NaiveDate) -> bool {
     a.year() == b.year() && a.month() == b.month()
 }
@@ -200,6 +207,17 @@ impl Ctx<'_> {
             message_ja: ja,
             message_en: en,
         });
+    }
+
+    fn unknown_code(&mut self, what_ja: &str, what_en: &str, code: &str) {
+        let (ja, en) = (
+            format!(
+                "{what_ja}コード {code} は {} に有効なマスターにありません",
+                self.date
+            ),
+            format!("{what_en} code {code} is not valid on {}", self.date),
+        );
+        self.msg(Level::Error, "unknown_code", Some(code), ja, en);
     }
 
     fn procedure(&self, code: &str) -> Result<Option<Arc<Procedure>>> {
@@ -258,6 +276,7 @@ impl Ctx<'_> {
         None
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn push_proc(
         &mut self,
         p: &Procedure,
@@ -491,16 +510,7 @@ impl Ctx<'_> {
                 return Err(FeeError::input(field, "count must be ≥ 1 / 回数は1以上"));
             }
             let Some(p) = self.procedure(&o.code)? else {
-                self.msg(
-                    Level::Error,
-                    "unknown_code",
-                    Some(&o.code),
-                    format!(
-                        "診療行為コード {} は {} に有効なマスターにありません",
-                        o.code, self.date
-                    ),
-                    format!("procedure code {} is not valid on {}", o.code, self.date),
-                );
+                self.unknown_code("診療行為", "procedure", &o.code);
                 continue;
             };
             if p.visit_fee_kind != 0 && self.visit.visit_kind != VisitKind::None {
@@ -808,25 +818,9 @@ impl Ctx<'_> {
             let mut ok = true;
             for (di, d) in rp.drugs.iter().enumerate() {
                 let field = format!("prescription.rps[{ri}].drugs[{di}]");
-                let q = parse_fixed(&d.quantity, 5)
-                    .filter(|&q| q > 0)
-                    .ok_or_else(|| {
-                        FeeError::input(
-                            format!("{field}.quantity"),
-                            "not a positive decimal / 数量が不正です",
-                        )
-                    })?;
+                let q = positive_quantity(&d.quantity, format!("{field}.quantity"))?;
                 let Some(drug) = self.store.drug(&d.code, self.date)? else {
-                    self.msg(
-                        Level::Error,
-                        "unknown_code",
-                        Some(&d.code),
-                        format!(
-                            "医薬品コード {} は {} に有効なマスターにありません",
-                            d.code, self.date
-                        ),
-                        format!("drug code {} is not valid on {}", d.code, self.date),
-                    );
+                    self.unknown_code("医薬品", "drug", &d.code);
                     ok = false;
                     continue;
                 };
@@ -1110,25 +1104,9 @@ impl Ctx<'_> {
     // ---- 特定保険医療材料 -------------------------------------------------------------------
     fn materials(&mut self) -> Result<()> {
         for (i, m) in self.visit.materials.iter().enumerate() {
-            let q = parse_fixed(&m.quantity, 5)
-                .filter(|&q| q > 0)
-                .ok_or_else(|| {
-                    FeeError::input(
-                        format!("materials[{i}].quantity"),
-                        "not a positive decimal / 数量が不正です",
-                    )
-                })?;
+            let q = positive_quantity(&m.quantity, format!("materials[{i}].quantity"))?;
             let Some(t) = self.store.material(&m.code, self.date)? else {
-                self.msg(
-                    Level::Error,
-                    "unknown_code",
-                    Some(&m.code),
-                    format!(
-                        "特定器材コード {} は {} に有効なマスターにありません",
-                        m.code, self.date
-                    ),
-                    format!("material code {} is not valid on {}", m.code, self.date),
-                );
+                self.unknown_code("特定器材", "material", &m.code);
                 continue;
             };
             let divisor: i128 = match t.material_kind {

@@ -530,67 +530,64 @@ fn table_row(file: &str, line: u64, t: TableKind, row: &[String]) -> Result<Opti
             ))
         }
     };
-    let r = match t {
-        TableKind::Aux => TableRow {
-            table: name,
-            scope,
-            key: String::new(),
-            code: code_at(2)?,
-            a: int(21)?,
-            b: 0,
+    // (key, code, a, b, text, 新設 column, 廃止 column) per table layout.
+    let (key, code, a, b, text, from_col, to_col) = match t {
+        TableKind::Aux => {
             // 包括単位/グループ ①-③, 背反 flags, 入院基本料識別 kept as text.
-            text: [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 20]
+            let text = [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 20]
                 .iter()
                 .map(|&i| row[i - 1].trim())
                 .collect::<Vec<_>>()
-                .join(","),
-            from: date(26)?,
-            to: date(27)?,
-        },
-        TableKind::Inclusion => TableRow {
-            table: name,
-            scope,
-            key: row[1].trim().to_string(),
-            code: code_at(3)?,
-            a: int(5)?,
-            b: 0,
-            text: String::new(),
-            from: date(6)?,
-            to: date(7)?,
-        },
-        TableKind::Exclusion(_) => TableRow {
-            table: name,
-            scope,
-            key: code_at(2)?,
-            code: code_at(4)?,
-            a: int(6)?,
-            b: int(7)?,
-            text: String::new(),
-            from: date(9)?,
-            to: date(10)?,
-        },
-        TableKind::Inpatient => TableRow {
-            table: name,
-            scope,
-            key: row[1].trim().to_string(),
-            code: code_at(3)?,
-            a: int(5)?,
-            b: 0,
-            text: String::new(),
-            from: date(7)?,
-            to: date(8)?,
-        },
-        TableKind::Limit => TableRow {
-            table: name,
-            scope,
-            key: String::new(),
-            code: code_at(2)?,
-            a: int(4)?,
-            b: int(6)?,
-            text: format!("{}\u{1f}{}", row[4].trim(), int(7)?),
-            from: date(13)?,
-            to: date(14)?,
-        },
+                .join(",");
+            (String::new(), code_at(2)?, int(21)?, 0, text, 26, 27)
+        }
+        TableKind::Inclusion => (
+            row[1].trim().to_string(),
+            code_at(3)?,
+            int(5)?,
+            0,
+            String::new(),
+            6,
+            7,
+        ),
+        TableKind::Exclusion(_) => (
+            code_at(2)?,
+            code_at(4)?,
+            int(6)?,
+            int(7)?,
+            String::new(),
+            9,
+            10,
+        ),
+        TableKind::Inpatient => (
+            row[1].trim().to_string(),
+            code_at(3)?,
+            int(5)?,
+            0,
+            String::new(),
+            7,
+            8,
+        ),
+        TableKind::Limit => (
+            String::new(),
+            code_at(2)?,
+            int(4)?,
+            int(6)?,
+            format!("{}\u{1f}{}", row[4].trim(), int(7)?),
+            13,
+            14,
+        ),
+    };
+    let r = TableRow {
+        table: name,
+        scope,
+        key,
+        code,
+        a,
+        b,
+        text,
+        from: date(from_col)?,
+        to: date(to_col)?,
     };
     Ok(Some(TableRow {
         to: if r.to == 0 { 99999999 } else { r.to },

@@ -159,6 +159,23 @@ pub struct CountLimit {
     valid_to: u32,
 }
 
+/// Table rows with a validity window (`yyyymmdd` from, to).
+trait Dated: Clone {
+    fn window(&self) -> (u32, u32);
+}
+
+impl Dated for Exclusion {
+    fn window(&self) -> (u32, u32) {
+        (self.valid_from, self.valid_to)
+    }
+}
+
+impl Dated for CountLimit {
+    fn window(&self) -> (u32, u32) {
+        (self.valid_from, self.valid_to)
+    }
+}
+
 #[derive(Default)]
 struct Caches {
     records: HashMap<String, Arc<Vec<MasterRecord>>>,
@@ -397,82 +414,85 @@ impl MasterStore {
         Ok(out)
     }
 
-    /// 背反 rows involving `code`, valid on `date`.
-    pub fn exclusions(&self, code: &str, date: NaiveDate) -> Result<Vec<Exclusion>> {
-        let cached = lock(&self.cache).exclusions.get(code).cloned();
+    /// Rows of a 電子点数表 table for one code, loaded once and cached by `pick`.
+    fn table_rows<T: Dated>(
+        &self,
+        pick: fn(&mut Caches) -> &mut HashMap<String, Arc<Vec<T>>>,
+        sql: &str,
+        code: &str,
+        date: NaiveDate,
+        row: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
+        let cached = pick(&mut lock(&self.cache)).get(code).cloned();
         let all = match cached {
             Some(a) => a,
             None => {
                 let conn = lock(&self.conn);
-                let mut st = conn.prepare_cached("SELECT scope, code, a, b, valid_from, valid_to FROM tensu WHERE tbl='exclusion' AND key=?1")?;
-                let rows = st.query_map([code], |r| {
-                    let scope = match r.get::<_, i64>(0)? {
-                        1 => ExclusionScope::SameDay,
-                        2 => ExclusionScope::SameMonth,
-                        3 => ExclusionScope::SameTime,
-                        _ => ExclusionScope::SameWeek,
-                    };
-                    Ok(Exclusion {
-                        scope,
-                        other: r.get(1)?,
-                        keep: r.get::<_, i64>(2)? as u8,
-                        special: r.get::<_, i64>(3)? != 0,
-                        valid_from: r.get(4)?,
-                        valid_to: r.get(5)?,
-                    })
-                })?;
-                let v: Vec<Exclusion> = rows.collect::<std::result::Result<_, _>>()?;
+                let mut st = conn.prepare_cached(sql)?;
+                let v: Vec<T> = st
+                    .query_map([code], row)?
+                    .collect::<std::result::Result<_, _>>()?;
                 drop(st);
                 drop(conn);
                 let a = Arc::new(v);
-                lock(&self.cache)
-                    .exclusions
-                    .insert(code.to_string(), a.clone());
+                pick(&mut lock(&self.cache)).insert(code.to_string(), a.clone());
                 a
             }
         };
         let k = date_key(date);
         Ok(all
             .iter()
-            .filter(|e| e.valid_from <= k && k <= e.valid_to)
+            .filter(|e| e.window().0 <= k && k <= e.window().1)
             .cloned()
             .collect())
     }
 
+    /// 背反 rows involving `code`, valid on `date`.
+    pub fn exclusions(&self, code: &str, date: NaiveDate) -> Result<Vec<Exclusion>> {
+        self.table_rows(
+            |c| &mut c.exclusions,
+            "SELECT scope, code, a, b, valid_from, valid_to FROM tensu WHERE tbl='exclusion' AND key=?1",
+            code,
+            date,
+            |r| {
+                let scope = match r.get::<_, i64>(0)? {
+                    1 => ExclusionScope::SameDay,
+                    2 => ExclusionScope::SameMonth,
+                    3 => ExclusionScope::SameTime,
+                    _ => ExclusionScope::SameWeek,
+                };
+                Ok(Exclusion {
+                    scope,
+                    other: r.get(1)?,
+                    keep: r.get::<_, i64>(2)? as u8,
+                    special: r.get::<_, i64>(3)? != 0,
+                    valid_from: r.get(4)?,
+                    valid_to: r.get(5)?,
+                })
+            },
+        )
+    }
+
     /// 算定回数 limits of `code`, valid on `date`.
     pub fn count_limits(&self, code: &str, date: NaiveDate) -> Result<Vec<CountLimit>> {
-        let cached = lock(&self.cache).limits.get(code).cloned();
-        let all = match cached {
-            Some(a) => a,
-            None => {
-                let conn = lock(&self.conn);
-                let mut st = conn.prepare_cached("SELECT a, b, text, valid_from, valid_to FROM tensu WHERE tbl='limit' AND code=?1")?;
-                let rows = st.query_map([code], |r| {
-                    let text: String = r.get(2)?;
-                    let (name, special) = text.split_once('\u{1f}').unwrap_or((&text, "0"));
-                    Ok(CountLimit {
-                        unit: r.get::<_, i64>(0)? as u16,
-                        unit_name: name.to_string(),
-                        max: r.get::<_, i64>(1)? as u32,
-                        special: special != "0",
-                        valid_from: r.get(3)?,
-                        valid_to: r.get(4)?,
-                    })
-                })?;
-                let v: Vec<CountLimit> = rows.collect::<std::result::Result<_, _>>()?;
-                drop(st);
-                drop(conn);
-                let a = Arc::new(v);
-                lock(&self.cache).limits.insert(code.to_string(), a.clone());
-                a
-            }
-        };
-        let k = date_key(date);
-        Ok(all
-            .iter()
-            .filter(|e| e.valid_from <= k && k <= e.valid_to)
-            .cloned()
-            .collect())
+        self.table_rows(
+            |c| &mut c.limits,
+            "SELECT a, b, text, valid_from, valid_to FROM tensu WHERE tbl='limit' AND code=?1",
+            code,
+            date,
+            |r| {
+                let text: String = r.get(2)?;
+                let (name, special) = text.split_once('\u{1f}').unwrap_or((&text, "0"));
+                Ok(CountLimit {
+                    unit: r.get::<_, i64>(0)? as u16,
+                    unit_name: name.to_string(),
+                    max: r.get::<_, i64>(1)? as u32,
+                    special: special != "0",
+                    valid_from: r.get(3)?,
+                    valid_to: r.get(4)?,
+                })
+            },
+        )
     }
 
     /// Store facts: counts per master and table, import time, and the source files.

@@ -141,7 +141,7 @@ impl Procedure {
     pub fn from_record(r: &MasterRecord) -> Procedure {
         let standards = (72..=81)
             .map(|c| r.col(c).trim())
-            .filter(|s| !s.is_empty() && s.trim_start_matches('0') != "")
+            .filter(|s| !s.trim_start_matches('0').is_empty())
             .map(|s| s.to_string())
             .collect();
         let mut age_additions = Vec::new();
