@@ -321,3 +321,37 @@ fn many_errors_reported() {
         ]
     );
 }
+
+#[test]
+fn check_value_of_datatypes_and_backbones() {
+    let m = r4();
+    assert_eq!(
+        m.check_value(
+            "HumanName",
+            &json!({"family": "山田", "given": ["太郎"]}),
+            "name"
+        ),
+        vec![]
+    );
+    let is = m.check_value("HumanName", &json!({"family": ["山田"]}), "Patient.name[0]");
+    assert_eq!(is.len(), 1);
+    assert_eq!(is[0].expression, "Patient.name[0].family");
+    let is = m.check_value(
+        "Patient.contact",
+        &json!({"gender": "x y"}),
+        "Patient.contact[0]",
+    );
+    assert_eq!(is.len(), 1, "{is:#?}");
+    assert_eq!(
+        (is[0].expression.as_str(), is[0].code),
+        ("Patient.contact[0].gender", "value")
+    );
+    assert_eq!(
+        m.check_value("Nope", &json!({}), "x")[0].code,
+        "not-supported"
+    );
+    assert_eq!(
+        m.check_value("Coding", &json!("x"), "c")[0].code,
+        "structure"
+    );
+}
