@@ -338,7 +338,7 @@ fn check_value_of_datatypes_and_backbones() {
     assert_eq!(is[0].expression, "Patient.name[0].family");
     let is = m.check_value(
         "Patient.contact",
-        &json!({"gender": "x y"}),
+        &json!({"gender": "x  y"}),
         "Patient.contact[0]",
     );
     assert_eq!(is.len(), 1, "{is:#?}");
