@@ -550,6 +550,58 @@ impl<S: SecurityStore> Accounts<S> {
         }
     }
 
+    /// Counts a failed factor and locks the account with the growing delay.
+    fn register_failure(&self, tenant: &str, user_id: &str, now: DateTime<Utc>) -> Result<()> {
+        let n = self.store.record_login_failure(tenant, user_id)?;
+        let delay = self.config.lockout.delay_after(n);
+        if delay > Duration::zero() {
+            self.store
+                .set_locked_until(tenant, user_id, Some(now + delay))?;
+        }
+        Ok(())
+    }
+
+    /// Refuses (and logs) a second-factor attempt on a throttled or locked account.
+    fn second_factor_gate(
+        &self,
+        u: &UserRecord,
+        source_ip: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let err = match self.throttle.check(&u.tenant, &u.username, source_ip, now) {
+            Err(e) => Some(("rate-limited", e)),
+            Ok(()) => u
+                .locked_until
+                .filter(|t| *t > now)
+                .map(|until| ("locked", password::throttled(until - now))),
+        };
+        if let Some((why, e)) = err {
+            self.log(
+                now,
+                &u.tenant,
+                &u.user_id,
+                Some(u.role.code().into()),
+                AuditAction::LoginFailed,
+                AuditOutcome::Denied,
+                Some(source_ip),
+                json!({ "reason": why }),
+            )?;
+            return Err(e);
+        }
+        self.usable(u, now)
+    }
+
+    /// Clears the failure counter after a successful second factor.
+    fn clear_failures(&self, tenant: &str, user_id: &str) -> Result<()> {
+        let mut u = self.user_by_id(tenant, user_id)?;
+        if u.failed_count != 0 || u.locked_until.is_some() {
+            u.failed_count = 0;
+            u.locked_until = None;
+            self.store.update_user(&u)?;
+        }
+        Ok(())
+    }
+
     fn seal_totp(&self, tenant: &str, user_id: &str, secret: &[u8]) -> Result<Vec<u8>> {
         match &self.config.secret_key {
             Some(k) => {
@@ -648,12 +700,7 @@ impl<S: SecurityStore> Accounts<S> {
             return fail(&u.user_id, role, "locked", password::throttled(until - now));
         }
         if !password::verify_password(&u.password_hash, pw) {
-            let n = self.store.record_login_failure(tenant, &u.user_id)?;
-            let delay = self.config.lockout.delay_after(n);
-            if delay > Duration::zero() {
-                self.store
-                    .set_locked_until(tenant, &u.user_id, Some(now + delay))?;
-            }
+            self.register_failure(tenant, &u.user_id, now)?;
             return fail(&u.user_id, role, "wrong-password", generic_login_failure());
         }
         if let Err(e) = self.usable(&u, now) {
@@ -807,19 +854,7 @@ impl<S: SecurityStore> Accounts<S> {
     ) -> Result<LoginTicket> {
         let u = self.user_by_id(tenant, user_id)?;
         let role = Some(u.role.code().to_string());
-        if let Err(e) = self.throttle.check(tenant, &u.username, source_ip, now) {
-            self.log(
-                now,
-                tenant,
-                user_id,
-                role,
-                AuditAction::LoginFailed,
-                AuditOutcome::Denied,
-                Some(source_ip),
-                json!({"reason": "rate-limited"}),
-            )?;
-            return Err(e);
-        }
+        self.second_factor_gate(&u, source_ip, now)?;
         let secret = match (self.open_totp(&u)?, u.totp_enabled) {
             (Some(s), true) => s,
             _ => {
@@ -841,7 +876,7 @@ impl<S: SecurityStore> Accounts<S> {
             }
         });
         if let Err(e) = r {
-            self.store.record_login_failure(tenant, user_id)?;
+            self.register_failure(tenant, user_id, now)?;
             self.log(
                 now,
                 tenant,
@@ -854,6 +889,7 @@ impl<S: SecurityStore> Accounts<S> {
             )?;
             return Err(e);
         }
+        self.clear_failures(tenant, user_id)?;
         Ok(self.ticket(tenant, user_id, true))
     }
 
@@ -869,23 +905,12 @@ impl<S: SecurityStore> Accounts<S> {
     ) -> Result<(u32, LoginTicket)> {
         let u = self.user_by_id(tenant, user_id)?;
         let role = Some(u.role.code().to_string());
-        if let Err(e) = self.throttle.check(tenant, &u.username, source_ip, now) {
-            self.log(
-                now,
-                tenant,
-                user_id,
-                role,
-                AuditAction::LoginFailed,
-                AuditOutcome::Denied,
-                Some(source_ip),
-                json!({"reason": "rate-limited"}),
-            )?;
-            return Err(e);
-        }
+        self.second_factor_gate(&u, source_ip, now)?;
         if !self
             .store
             .use_recovery_code(tenant, user_id, &totp::hash_recovery_code(code), now)?
         {
+            self.register_failure(tenant, user_id, now)?;
             self.log(
                 now,
                 tenant,
@@ -902,6 +927,7 @@ impl<S: SecurityStore> Accounts<S> {
                 "recovery code wrong or already used",
             ));
         }
+        self.clear_failures(tenant, user_id)?;
         let left = self.store.remaining_recovery_codes(tenant, user_id)?;
         self.log(
             now,

@@ -830,3 +830,53 @@ fn totp_secrets_are_encrypted_at_rest() {
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Integrity);
 }
+
+#[test]
+fn second_factor_brute_force_locks_the_account() {
+    let a = service();
+    let otp = staff(&a, "t", "ph1", Role::Pharmacist);
+    let (uid, secret, recovery) = first_login(&a, "t", "ph1", &otp, "yakuzaishi-nagai-pw", t0());
+    let mut now = t0() + Duration::minutes(5);
+    a.login_password("t", "ph1", "yakuzaishi-nagai-pw", IP, now)
+        .unwrap();
+    let good = code(&secret, now);
+    let mut tried = 0;
+    for n in 0..1_000_000u32 {
+        let guess = format!("{n:06}");
+        if guess == good || tried == 5 {
+            continue;
+        }
+        assert_eq!(
+            a.verify_totp("t", &uid, &guess, IP, now).unwrap_err().kind,
+            ErrorKind::Unauthenticated
+        );
+        tried += 1;
+        if tried == 5 {
+            break;
+        }
+    }
+    // Locked now: even the right code and a recovery code are refused.
+    assert_eq!(
+        a.verify_totp("t", &uid, &good, IP, now).unwrap_err().kind,
+        ErrorKind::Throttled
+    );
+    assert_eq!(
+        a.use_recovery_code("t", &uid, &recovery[1], IP, now)
+            .unwrap_err()
+            .kind,
+        ErrorKind::Throttled
+    );
+    assert_eq!(
+        a.login_password("t", "ph1", "yakuzaishi-nagai-pw", IP, now)
+            .unwrap_err()
+            .kind,
+        ErrorKind::Throttled
+    );
+    now += Duration::seconds(31);
+    a.verify_totp("t", &uid, &code(&secret, now), IP, now)
+        .unwrap();
+    assert_eq!(
+        a.store().get_user("t", &uid).unwrap().unwrap().failed_count,
+        0
+    );
+}
