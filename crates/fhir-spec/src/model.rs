@@ -102,6 +102,17 @@ pub struct TypeRef {
     pub target_profiles: Vec<String>,
 }
 
+impl TypeRef {
+    /// Type names of the target profiles that are core type URLs
+    /// ("http://hl7.org/fhir/StructureDefinition/Patient" → "Patient").
+    pub fn target_type_names(&self) -> Vec<&str> {
+        self.target_profiles
+            .iter()
+            .filter_map(|p| p.strip_prefix("http://hl7.org/fhir/StructureDefinition/"))
+            .collect()
+    }
+}
+
 /// One element of a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ElementDef {
@@ -286,6 +297,14 @@ impl Model {
             .type_index
             .get(name)
             .map(|&i| &self.core.types[i as usize])
+    }
+
+    /// The type whose canonical URL is `url` ("http://hl7.org/fhir/StructureDefinition/Patient"),
+    /// with or without `|version`.
+    pub fn type_def_by_url(&self, url: &str) -> Option<&TypeDef> {
+        let url = url.split('|').next().unwrap_or(url);
+        let name = url.strip_prefix("http://hl7.org/fhir/StructureDefinition/")?;
+        self.type_def(name).filter(|t| t.url == url)
     }
 
     /// True for concrete resource types only (not Resource/DomainResource).

@@ -14,6 +14,21 @@ fn types() {
     assert_eq!(m.type_def("string").unwrap().kind, TypeKind::PrimitiveType);
     assert_eq!(m.type_def("HumanName").unwrap().kind, TypeKind::ComplexType);
     assert!(m.type_def("BackboneElement").is_some());
+    assert_eq!(
+        m.type_def_by_url("http://hl7.org/fhir/StructureDefinition/Patient|4.0.1")
+            .unwrap()
+            .name,
+        "Patient"
+    );
+    assert_eq!(
+        m.type_def_by_url("http://hl7.org/fhir/StructureDefinition/SimpleQuantity")
+            .unwrap()
+            .type_name,
+        "Quantity"
+    );
+    assert!(m
+        .type_def_by_url("http://jpfhir.jp/fhir/core/StructureDefinition/JP_Patient")
+        .is_none());
     assert!(m.is_resource_type("Patient"));
     assert!(!m.is_resource_type("Resource"));
     assert!(!m.is_resource_type("DomainResource"));
@@ -204,6 +219,7 @@ fn element_details() {
     assert!(dom6.best_practice);
     let subj = m.child("Observation", "subject").unwrap().element;
     assert_eq!(subj.types[0].code, "Reference");
+    assert!(subj.types[0].target_type_names().contains(&"Group"));
     assert!(subj.types[0]
         .target_profiles
         .contains(&"http://hl7.org/fhir/StructureDefinition/Patient".to_string()));
