@@ -128,6 +128,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     main: true,
                 }],
                 history: vec![],
+                comments: vec![],
             });
         }
     }

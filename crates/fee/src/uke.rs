@@ -717,6 +717,50 @@ pub fn build_uke(
                 });
             }
         }
+        // Comments: after the last detail of their 診療識別 (or at the end), once per month.
+        let mut comments: Vec<&crate::calc::CommentLine> = Vec::new();
+        for (_, r) in &pv {
+            for c in &r.comments {
+                if !comments
+                    .iter()
+                    .any(|x| x.code == c.code && x.text == c.text && x.shikibetsu == c.shikibetsu)
+                {
+                    comments.push(c);
+                }
+            }
+        }
+        for c in comments {
+            let shiki_of = |d: &DetailRecord| match d {
+                DetailRecord::Si(c) | DetailRecord::Iy(c) => c.shikibetsu,
+                DetailRecord::To(t) => t.claim.shikibetsu,
+                DetailRecord::Co(c) => c.shikibetsu,
+            };
+            // Index of the first detail of the group, then walk to the group's end.
+            let start = details
+                .iter()
+                .position(|d| shiki_of(d) == Some(c.shikibetsu));
+            let at = match start {
+                Some(s) => details[s + 1..]
+                    .iter()
+                    .position(|d| shiki_of(d).is_some())
+                    .map(|p| s + 1 + p)
+                    .unwrap_or(details.len()),
+                None => details.len(),
+            };
+            details.insert(
+                at,
+                DetailRecord::Co(CoRecord {
+                    shikibetsu: if start.is_some() {
+                        None
+                    } else {
+                        Some(c.shikibetsu)
+                    },
+                    burden: "1".into(),
+                    code: c.code.clone(),
+                    text: c.text.clone(),
+                }),
+            );
+        }
         receipts.push(Receipt {
             re,
             ho: Some(ho),

@@ -592,6 +592,53 @@ fn visit_fee_codes_belong_in_visit_kind() {
     );
 }
 
+#[test]
+fn comments_are_checked_against_the_comment_master() {
+    let mut v = visit(d(2024, 7, 1), adult(), VisitKind::Revisit);
+    v.comments = vec![
+        // パターン20 (fixed text): no data.
+        CommentInput {
+            code: "820100001".into(),
+            text: String::new(),
+            shikibetsu: Some(12),
+        },
+        // パターン30 (fixed text + free text): data required; given.
+        CommentInput {
+            code: "830000052".into(),
+            text: "疼痛が強いため".into(),
+            shikibetsu: None,
+        },
+        // パターン30 without its data: error.
+        CommentInput {
+            code: "830000052".into(),
+            text: " ".into(),
+            shikibetsu: None,
+        },
+        CommentInput {
+            code: "899999999".into(),
+            text: String::new(),
+            shikibetsu: None,
+        },
+    ];
+    let r = calc(&v);
+    assert_eq!(r.comments.len(), 2);
+    assert_eq!(
+        (r.comments[0].shikibetsu, r.comments[0].text.as_str()),
+        (12, "")
+    );
+    assert_eq!(
+        (r.comments[1].shikibetsu, r.comments[1].text.as_str()),
+        (80, "疼痛が強いため")
+    );
+    let errs: Vec<_> = r
+        .messages
+        .iter()
+        .filter(|m| m.level == Level::Error)
+        .map(|m| m.rule.as_str())
+        .collect();
+    assert_eq!(errs, vec!["comment", "unknown_code"]);
+}
+
 // ---- month, copay, input errors ------------------------------------------------------------
 
 #[test]

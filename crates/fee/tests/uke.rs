@@ -40,6 +40,11 @@ fn month() -> Vec<VisitInput> {
             ],
         }],
     });
+    a.comments = vec![CommentInput {
+        code: "820100001".into(),
+        text: String::new(),
+        shikibetsu: Some(12),
+    }];
     a.diagnoses = vec![DiagnosisInput {
         code: "5319009".into(),
         modifiers: vec![],
@@ -49,6 +54,7 @@ fn month() -> Vec<VisitInput> {
         main: true,
     }];
     let mut b = a.clone();
+    b.comments.clear();
     b.id = "v2".into();
     b.date = d(2024, 7, 15);
     b.procedures = vec![order("160022510")];

@@ -47,6 +47,7 @@ pub fn calculate(
     c.addition_links()?;
     c.exclusions()?;
     c.count_limits()?;
+    let comments = c.comments()?;
     let total_points: i64 = c.lines.iter().map(|l| l.total).sum();
     let burden_percent = visit
         .insurance
@@ -64,6 +65,7 @@ pub fn calculate(
         total_yen,
         copay_yen,
         messages: c.messages,
+        comments,
     })
 }
 
@@ -709,6 +711,19 @@ impl Ctx<'_> {
             let Some((b, min, pts)) = bundle_points(g, idx.len()) else {
                 continue;
             };
+            let (y, m, dd) = rules::BUNDLES_VALID_FROM;
+            if NaiveDate::from_ymd_opt(y, m, dd).is_some_and(|from| self.date < from) {
+                self.msg(
+                    Level::Warning,
+                    "lab_bundle",
+                    None,
+                    format!(
+                        "{}の包括点数は令和6年度（{y}-{m:02}-{dd:02}〜）の値を適用しました",
+                        b.name
+                    ),
+                    format!("bundle steps of group {g} are the R6 values ({y}-{m:02}-{dd:02} on)"),
+                );
+            }
             let sum: i64 = idx.iter().map(|&i| self.lines[i].total).sum();
             let items: Vec<LineItem> = idx
                 .iter()
@@ -1218,6 +1233,53 @@ impl Ctx<'_> {
             "outpatient management addition",
         )?;
         Ok(())
+    }
+
+    // ---- コメント: code valid on the date, data given when its pattern takes data -------------
+    fn comments(&mut self) -> Result<Vec<CommentLine>> {
+        let mut out = Vec::new();
+        for ci in &self.visit.comments {
+            let Some(c) = self.store.comment(&ci.code, self.date)? else {
+                self.unknown_code("コメント", "comment", &ci.code);
+                continue;
+            };
+            // Pattern 20 is a fixed text; every other pattern (10 free text, 30/31 text or code,
+            // 40/42 digits or a number, 50-53 dates and times, 80, 90) carries data.
+            let wants_data = c.pattern != 20;
+            if wants_data && ci.text.trim().is_empty() {
+                self.msg(
+                    Level::Error,
+                    "comment",
+                    Some(&c.code),
+                    format!(
+                        "コメント {}（パターン{}）には記載データが必要です",
+                        c.code, c.pattern
+                    ),
+                    format!("comment {} (pattern {}) needs its data", c.code, c.pattern),
+                );
+                continue;
+            }
+            if !wants_data && !ci.text.is_empty() {
+                self.msg(
+                    Level::Warning,
+                    "comment",
+                    Some(&c.code),
+                    format!("コメント {} は定型文のため記載データを無視しました", c.code),
+                    format!("comment {} is fixed text: data ignored", c.code),
+                );
+            }
+            out.push(CommentLine {
+                shikibetsu: ci.shikibetsu.unwrap_or(80),
+                code: c.code.clone(),
+                name: c.text.clone(),
+                text: if wants_data {
+                    ci.text.clone()
+                } else {
+                    String::new()
+                },
+            });
+        }
+        Ok(out)
     }
 
     // ---- 注加算 (cols 38/39): an ordered addition needs its base item; one per 通番 ------------

@@ -231,6 +231,30 @@ fn one_u8() -> u8 {
     1
 }
 
+/// A receipt comment: a コメントマスター code and, for patterns that take data, its text
+/// (free text, a number, a date…).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CommentInput {
+    pub code: String,
+    #[serde(default)]
+    pub text: String,
+    /// 診療識別 the comment belongs to (default 80 その他).
+    #[serde(default)]
+    pub shikibetsu: Option<u8>,
+}
+
+/// A checked receipt comment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CommentLine {
+    pub shikibetsu: u8,
+    pub code: String,
+    /// The comment's fixed text from the master.
+    pub name: String,
+    /// The data given with it (empty for fixed comments, pattern 20).
+    pub text: String,
+}
+
 /// A line billed before this visit (same month or within the check windows).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -268,6 +292,9 @@ pub struct VisitInput {
     /// Lines billed earlier this month (and the 7 days before, for 1週間 rules).
     #[serde(default)]
     pub history: Vec<HistoryLine>,
+    /// Receipt comments (コメントマスター codes), written as UKE CO records.
+    #[serde(default)]
+    pub comments: Vec<CommentInput>,
 }
 
 /// The whole `iryo fee calc` input file: the facility and one visit.
@@ -365,6 +392,9 @@ pub struct VisitResult {
     pub copay_yen: i64,
     /// Refusals (not billed, with reason), warnings and errors.
     pub messages: Vec<Message>,
+    /// Receipt comments, checked against the コメントマスター.
+    #[serde(default)]
+    pub comments: Vec<CommentLine>,
 }
 
 impl VisitResult {

@@ -46,7 +46,7 @@ pub const SPECIFIC_DISEASE: u8 = 5;
 
 /// 検体検査 item-count bundling (包括対象検査, 医科診療行為マスター col 16): for a group, the
 /// minimum item counts and the points that replace the items' own points ("所定点数にかかわらず").
-/// R6 (2024-06-01) values.
+/// R6 (2024-06-01) values; dates before [`BUNDLES_VALID_FROM`] get them with a warning.
 pub struct BundleStep {
     pub group: u8,
     pub name: &'static str,
@@ -106,6 +106,9 @@ pub const BUNDLES: &[BundleStep] = &[
         steps: &[(13, 1430)],
     },
 ];
+
+/// First day the [`BUNDLES`] step values apply (令和6年度改定).
+pub const BUNDLES_VALID_FROM: (i32, u32, u32) = (2024, 6, 1);
 
 /// Points of a bundle for `count` items, if the count reaches the first step.
 pub fn bundle_points(group: u8, count: usize) -> Option<(&'static BundleStep, usize, i64)> {

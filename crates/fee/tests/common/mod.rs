@@ -66,6 +66,7 @@ pub fn visit(date: NaiveDate, birth: NaiveDate, kind: VisitKind) -> VisitInput {
         materials: vec![],
         diagnoses: vec![],
         history: vec![],
+        comments: vec![],
     }
 }
 
