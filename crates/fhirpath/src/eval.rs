@@ -178,6 +178,17 @@ fn clone_cow<'a>(c: &Cow<'static, str>) -> Cow<'a, str> {
     }
 }
 
+/// Object member lookup; small objects are scanned linearly, which is faster
+/// than hashing the key with the map's SipHash.
+#[inline]
+fn get_key<'v>(obj: &'v serde_json::Map<String, Value>, name: &str) -> Option<&'v Value> {
+    if obj.len() <= 16 {
+        obj.iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v)
+    } else {
+        obj.get(name)
+    }
+}
+
 /// Children of `item` named `name` (handles `_name` primitive extensions and choice types).
 pub(crate) fn navigate<'a>(model: &dyn TypeInfo, item: &Item<'a>, name: &str, out: &mut Coll<'a>) {
     let Item::Node {
@@ -195,7 +206,7 @@ pub(crate) fn navigate<'a>(model: &dyn TypeInfo, item: &Item<'a>, name: &str, ou
         (_, Some(Value::Object(o))) => o,
         _ => return,
     };
-    let val = obj.get(name);
+    let val = get_key(obj, name);
     let needs_ext = match val {
         None => true,
         Some(Value::Object(_)) => false,

@@ -121,6 +121,8 @@ pub(crate) enum Func {
     Comparable,
     Sort,
     Coalesce,
+    CheckModifiers,
+    Slice,
 }
 
 /// (name, function, min args, max args)
@@ -223,6 +225,8 @@ const FUNCTIONS: &[(&str, Func, usize, usize)] = &[
     ("comparable", Func::Comparable, 1, 1),
     ("sort", Func::Sort, 0, 16),
     ("coalesce", Func::Coalesce, 1, 16),
+    ("checkModifiers", Func::CheckModifiers, 0, 1),
+    ("slice", Func::Slice, 2, 2),
 ];
 
 impl Func {
@@ -881,6 +885,58 @@ pub(crate) fn call<'a>(f: Func, input: Coll<'a>, args: &[Ast], env: &Env<'_, 'a>
             .collect()),
         Func::Not => bools(to_bool(&input)?.map(|b| !b)),
         Func::Sort => sort(input, args, env),
+        Func::CheckModifiers => {
+            let mut allowed: Vec<String> = Vec::new();
+            for it in arg(args, 0, env)? {
+                if let Some(Val::Str(s)) = it.val() {
+                    allowed.extend(s.split(',').map(|x| x.trim().to_string()));
+                }
+            }
+            for it in &input {
+                let mods = it
+                    .as_node()
+                    .and_then(|v| v.get("modifierExtension"))
+                    .and_then(Value::as_array);
+                for m in mods.into_iter().flatten() {
+                    let url = m.get("url").and_then(Value::as_str).unwrap_or("");
+                    if !allowed.iter().any(|a| a == url) {
+                        return err(
+                            "未知の modifierExtension があります",
+                            format!("unknown modifier extension '{url}'"),
+                        );
+                    }
+                }
+            }
+            Ok(input)
+        }
+        Func::Slice => {
+            let (Some(structure), Some(slice)) = (
+                arg_string(args, 0, env, name)?,
+                arg_string(args, 1, env, name)?,
+            ) else {
+                return Ok(Vec::new());
+            };
+            let Some(p) = env.ctx.profiles else {
+                return err(
+                    "slice() にはプロファイル情報が必要です",
+                    "slice() needs a ProfileValidator",
+                );
+            };
+            let mut out = Vec::new();
+            for it in input {
+                match p.slice_matches(&it, &structure, &slice) {
+                    Some(true) => out.push(it),
+                    Some(false) => {}
+                    None => {
+                        return err(
+                            "不明なスライスです",
+                            format!("unknown slice '{slice}' in {structure}"),
+                        )
+                    }
+                }
+            }
+            Ok(out)
+        }
         // ---- FHIR additions
         Func::Extension => {
             let Some(url) = arg_string(args, 0, env, name)? else {

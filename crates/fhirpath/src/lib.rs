@@ -91,10 +91,15 @@ pub trait Terminology: Sync {
     }
 }
 
-/// Profile checks for `conformsTo()`.
+/// Profile checks for `conformsTo()` and `slice()`.
 pub trait ProfileValidator: Sync {
     /// Whether `resource` conforms to the profile `url`; `None` if the profile is unknown.
     fn conforms_to(&self, resource: &Value, url: &str) -> Option<bool>;
+    /// For `slice(structure, name)`: whether `item` belongs to slice `name` of the
+    /// profile `structure`; `None` if the profile or slice is unknown.
+    fn slice_matches(&self, _item: &Item<'_>, _structure: &str, _slice: &str) -> Option<bool> {
+        None
+    }
 }
 
 /// Receives `trace()` output.

@@ -237,6 +237,52 @@ impl<'a> Item<'a> {
         })
     }
 
+    /// The text of a System String or of a string-like FHIR primitive
+    /// (`string`, `code`, `uri`, `id`, …; also dates as written).
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Item::String(s) => Some(s),
+            Item::Node {
+                value: Value::String(s),
+                ..
+            } => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A boolean value (System Boolean or FHIR `boolean`).
+    pub fn as_bool(&self) -> Option<bool> {
+        match self.val()? {
+            Val::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// A numeric value as an exact decimal (Integer, Decimal, FHIR `integer`/`decimal`…).
+    pub fn as_decimal(&self) -> Option<Decimal> {
+        match self.val()? {
+            Val::Int(i) => Some(Decimal::from(i)),
+            Val::Dec(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// A date or date-time value (System Date/DateTime or FHIR `date`/`dateTime`/`instant`).
+    pub fn as_date_time(&self) -> Option<PartialDateTime> {
+        match self.val()? {
+            Val::Date(d) | Val::DateTime(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// A quantity (System Quantity or a FHIR Quantity/Age/Duration/… node with a value).
+    pub fn as_quantity(&self) -> Option<Quantity> {
+        match self.val()? {
+            Val::Qty(q) => Some(q.into_owned()),
+            _ => None,
+        }
+    }
+
     /// The string form as produced by FHIRPath `toString()`; `None` for complex nodes.
     pub fn to_fhirpath_string(&self) -> Option<String> {
         self.val().map(|v| val_to_string(&v))

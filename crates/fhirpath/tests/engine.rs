@@ -329,3 +329,41 @@ fn expressions_are_send_sync_and_reusable() {
         assert_eq!(h.join().unwrap(), [format!("F{i}")]);
     }
 }
+
+#[test]
+fn check_modifiers_and_item_accessors() {
+    let p = json!({"resourceType": "Patient", "modifierExtension": [{"url": "http://example.org/m", "valueBoolean": true}],
+                   "birthDate": "1970-01-01", "active": true});
+    let ctx = Context::new(&p);
+    assert!(parse("Patient.checkModifiers()")
+        .unwrap()
+        .evaluate(&ctx, &p)
+        .is_err());
+    assert_eq!(
+        parse("Patient.checkModifiers('http://example.org/m').count()")
+            .unwrap()
+            .evaluate(&ctx, &p)
+            .unwrap()
+            .len(),
+        1
+    );
+    let bd = eval("birthDate", &p);
+    assert_eq!(bd[0].as_str(), Some("1970-01-01"));
+    assert_eq!(bd[0].as_date_time().map(|d| d.year), Some(1970));
+    assert_eq!(eval("active", &p)[0].as_bool(), Some(true));
+    assert_eq!(
+        eval("1.50", &p)[0].as_decimal().map(|d| d.to_string()),
+        Some("1.50".to_string())
+    );
+    assert_eq!(
+        eval("3 'mg'", &p)[0].as_quantity().map(|q| q.unit),
+        Some("mg".to_string())
+    );
+    // a context built for one resource evaluates against a shorter-lived input
+    let expr = parse("active").unwrap();
+    let r = {
+        let local = json!({"resourceType": "Patient", "active": false});
+        expr.evaluate_bool(&ctx, &local).unwrap()
+    };
+    assert_eq!(r, Some(false));
+}
