@@ -443,6 +443,16 @@ impl Model {
         for (i, v) in extra.iter().enumerate() {
             let p = crate::search::parse_search_parameter(v)
                 .map_err(|reason| SpecError::InvalidSearchParameter { index: i, reason })?;
+            if let Some(b) = p.base.iter().find(|b| {
+                !self
+                    .type_def(b)
+                    .is_some_and(|t| t.kind == TypeKind::Resource)
+            }) {
+                return Err(SpecError::InvalidSearchParameter {
+                    index: i,
+                    reason: format!("{}: base '{b}' is not a resource type", p.code),
+                });
+            }
             search.add(p);
         }
         search.compact();

@@ -392,6 +392,10 @@ fn extra_search_parameters() {
     // The type model is shared.
     assert!(m2.child("Patient", "name").is_some());
 
+    let err = m
+        .with_search_parameters(&[json!({"resourceType": "SearchParameter", "code": "x", "base": ["HumanName"], "type": "token"})])
+        .unwrap_err();
+    assert!(err.to_string().contains("HumanName"), "{err}");
     let bad = [
         json!({"resourceType": "Patient"}),
         json!({"resourceType": "SearchParameter", "code": "x", "base": ["Patient"], "type": "weird"}),
