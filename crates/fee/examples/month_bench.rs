@@ -77,6 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     number: format!("{p}"),
                     is_insured_person: p % 4 != 0,
                     burden_percent: None,
+                    public_expenses: vec![],
                 },
                 visit_kind: if k == 0 && p % 3 == 0 {
                     VisitKind::Initial

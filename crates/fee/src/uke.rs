@@ -62,10 +62,17 @@ pub struct HoRecord {
     pub copay: Option<i64>,
 }
 
-/// KO: 公費レコード (parsed for completeness).
+/// KO: 公費レコード.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KoRecord {
-    pub fields: Vec<String>,
+    /// 公費負担者番号.
+    pub payer_number: String,
+    /// 受給者番号.
+    pub recipient_number: String,
+    pub days: u32,
+    pub points: i64,
+    /// 負担金額 (公費): what the patient paid under this 公費, yen.
+    pub copay: Option<i64>,
 }
 
 /// SY: 傷病名レコード.
@@ -222,7 +229,17 @@ impl UkeFile {
                 recs.push(f);
             }
             for ko in &r.ko {
-                recs.push(ko.fields.clone());
+                let mut f = vec![
+                    "KO".into(),
+                    ko.payer_number.clone(),
+                    ko.recipient_number.clone(),
+                    String::new(),
+                    ko.days.to_string(),
+                    ko.points.to_string(),
+                    opt(&ko.copay),
+                ];
+                f.extend(std::iter::repeat_n(String::new(), 5)); // 8-12
+                recs.push(f);
             }
             for sy in &r.sy {
                 recs.push(vec![
@@ -443,9 +460,14 @@ impl UkeFile {
                     });
                 }
                 "KO" => {
+                    need(12)?;
                     let i = current(&mut receipts)?;
                     receipts[i].ko.push(KoRecord {
-                        fields: f.iter().map(|s| s.to_string()).collect(),
+                        payer_number: f[1].into(),
+                        recipient_number: f[2].into(),
+                        days: int(4)? as u32,
+                        points: int(5)?,
+                        copay: opt_int(6)?,
                     });
                 }
                 "SY" => {
@@ -530,15 +552,17 @@ impl UkeFile {
     }
 }
 
-/// レセプト種別 for an outpatient receipt (医科・単独): 1 医科, 1 医保 / 3 後期, 1 単独, then
+/// レセプト種別 for an outpatient receipt: 1 医科, 1 医保 / 3 後期, 1 単独 / 2 二併 (公費), then
 /// 2 本人, 4 未就学者, 6 家族, 8 高齢受給者一般・低所得, 0 高齢受給者7割.
 pub fn receipt_kind(visit: &VisitInput, burden_percent: u8) -> String {
     let birth = visit.patient.birth_date;
+    // Third digit: 1 単独, 2 二併 (with one 公費), 3 三併, …
+    let combined = 1 + visit.insurance.public_expenses.len().min(4);
     if visit.insurance.kind == InsuranceKind::Koki {
         return if burden_percent >= 30 {
-            "1310".into()
+            format!("13{combined}0")
         } else {
-            "1318".into()
+            format!("13{combined}8")
         };
     }
     let last = if AgeBound::Years(70)
@@ -557,7 +581,7 @@ pub fn receipt_kind(visit: &VisitInput, burden_percent: u8) -> String {
     } else {
         '6'
     };
-    format!("111{last}")
+    format!("11{combined}{last}")
 }
 
 /// The 審査支払機関 a visit's receipt goes to: 社保 → 支払基金; 国保 and 後期高齢者 → 国保連合会.
@@ -600,6 +624,7 @@ pub fn build_uke(
         let (first, first_r) = pv[0];
         let points: i64 = pv.iter().map(|(_, r)| r.total_points).sum();
         let copay: i64 = pv.iter().map(|(_, r)| r.copay_yen).sum();
+        let insurance_copay: i64 = pv.iter().map(|(_, r)| r.insurance_copay_yen).sum();
         let mut days: Vec<NaiveDate> = pv
             .iter()
             .filter(|(_, r)| !r.lines.is_empty())
@@ -632,8 +657,21 @@ pub fn build_uke(
             number: first.insurance.number.clone(),
             days: days.len() as u32,
             points,
-            copay: Some(copay),
+            copay: Some(insurance_copay),
         };
+        let ko: Vec<KoRecord> = first
+            .insurance
+            .public_expenses
+            .iter()
+            .map(|pe| KoRecord {
+                payer_number: pe.payer_number.clone(),
+                recipient_number: pe.recipient_number.clone(),
+                days: days.len() as u32,
+                points,
+                copay: Some(copay),
+            })
+            .collect();
+        let burden = if ko.is_empty() { "1" } else { "2" };
         // 傷病名: union over the month, first occurrence wins.
         let mut sy: Vec<SyRecord> = Vec::new();
         for (v, _) in &pv {
@@ -693,7 +731,7 @@ pub fn build_uke(
                     } else {
                         Some(*shiki)
                     },
-                    burden: "1".into(),
+                    burden: burden.into(),
                     code: it.code.clone(),
                     quantity: it.quantity.clone().unwrap_or_default(),
                     points: if i + 1 == n_items {
@@ -755,7 +793,7 @@ pub fn build_uke(
                     } else {
                         Some(c.shikibetsu)
                     },
-                    burden: "1".into(),
+                    burden: burden.into(),
                     code: c.code.clone(),
                     text: c.text.clone(),
                 }),
@@ -764,7 +802,7 @@ pub fn build_uke(
         receipts.push(Receipt {
             re,
             ho: Some(ho),
-            ko: Vec::new(),
+            ko,
             sy,
             details,
         });

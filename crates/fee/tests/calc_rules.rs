@@ -655,6 +655,42 @@ fn month_carries_history_between_visits() {
 }
 
 #[test]
+fn public_expense_share_and_cap() {
+    // 再診料 75 + 外来管理加算 52 = 127点 = 1,270円. Insurance 30%: 381円 → 380円.
+    let mut v = visit(d(2024, 7, 1), adult(), VisitKind::Revisit);
+    v.insurance.public_expenses = vec![PublicExpense {
+        payer_number: "54136015".into(),
+        recipient_number: "1234567".into(),
+        burden_percent: 10,
+        cap_yen: None,
+    }];
+    let r = calc(&v);
+    // 公費 share 10%: 127円 → 130円; the 公費 pays 380 − 130 = 250円.
+    assert_eq!(
+        (r.insurance_copay_yen, r.copay_yen, r.public_expense_yen),
+        (380, 130, 250)
+    );
+    // With a 100円 cap per visit: the patient pays 100円, the 公費 280円.
+    v.insurance.public_expenses[0].cap_yen = Some(100);
+    let r = calc(&v);
+    assert_eq!((r.copay_yen, r.public_expense_yen), (100, 280));
+    // Fully covered (0%): nothing at the counter.
+    v.insurance.public_expenses[0].burden_percent = 0;
+    assert_eq!(calc(&v).copay_yen, 0);
+    // Bad 公費負担者番号 or two 公費: input errors.
+    v.insurance.public_expenses[0].payer_number = "5413".into();
+    assert!(calculate(store(), &clinic(), &v).is_err());
+    v.insurance.public_expenses = vec![
+        PublicExpense {
+            payer_number: "54136015".into(),
+            ..Default::default()
+        };
+        2
+    ];
+    assert!(calculate(store(), &clinic(), &v).is_err());
+}
+
+#[test]
 fn default_burden_by_age_and_insurance() {
     // 72歳 (70th birthday 2022-03-15, 2割 from 2022-04-01): 20%.
     let v = visit(d(2024, 7, 1), d(1952, 3, 15), VisitKind::Revisit);

@@ -249,3 +249,37 @@ fn monthly_receipts_split_by_payer() {
     v[0].date = d(2024, 8, 1);
     assert!(monthly_receipts(store(), &clinic(), d(2024, 8, 1), &v).is_err());
 }
+
+#[test]
+fn public_expense_receipt_has_a_ko_record() {
+    // 再診 127点 twice in July with a 公費 (10%): RE 種別 1122 (医保＋1公費, 本人外来), KO with
+    // 実日数 2, 254点, 負担金額 130 + 130 = 260円; detail lines have 負担区分 2.
+    let mut a = visit(d(2024, 7, 1), d(1970, 5, 5), VisitKind::Revisit);
+    a.insurance.public_expenses = vec![PublicExpense {
+        payer_number: "54136015".into(),
+        recipient_number: "1234567".into(),
+        burden_percent: 10,
+        cap_yen: None,
+    }];
+    let mut b = a.clone();
+    b.date = d(2024, 7, 8);
+    let visits = vec![a, b];
+    let results = calculate_month(store(), &clinic(), &visits).unwrap();
+    let pairs: Vec<_> = visits.iter().zip(results.iter()).collect();
+    let f = build_uke(&clinic(), Payer::Shaho, d(2024, 8, 1), &pairs).unwrap();
+    let bytes = f.to_bytes().unwrap();
+    let text = encoding_rs::SHIFT_JIS.decode(&bytes).0.into_owned();
+    let lines: Vec<&str> = text.split("\r\n").collect();
+    assert!(lines[1].starts_with("RE,1,1122,"), "{}", lines[1]);
+    // HO 負担金額 is the insurance copay: 380 × 2 = 760円.
+    assert!(
+        lines[2].starts_with("HO,06130012,12,345,2,254,") && lines[2].contains(",760,"),
+        "{}",
+        lines[2]
+    );
+    assert_eq!(lines[3], "KO,54136015,1234567,,2,254,260,,,,,");
+    assert!(lines[4].starts_with("SI,12,2,112007410,"), "{}", lines[4]);
+    let parsed = UkeFile::parse(&bytes).unwrap();
+    assert_eq!(parsed, f);
+    assert_eq!(parsed.receipts[0].ko[0].copay, Some(260));
+}

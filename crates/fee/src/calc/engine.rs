@@ -21,6 +21,26 @@ pub fn calculate(
             "birth date is after the visit date / 生年月日が診療日より後です",
         ));
     }
+    if visit.insurance.public_expenses.len() > 1 {
+        return Err(FeeError::input(
+            "insurance.public_expenses",
+            "at most one 公費 is supported / 公費は1種類まで対応しています",
+        ));
+    }
+    for (i, pe) in visit.insurance.public_expenses.iter().enumerate() {
+        if pe.payer_number.len() != 8 || !pe.payer_number.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(FeeError::input(
+                format!("insurance.public_expenses[{i}].payer_number"),
+                "公費負担者番号 must be 8 digits / 公費負担者番号は8桁",
+            ));
+        }
+        if pe.burden_percent > 100 {
+            return Err(FeeError::input(
+                format!("insurance.public_expenses[{i}].burden_percent"),
+                "must be 0–100 / 0〜100",
+            ));
+        }
+    }
     if let Some(p) = visit.insurance.burden_percent {
         if p > 100 || p % 10 != 0 {
             return Err(FeeError::input(
@@ -54,7 +74,18 @@ pub fn calculate(
         .burden_percent
         .unwrap_or_else(|| default_burden(visit));
     let total_yen = total_points * 10;
-    let copay_yen = copay(total_points, burden_percent);
+    let insurance_copay_yen = copay(total_points, burden_percent);
+    // 公費: the patient pays the 公費 share (10-yen rounded, capped), never more than the
+    // insurance copay; the 公費 pays the rest of the insurance copay.
+    let copay_yen = match visit.insurance.public_expenses.first() {
+        Some(pe) => {
+            let share = copay(total_points, pe.burden_percent);
+            share
+                .min(pe.cap_yen.unwrap_or(i64::MAX))
+                .min(insurance_copay_yen)
+        }
+        None => insurance_copay_yen,
+    };
     Ok(VisitResult {
         visit_id: visit.id.clone(),
         patient_id: visit.patient.id.clone(),
@@ -64,6 +95,8 @@ pub fn calculate(
         burden_percent,
         total_yen,
         copay_yen,
+        insurance_copay_yen,
+        public_expense_yen: insurance_copay_yen - copay_yen,
         messages: c.messages,
         comments,
     })

@@ -89,6 +89,26 @@ pub struct Insurance {
     /// 負担割合 in percent (10, 20, 30). When absent it is derived from age (see FEE.md).
     #[serde(default)]
     pub burden_percent: Option<u8>,
+    /// 公費 combined with the insurance (at most one is supported for the copay).
+    #[serde(default)]
+    pub public_expenses: Vec<PublicExpense>,
+}
+
+/// A 公費負担医療 combined with the health insurance.
+#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PublicExpense {
+    /// 公費負担者番号 (8 digits; the first two are the 法別番号).
+    pub payer_number: String,
+    /// 公費受給者番号 (7 digits; empty for some 法別).
+    #[serde(default)]
+    pub recipient_number: String,
+    /// The patient's share under this 公費, percent of the medical cost (0 = fully covered).
+    #[serde(default)]
+    pub burden_percent: u8,
+    /// 自己負担上限額 per visit in yen, if any.
+    #[serde(default)]
+    pub cap_yen: Option<i64>,
 }
 
 fn yes() -> bool {
@@ -388,8 +408,15 @@ pub struct VisitResult {
     pub burden_percent: u8,
     /// 医療費 in yen (total_points × 10).
     pub total_yen: i64,
-    /// 一部負担金 (窓口負担), rounded to 10 yen (四捨五入, 健康保険法第75条).
+    /// What the patient pays (窓口負担), rounded to 10 yen (四捨五入, 健康保険法第75条).
+    /// With a 公費 this is the share under the 公費, else the insurance 一部負担金.
     pub copay_yen: i64,
+    /// 医療保険の一部負担金 before any 公費.
+    #[serde(default)]
+    pub insurance_copay_yen: i64,
+    /// Paid by the 公費 (insurance copay − patient's share).
+    #[serde(default)]
+    pub public_expense_yen: i64,
     /// Refusals (not billed, with reason), warnings and errors.
     pub messages: Vec<Message>,
     /// Receipt comments, checked against the コメントマスター.

@@ -58,6 +58,7 @@ pub fn visit(date: NaiveDate, birth: NaiveDate, kind: VisitKind) -> VisitInput {
             number: "345".into(),
             is_insured_person: true,
             burden_percent: None,
+            public_expenses: vec![],
         },
         visit_kind: kind,
         outpatient_management: true,
