@@ -451,14 +451,17 @@ pub(crate) fn eval<'a>(ast: &Ast, env: &Env<'_, 'a>) -> R<'a> {
                     None => Ok(Vec::new()),
                     Some(i) => Ok(vec![Item::Boolean(is_type(model, i, spec))]),
                 },
-                TypeFn::As => match singleton(&input, "as")? {
-                    None => Ok(Vec::new()),
-                    Some(i) => Ok(if is_type_exact(model, i, spec) {
-                        vec![i.clone()]
-                    } else {
-                        Vec::new()
-                    }),
-                },
+                // `as` on several items filters like `ofType` (R4 dom-3 and many
+                // R4 search parameters rely on it); strict mode requires a singleton.
+                TypeFn::As => {
+                    if env.ctx.strict {
+                        singleton(&input, "as")?;
+                    }
+                    Ok(input
+                        .into_iter()
+                        .filter(|i| is_type_exact(model, i, spec))
+                        .collect())
+                }
             }
         }
         Ast::Indexer(t, idx) => {
