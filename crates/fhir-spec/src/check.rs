@@ -35,6 +35,9 @@ impl std::fmt::Display for Issue {
 const MAX_DEPTH: usize = 256;
 /// Values quoted in messages are cut to this many characters.
 const QUOTE_MAX: usize = 80;
+/// At most this many issues are reported (then one "too-costly" issue), so garbage input
+/// cannot make the answer explode.
+pub const MAX_ISSUES: usize = 1000;
 
 #[derive(Clone, Copy)]
 enum Seg<'a> {
@@ -126,10 +129,34 @@ fn json_kind_ja(v: &Value) -> &'static str {
 struct Checker<'m> {
     model: &'m Model,
     out: Vec<Issue>,
+    /// Set once MAX_ISSUES were reported: the rest of the input is not checked.
+    full: bool,
 }
 
 impl<'m> Checker<'m> {
+    fn new(model: &'m Model) -> Self {
+        Checker {
+            model,
+            out: Vec::new(),
+            full: false,
+        }
+    }
+
     fn push(&mut self, code: &'static str, loc: &Loc<'_>, ja: String, en: String) {
+        if self.full {
+            return;
+        }
+        if self.out.len() >= MAX_ISSUES {
+            self.full = true;
+            self.out.push(Issue {
+                severity: Severity::Error,
+                code: "too-costly",
+                expression: loc.render(),
+                message_ja: format!("問題が多すぎるため、{MAX_ISSUES} 件で検査を打ち切りました"),
+                message_en: format!("Too many issues: checking stopped after {MAX_ISSUES}"),
+            });
+            return;
+        }
         self.out.push(Issue {
             severity: Severity::Error,
             code,
@@ -248,6 +275,9 @@ impl<'m> Checker<'m> {
         // (ordinal, key) of the choice variants seen, to catch two value[x].
         let mut seen_choice: Vec<(u32, &str)> = Vec::new();
         for (key, val) in obj {
+            if self.full {
+                return;
+            }
             if is_resource && key == "resourceType" {
                 continue;
             }
@@ -435,6 +465,9 @@ impl<'m> Checker<'m> {
                 }
             }
             for (i, item) in items.iter().enumerate() {
+                if self.full {
+                    return;
+                }
                 let l = loc.child(Seg::Index(i));
                 if item.is_null() {
                     let has_ext = matches!(slot.kind, SlotKind::Primitive(_))
@@ -671,6 +704,9 @@ impl<'m> Checker<'m> {
                 }
             }
             for (i, item) in items.iter().enumerate() {
+                if self.full {
+                    return;
+                }
                 let l = loc.child(Seg::Index(i));
                 match item {
                     Value::Null => {
@@ -712,10 +748,7 @@ impl Model {
     /// Locations are FHIRPath: `Patient.name[0].given[1]`, `Observation.value.ofType(Quantity).unit`,
     /// `Bundle.entry[2].resource.birthDate`, `Patient.birthDate.extension[0].url`.
     pub fn check_structure(&self, resource: &Value) -> Vec<Issue> {
-        let mut c = Checker {
-            model: self,
-            out: Vec::new(),
-        };
+        let mut c = Checker::new(self);
         c.resource(resource, None, 0);
         c.out
     }
@@ -723,10 +756,7 @@ impl Model {
     /// Checks a value of type `type_name` (a datatype such as "HumanName", or a backbone path
     /// such as "Patient.contact") instead of a whole resource; `location` prefixes the paths.
     pub fn check_value(&self, type_name: &str, value: &Value, location: &str) -> Vec<Issue> {
-        let mut c = Checker {
-            model: self,
-            out: Vec::new(),
-        };
+        let mut c = Checker::new(self);
         let root = Loc {
             parent: None,
             seg: Seg::Root(location),

@@ -36,7 +36,7 @@ pub mod primitive;
 mod raw;
 mod search;
 
-pub use check::Issue;
+pub use check::{Issue, MAX_ISSUES};
 pub use data::{
     jp_file_by_url, jp_files, jp_raw_files, jp_resources, jp_resources_where, jp_search_parameters,
     load_r4, r4_extension_definitions, r4_structure_definitions, r4_value_sets, JpArchive, JpFile,

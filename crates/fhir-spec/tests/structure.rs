@@ -355,3 +355,18 @@ fn check_value_of_datatypes_and_backbones() {
         "structure"
     );
 }
+
+#[test]
+fn issues_are_capped() {
+    let mut p = serde_json::Map::new();
+    p.insert("resourceType".into(), json!("Patient"));
+    for i in 0..5000 {
+        p.insert(format!("bogus{i}"), json!(1));
+    }
+    let is = issues(Value::Object(p));
+    assert_eq!(is.len(), iryo_fhir_spec::MAX_ISSUES + 1);
+    assert_eq!(is.last().unwrap().code, "too-costly");
+    let given: Vec<Value> = (0..5000).map(|_| json!(5)).collect();
+    let is = issues(json!({"resourceType": "Patient", "name": [{"given": given}]}));
+    assert_eq!(is.len(), iryo_fhir_spec::MAX_ISSUES + 1);
+}
