@@ -13,6 +13,13 @@ pub fn is_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
+/// `\s` of the spec's regexes (Java semantics): ASCII space, tab, LF, VT, FF, CR only, so
+/// Japanese text with U+3000 (ideographic space) is not whitespace here.
+#[inline]
+fn is_regex_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0B | 0x0C | b'\r')
+}
+
 /// `[^\s]+(\s[^\s]+)*`
 pub fn is_code(s: &str) -> bool {
     if s.is_empty() {
@@ -20,7 +27,7 @@ pub fn is_code(s: &str) -> bool {
     }
     let mut prev_ws = true; // no leading whitespace
     for c in s.chars() {
-        let ws = c.is_whitespace();
+        let ws = c.is_ascii() && is_regex_ws(c as u8);
         if ws && prev_ws {
             return false;
         }
@@ -31,15 +38,12 @@ pub fn is_code(s: &str) -> bool {
 
 /// `\S*` (uri, url, canonical): no whitespace at all.
 pub fn is_uri(s: &str) -> bool {
-    !s.chars().any(char::is_whitespace)
+    !s.bytes().any(is_regex_ws)
 }
 
 /// `[ \r\n\t\S]+`: any text but whitespace other than space, CR, LF and tab.
 pub fn is_string(s: &str) -> bool {
-    !s.is_empty()
-        && !s.chars().any(|c| {
-            c.is_ascii_whitespace() && !matches!(c, ' ' | '\r' | '\n' | '\t') || c == '\u{0B}'
-        })
+    !s.is_empty() && !s.bytes().any(|b| b == 0x0B || b == 0x0C)
 }
 
 /// `urn:oid:[0-2](\.(0|[1-9][0-9]*))+`
@@ -301,6 +305,8 @@ mod tests {
         assert!(!is_id("a_b"));
         assert!(!is_id(&"a".repeat(65)));
         assert!(is_code("a b"));
+        assert!(is_code("東京\u{3000}都"));
+        assert!(is_uri("urn:x:\u{3000}"));
         assert!(!is_code(" a"));
         assert!(!is_code("a  b"));
         assert!(!is_code("a "));
