@@ -430,6 +430,14 @@ impl Model {
             .map(|&i| &self.search.params[i])
     }
 
+    /// The search parameter with this canonical URL (e.g. a composite's component definition
+    /// "http://hl7.org/fhir/SearchParameter/clinical-code"). With several (replaced) versions,
+    /// the last added wins.
+    pub fn search_param_by_url(&self, url: &str) -> Option<&SearchParamDef> {
+        let url = url.split('|').next().unwrap_or(url);
+        self.search.params.iter().rev().find(|p| p.url == url)
+    }
+
     /// Every search parameter known to this model (each once).
     pub fn all_search_params(&self) -> &[SearchParamDef] {
         &self.search.params

@@ -300,6 +300,12 @@ fn search_parameters() {
             "code".to_string()
         )
     );
+    let code = m.search_param_by_url(&cvq.components[0].0).unwrap();
+    assert_eq!(
+        (code.code.as_str(), code.kind),
+        ("code", SearchParamType::Token)
+    );
+    assert!(m.search_param_by_url("http://example.org/nope").is_none());
     let vq = m.search_param("Observation", "value-quantity").unwrap();
     assert_eq!(
         vq.expression_for("Observation").as_deref(),
