@@ -27,6 +27,8 @@ pub(crate) struct Env<'e, 'a> {
     pub total: Option<&'e [Item<'a>]>,
     /// `%context`: the original input.
     pub context: &'e [Item<'a>],
+    /// `now()` is fixed for the whole evaluation.
+    pub now: &'e std::cell::OnceCell<crate::PartialDateTime>,
 }
 
 impl<'e, 'a> Env<'e, 'a> {
@@ -37,7 +39,12 @@ impl<'e, 'a> Env<'e, 'a> {
             index,
             total: self.total,
             context: self.context,
+            now: self.now,
         }
+    }
+    /// The evaluation's `now()` (from the context override or the clock, read once).
+    pub fn now(&self) -> crate::PartialDateTime {
+        *self.now.get_or_init(|| self.ctx.now_value())
     }
     pub fn model(&self) -> &'a dyn TypeInfo {
         self.ctx.model

@@ -838,9 +838,9 @@ pub(crate) fn call<'a>(f: Func, input: Coll<'a>, args: &[Ast], env: &Env<'_, 'a>
             }
             Ok(input)
         }
-        Func::Now => one(Item::DateTime(env.ctx.now_value())),
+        Func::Now => one(Item::DateTime(env.now())),
         Func::Today => {
-            let mut d = env.ctx.now_value();
+            let mut d = env.now();
             d.precision = Precision::Day;
             d.offset_minutes = None;
             d.hour = 0;
@@ -851,7 +851,7 @@ pub(crate) fn call<'a>(f: Func, input: Coll<'a>, args: &[Ast], env: &Env<'_, 'a>
             one(Item::Date(d))
         }
         Func::TimeOfDay => {
-            let d = env.ctx.now_value();
+            let d = env.now();
             one(Item::Time(PartialTime {
                 hour: d.hour,
                 minute: d.minute,
@@ -871,6 +871,7 @@ pub(crate) fn call<'a>(f: Func, input: Coll<'a>, args: &[Ast], env: &Env<'_, 'a>
                     index: Some(i),
                     total: Some(&total),
                     context: env.context,
+                    now: env.now,
                 };
                 total = eval(&args[0], &e)?;
             }
@@ -1090,8 +1091,17 @@ pub(crate) fn call<'a>(f: Func, input: Coll<'a>, args: &[Ast], env: &Env<'_, 'a>
     }
 }
 
+/// Compiles a regular expression, reusing a per-thread cache (invariants and
+/// search expressions use the same few patterns over and over).
 fn compile_regex(p: &str) -> Result<regex::Regex, EvalError> {
-    regex::RegexBuilder::new(p)
+    thread_local! {
+        static CACHE: std::cell::RefCell<std::collections::HashMap<String, regex::Regex>> =
+            std::cell::RefCell::new(std::collections::HashMap::new());
+    }
+    if let Some(re) = CACHE.with(|c| c.borrow().get(p).cloned()) {
+        return Ok(re);
+    }
+    let re = regex::RegexBuilder::new(p)
         .size_limit(1 << 20)
         .build()
         .map_err(|e| {
@@ -1099,7 +1109,15 @@ fn compile_regex(p: &str) -> Result<regex::Regex, EvalError> {
                 "正規表現が不正です",
                 format!("invalid regular expression: {e}"),
             )
-        })
+        })?;
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= 512 {
+            c.clear();
+        }
+        c.insert(p.to_string(), re.clone());
+    });
+    Ok(re)
 }
 
 fn conv_check<'a>(input: &[Item<'a>], name: &str, f: impl Fn(&Val<'_>) -> bool) -> R<'a> {

@@ -268,12 +268,14 @@ impl Expression {
         ctx: &Context<'a>,
         input: Vec<Item<'a>>,
     ) -> Result<Vec<Item<'a>>, EvalError> {
+        let now = std::cell::OnceCell::new();
         let env = eval::Env {
             ctx,
             focus: &input,
             index: None,
             total: None,
             context: &input,
+            now: &now,
         };
         eval::eval(&self.ast, &env)
     }
