@@ -1,1 +1,209 @@
-fn main() {}
+//! `iryo`: the one binary. Subcommands: `serve`, `import`, `tenant`.
+
+mod import;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "iryo",
+    version,
+    about = "iryo — 全国医療情報プラットフォーム / 標準型電子カルテ on HL7 FHIR R4"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct StoreArgs {
+    /// Directory of the embedded SQLite store.
+    #[arg(long, default_value = "./iryo-data", env = "IRYO_DATA")]
+    data: PathBuf,
+    /// Use PostgreSQL instead (postgres://user@host/db).
+    #[arg(long, env = "IRYO_DATABASE")]
+    database: Option<String>,
+}
+
+impl StoreArgs {
+    fn location(&self) -> String {
+        match &self.database {
+            Some(url) => url.clone(),
+            None => self.data.display().to_string(),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the FHIR server.
+    Serve {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Address to listen on. Non-loopback addresses need --api-token-file.
+        #[arg(long, default_value = "127.0.0.1:8080", env = "IRYO_LISTEN")]
+        listen: SocketAddr,
+        /// Largest request body in bytes.
+        #[arg(long, default_value_t = 32 * 1024 * 1024)]
+        max_body: usize,
+        /// File holding a bearer token every request must present.
+        #[arg(long, env = "IRYO_API_TOKEN_FILE")]
+        api_token_file: Option<PathBuf>,
+        /// Public base URL (scheme://host[:port]) used in links.
+        #[arg(long)]
+        public_base: Option<String>,
+    },
+    /// Load NDJSON files and Bundles (gzip accepted, directories walked).
+    Import {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Tenant to load into.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Transactions in flight at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Manage tenants (one per institution).
+    Tenant {
+        #[command(subcommand)]
+        cmd: TenantCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCmd {
+    /// Create a tenant.
+    Create {
+        #[command(flatten)]
+        store: StoreArgs,
+        name: String,
+    },
+    /// List tenants.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(run(cli)) {
+        eprintln!("エラー (error): {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Serve {
+            store,
+            listen,
+            max_body,
+            api_token_file,
+            public_base,
+        } => {
+            let api_token = match &api_token_file {
+                Some(p) => {
+                    let t = std::fs::read_to_string(p)
+                        .with_context(|| format!("cannot read {}", p.display()))?;
+                    let t = t.trim().to_string();
+                    if t.len() < 32 {
+                        bail!("APIトークンが短すぎます（32文字以上） / the API token must be at least 32 characters");
+                    }
+                    Some(t)
+                }
+                None => None,
+            };
+            if !listen.ip().is_loopback() && api_token.is_none() {
+                bail!(
+                    "ループバック以外のアドレス {listen} で待ち受けるには認証が必要です（--api-token-file） / \
+                     listening on non-loopback {listen} requires authentication (--api-token-file)"
+                );
+            }
+            let s = iryo_db::Store::open(&store.location())
+                .await
+                .context("opening the store")?;
+            // load the R4 model before the first request
+            let _ = iryo_fhir_spec::r4();
+            let config = iryo_rest_api::Config {
+                max_body,
+                api_token,
+                public_base,
+            };
+            let app = iryo_rest_api::router(iryo_rest_api::AppState::new(s, config));
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            eprintln!(
+                "iryo: FHIR R4 API at http://{listen}/fhir (store: {})",
+                if store.database.is_some() {
+                    "PostgreSQL"
+                } else {
+                    "SQLite"
+                }
+            );
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await?;
+            Ok(())
+        }
+        Cmd::Import {
+            store,
+            tenant,
+            concurrency,
+            paths,
+        } => {
+            let s = iryo_db::Store::open(&store.location())
+                .await
+                .context("opening the store")?;
+            import::run(s, &tenant, concurrency.max(1), &paths).await
+        }
+        Cmd::Tenant { cmd } => match cmd {
+            TenantCmd::Create { store, name } => {
+                let s = iryo_db::Store::open(&store.location())
+                    .await
+                    .context("opening the store")?;
+                let t = s.tenant_create(&name).await?;
+                println!(
+                    "テナント {} を作成しました (id {}). Base URL: /t/{}/fhir",
+                    t.name, t.id, t.name
+                );
+                Ok(())
+            }
+            TenantCmd::List { store } => {
+                let s = iryo_db::Store::open(&store.location())
+                    .await
+                    .context("opening the store")?;
+                println!("{:<6} {:<24} {}", "id", "name", "base");
+                for t in s.tenant_list().await? {
+                    let base = if t.name == "default" {
+                        "/fhir".to_string()
+                    } else {
+                        format!("/t/{}/fhir", t.name)
+                    };
+                    println!("{:<6} {:<24} {}", t.id, t.name, base);
+                }
+                Ok(())
+            }
+        },
+    }
+}

@@ -1,0 +1,834 @@
+//! Running searches: a [`SearchQuery`] becomes one SQL statement over the index tables.
+//!
+//! Every clause is a set of resource keys (`rid`), found by a range scan of one index table whose
+//! primary key starts with (tenant, type, param, value…); clauses are intersected with `IN`,
+//! values of one clause ORed. Chains and `_has` nest the same construction. The tenant is a bound
+//! parameter of every subquery, so no clause can reach another tenant's rows.
+
+use crate::sql::{Sql, P};
+use crate::store::{read_rids, type_code, Inner2, StoredResource};
+use crate::DbError;
+use iryo_fhir_spec::SearchParamType as K;
+use iryo_search::date::{MAX_MS, MIN_MS};
+use iryo_search::index::param_key;
+use iryo_search::normalize::{normalize_string, prefix_upper_bound};
+use iryo_search::query::{Clause, Include, Modifier, Prefix, SearchQuery, Summary, Total, Value};
+use iryo_search::IndexValue;
+use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
+
+/// Results are materialized up to this many keys; paging beyond it uses offsets.
+pub const MAX_MATERIALIZED: usize = 10_000;
+pub const DEFAULT_COUNT: usize = 20;
+pub const MAX_COUNT: usize = 1000;
+const MAX_INCLUDES: usize = 2000;
+
+#[derive(Debug, Clone)]
+pub struct SearchRequest {
+    pub query: SearchQuery,
+    /// A page token from an earlier page's `next` link.
+    pub page_token: Option<String>,
+    /// `_has`/chain targets and base URL handling need nothing else from the REST layer.
+    pub base_url: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SearchPage {
+    pub matches: Vec<StoredResource>,
+    pub includes: Vec<StoredResource>,
+    pub total: Option<i64>,
+    pub offset: usize,
+    pub count: usize,
+    /// Token for the next/previous pages (the same for all pages of one search).
+    pub token: Option<String>,
+    pub has_next: bool,
+}
+
+/// Page lists of recent searches (per process), so that paging is stable while others write.
+struct PageCache {
+    map: HashMap<String, (std::time::Instant, i64, std::sync::Arc<Vec<i64>>)>,
+}
+
+static PAGES: LazyLock<Mutex<PageCache>> = LazyLock::new(|| {
+    Mutex::new(PageCache {
+        map: HashMap::new(),
+    })
+});
+
+const PAGE_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+fn new_token() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(1);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let t = crate::now_ms() as u64;
+    format!("{:x}{:x}{:x}", t, std::process::id(), n)
+}
+
+/// SQL under construction: text plus bound parameters.
+struct Q {
+    sql: String,
+    p: Vec<P>,
+}
+
+impl Q {
+    fn bind(&mut self, v: P) -> String {
+        self.p.push(v);
+        format!("${}", self.p.len())
+    }
+}
+
+fn unsupported(what: &str) -> DbError {
+    DbError::Invalid(format!("未対応の検索です (unsupported search): {what}"))
+}
+
+/// Compile one clause as a condition on the resource alias `r` of type `tcode`.
+fn clause_sql(
+    q: &mut Q,
+    tenant: &str,
+    r: &str,
+    tcode: &str,
+    tcode_val: Option<i64>,
+    c: &Clause,
+    depth: usize,
+) -> Result<String, DbError> {
+    match c {
+        Clause::Param {
+            code,
+            kind,
+            modifier,
+            values,
+            components,
+        } => {
+            if code == "_id" {
+                let mut ors = vec![];
+                for v in values {
+                    match v {
+                        Value::Token { code: Some(id), .. } => {
+                            let b = q.bind(P::T(id.clone()));
+                            ors.push(format!("{r}.id = {b}"));
+                        }
+                        Value::Missing(_) => ors.push("1 = 0".into()),
+                        _ => return Err(unsupported("_id")),
+                    }
+                }
+                let cond = format!("({})", ors.join(" OR "));
+                return Ok(if *modifier == Modifier::Not {
+                    format!("NOT {cond}")
+                } else {
+                    cond
+                });
+            }
+            if code == "_lastUpdated" {
+                let mut ors = vec![];
+                for v in values {
+                    if let Value::Date { prefix, range } = v {
+                        ors.push(range_cond(
+                            q,
+                            &format!("{r}.last_updated"),
+                            &format!("{r}.last_updated"),
+                            *prefix,
+                            range.lo,
+                            range.hi,
+                            true,
+                        ));
+                    }
+                }
+                return Ok(format!("({})", ors.join(" OR ")));
+            }
+            if let [Value::Missing(m)] = values.as_slice() {
+                let table = family_table(*kind, modifier);
+                let pk = q.bind(P::I(param_key(&param_name(code, modifier))));
+                let sub = format!("SELECT s.rid FROM {table} s WHERE s.tenant = {tenant} AND s.type = {tcode} AND s.param = {pk}");
+                return Ok(if *m {
+                    format!("{r}.rid NOT IN ({sub})")
+                } else {
+                    format!("{r}.rid IN ({sub})")
+                });
+            }
+            if *kind == K::Composite {
+                // Approximation: every component matches on the same resource.
+                let mut ands = vec![];
+                for v in values {
+                    let Value::Composite(parts) = v else { continue };
+                    let mut inner = vec![];
+                    for (part, (ccode, ckind)) in parts.iter().zip(components) {
+                        let cl = Clause::Param {
+                            code: ccode.clone(),
+                            kind: *ckind,
+                            modifier: Modifier::None,
+                            values: vec![part.clone()],
+                            components: vec![],
+                        };
+                        inner.push(clause_sql(q, tenant, r, tcode, tcode_val, &cl, depth)?);
+                    }
+                    ands.push(format!("({})", inner.join(" AND ")));
+                }
+                return Ok(format!("({})", ands.join(" OR ")));
+            }
+            let table = family_table(*kind, modifier);
+            let pk = q.bind(P::I(param_key(&param_name(code, modifier))));
+            let mut ors = vec![];
+            for v in values {
+                ors.push(value_cond(q, *kind, modifier, v, tcode_val)?);
+            }
+            let sub = format!(
+                "SELECT s.rid FROM {table} s WHERE s.tenant = {tenant} AND s.type = {tcode} AND s.param = {pk} AND ({})",
+                ors.join(" OR ")
+            );
+            Ok(if *modifier == Modifier::Not {
+                format!("{r}.rid NOT IN ({sub})")
+            } else {
+                format!("{r}.rid IN ({sub})")
+            })
+        }
+        Clause::Chain {
+            ref_code,
+            target_types,
+            inner,
+        } => {
+            let pk = q.bind(P::I(param_key(ref_code)));
+            let alias = format!("c{depth}");
+            let mut ors = vec![];
+            for t in target_types {
+                let tc = type_code(t).ok_or_else(|| unsupported(t))?;
+                let tcb = q.bind(P::I(tc));
+                let cond = clause_sql(q, tenant, &alias, &tcb, Some(tc), inner, depth + 1)?;
+                ors.push(format!(
+                    "(s{depth}.target_type = {tcb} AND s{depth}.target_id IN (SELECT {alias}.id FROM resource {alias} WHERE {alias}.tenant = {tenant} AND {alias}.type = {tcb} AND {alias}.deleted = 0 AND {cond}))"
+                ));
+            }
+            Ok(format!(
+                "{r}.rid IN (SELECT s{depth}.rid FROM sp_reference s{depth} WHERE s{depth}.tenant = {tenant} AND s{depth}.type = {tcode} AND s{depth}.param = {pk} AND ({}))",
+                ors.join(" OR ")
+            ))
+        }
+        Clause::Has {
+            source_type,
+            ref_code,
+            inner,
+        } => {
+            let src = type_code(source_type).ok_or_else(|| unsupported(source_type))?;
+            let srcb = q.bind(P::I(src));
+            let pk = q.bind(P::I(param_key(ref_code)));
+            let alias = format!("h{depth}");
+            let cond = clause_sql(q, tenant, &alias, &srcb, Some(src), inner, depth + 1)?;
+            Ok(format!(
+                "{r}.id IN (SELECT s{depth}.target_id FROM sp_reference s{depth} WHERE s{depth}.tenant = {tenant} AND s{depth}.type = {srcb} AND s{depth}.param = {pk} AND s{depth}.target_type = {tcode} \
+                 AND s{depth}.rid IN (SELECT {alias}.rid FROM resource {alias} WHERE {alias}.tenant = {tenant} AND {alias}.type = {srcb} AND {alias}.deleted = 0 AND {cond}))"
+            ))
+        }
+    }
+}
+
+fn param_name(code: &str, m: &Modifier) -> String {
+    match m {
+        Modifier::Text => format!("{code}:text"),
+        Modifier::Identifier => format!("{code}:identifier"),
+        Modifier::OfType => format!("{code}:of-type"),
+        _ => code.to_string(),
+    }
+}
+
+fn family_table(kind: K, m: &Modifier) -> &'static str {
+    match (kind, m) {
+        (_, Modifier::Text) => "sp_string",
+        (_, Modifier::Identifier) => "sp_token",
+        (K::String, _) => "sp_string",
+        (K::Token, _) => "sp_token",
+        (K::Date, _) => "sp_date",
+        (K::Number, _) => "sp_number",
+        (K::Quantity, _) => "sp_quantity",
+        (K::Reference, _) => "sp_reference",
+        (K::Uri, _) => "sp_uri",
+        _ => "sp_token",
+    }
+}
+
+fn like_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            o.push('\\');
+        }
+        o.push(c);
+    }
+    o
+}
+
+/// Range semantics of FHIR search prefixes: the target `[lo_col, hi_col]` against `[pl, ph]`.
+fn range_cond(
+    q: &mut Q,
+    lo_col: &str,
+    hi_col: &str,
+    prefix: Prefix,
+    pl: i64,
+    ph: i64,
+    _date: bool,
+) -> String {
+    let a = q.bind(P::I(pl));
+    let b = q.bind(P::I(ph));
+    match prefix {
+        Prefix::Eq => format!("({lo_col} >= {a} AND {hi_col} <= {b})"),
+        Prefix::Ne => format!("({lo_col} < {a} OR {hi_col} > {b})"),
+        Prefix::Gt => format!("({hi_col} > {b})"),
+        Prefix::Lt => format!("({lo_col} < {a})"),
+        Prefix::Ge => format!("({hi_col} > {b} OR ({lo_col} >= {a} AND {hi_col} <= {b}))"),
+        Prefix::Le => format!("({lo_col} < {a} OR ({lo_col} >= {a} AND {hi_col} <= {b}))"),
+        Prefix::Sa => format!("({lo_col} > {b})"),
+        Prefix::Eb => format!("({hi_col} < {a})"),
+        Prefix::Ap => {
+            let now = crate::now_ms();
+            let dist = ((pl - now).abs() / 10).max(86_400_000);
+            let a2 = q.bind(P::I(pl.saturating_sub(dist).max(MIN_MS)));
+            let b2 = q.bind(P::I(ph.saturating_add(dist).min(MAX_MS)));
+            format!("({lo_col} <= {b2} AND {hi_col} >= {a2})")
+        }
+    }
+}
+
+fn number_cond(q: &mut Q, prefix: Prefix, value: f64, lo: f64, hi: f64) -> String {
+    // Stored numbers are points (lo = hi) or ranges (Range); compare like dates, with the
+    // search value's precision range for eq/ne/ap and the exact value for gt/lt/ge/le.
+    match prefix {
+        Prefix::Eq => {
+            let (a, b) = (q.bind(P::F(lo)), q.bind(P::F(hi)));
+            format!("(s.lo >= {a} AND s.hi < {b})")
+        }
+        Prefix::Ne => {
+            let (a, b) = (q.bind(P::F(lo)), q.bind(P::F(hi)));
+            format!("(s.lo < {a} OR s.hi >= {b})")
+        }
+        Prefix::Gt | Prefix::Sa => {
+            let v = q.bind(P::F(value));
+            format!("(s.hi > {v})")
+        }
+        Prefix::Lt | Prefix::Eb => {
+            let v = q.bind(P::F(value));
+            format!("(s.lo < {v})")
+        }
+        Prefix::Ge => {
+            let v = q.bind(P::F(value));
+            format!("(s.hi >= {v})")
+        }
+        Prefix::Le => {
+            let v = q.bind(P::F(value));
+            format!("(s.lo <= {v})")
+        }
+        Prefix::Ap => {
+            let d = (value * 0.1).abs();
+            let (a, b) = (q.bind(P::F(value - d)), q.bind(P::F(value + d)));
+            format!("(s.lo <= {b} AND s.hi >= {a})")
+        }
+    }
+}
+
+fn value_cond(
+    q: &mut Q,
+    kind: K,
+    m: &Modifier,
+    v: &Value,
+    _tcode: Option<i64>,
+) -> Result<String, DbError> {
+    Ok(match v {
+        Value::String(s) => {
+            let norm = normalize_string(s);
+            match m {
+                Modifier::Exact => {
+                    let (a, b) = (q.bind(P::T(norm)), q.bind(P::T(s.clone())));
+                    format!("(s.norm = {a} AND s.exact = {b})")
+                }
+                Modifier::Contains => {
+                    let a = q.bind(P::T(format!("%{}%", like_escape(&norm))));
+                    format!("(s.norm LIKE {a} ESCAPE '\\')")
+                }
+                _ => {
+                    let ub = prefix_upper_bound(&norm);
+                    let (a, b) = (q.bind(P::T(norm)), q.bind(P::T(ub)));
+                    format!("(s.norm >= {a} AND s.norm < {b})")
+                }
+            }
+        }
+        Value::Token { system, code } => {
+            let mut parts = vec![];
+            if let Some(c) = code {
+                let b = q.bind(P::T(c.clone()));
+                parts.push(format!("s.code = {b}"));
+            }
+            if let Some(sys) = system {
+                let b = q.bind(P::T(sys.clone()));
+                parts.push(format!("s.system = {b}"));
+            }
+            if parts.is_empty() {
+                "1 = 1".into()
+            } else {
+                format!("({})", parts.join(" AND "))
+            }
+        }
+        Value::OfType {
+            system,
+            code,
+            value,
+        } => {
+            let (a, b) = (
+                q.bind(P::T(format!("{code}|{value}"))),
+                q.bind(P::T(system.clone())),
+            );
+            format!("(s.code = {a} AND s.system = {b})")
+        }
+        Value::Reference { ty, id } => {
+            let b = q.bind(P::T(id.clone()));
+            match ty {
+                Some(t) => {
+                    let tc = type_code(t).ok_or_else(|| unsupported(t))?;
+                    let a = q.bind(P::I(tc));
+                    format!("(s.target_type = {a} AND s.target_id = {b})")
+                }
+                None => format!("(s.target_id = {b} AND s.target_type <> 0)"),
+            }
+        }
+        Value::Url(u) => {
+            let b = q.bind(P::T(u.clone()));
+            format!("(s.target_type = 0 AND s.target_id = {b})")
+        }
+        Value::Date { prefix, range } => {
+            range_cond(q, "s.lo", "s.hi", *prefix, range.lo, range.hi, true)
+        }
+        Value::Number {
+            prefix,
+            lo,
+            hi,
+            value,
+        } => number_cond(q, *prefix, *value, *lo, *hi),
+        Value::Quantity {
+            prefix,
+            lo,
+            hi,
+            value,
+            system,
+            code,
+        } => {
+            let mut c = number_cond(q, *prefix, *value, *lo, *hi);
+            if let Some(cd) = code {
+                let b = q.bind(P::T(cd.clone()));
+                c = format!("({c} AND s.code = {b})");
+            }
+            if let Some(sys) = system {
+                let b = q.bind(P::T(sys.clone()));
+                c = format!("({c} AND s.system = {b})");
+            }
+            c
+        }
+        Value::Uri(u) => match m {
+            Modifier::Below => {
+                let a = q.bind(P::T(format!("{}%", like_escape(u))));
+                format!("(s.value LIKE {a} ESCAPE '\\')")
+            }
+            Modifier::Above => {
+                let a = q.bind(P::T(u.clone()));
+                format!("({a} LIKE (s.value || '%'))")
+            }
+            Modifier::Contains => {
+                let a = q.bind(P::T(format!("%{}%", like_escape(u))));
+                format!("(s.value LIKE {a} ESCAPE '\\')")
+            }
+            _ => {
+                let a = q.bind(P::T(u.clone()));
+                format!("(s.value = {a})")
+            }
+        },
+        Value::Missing(_) | Value::Composite(_) => {
+            return Err(unsupported(&format!("{kind:?} value")))
+        }
+    })
+}
+
+fn sort_sql(q: &mut Q, key: &iryo_search::query::SortKey) -> String {
+    let dir = if key.descending { "DESC" } else { "ASC" };
+    let expr = match key.code.as_str() {
+        "_id" => "r.id".to_string(),
+        "_lastUpdated" => "r.last_updated".to_string(),
+        code => {
+            let pk = q.bind(P::I(param_key(code)));
+            let (table, col) = match key.kind {
+                K::String => (
+                    "sp_string",
+                    if key.descending {
+                        "MAX(s.norm)"
+                    } else {
+                        "MIN(s.norm)"
+                    },
+                ),
+                K::Date => (
+                    "sp_date",
+                    if key.descending {
+                        "MAX(s.hi)"
+                    } else {
+                        "MIN(s.lo)"
+                    },
+                ),
+                K::Number => (
+                    "sp_number",
+                    if key.descending {
+                        "MAX(s.hi)"
+                    } else {
+                        "MIN(s.lo)"
+                    },
+                ),
+                K::Quantity => (
+                    "sp_quantity",
+                    if key.descending {
+                        "MAX(s.hi)"
+                    } else {
+                        "MIN(s.lo)"
+                    },
+                ),
+                K::Reference => (
+                    "sp_reference",
+                    if key.descending {
+                        "MAX(s.target_id)"
+                    } else {
+                        "MIN(s.target_id)"
+                    },
+                ),
+                K::Uri => (
+                    "sp_uri",
+                    if key.descending {
+                        "MAX(s.value)"
+                    } else {
+                        "MIN(s.value)"
+                    },
+                ),
+                _ => (
+                    "sp_token",
+                    if key.descending {
+                        "MAX(s.code)"
+                    } else {
+                        "MIN(s.code)"
+                    },
+                ),
+            };
+            format!("(SELECT {col} FROM {table} s WHERE s.tenant = r.tenant AND s.type = r.type AND s.param = {pk} AND s.rid = r.rid)")
+        }
+    };
+    // missing values sort last in both directions, on both engines
+    format!("(CASE WHEN {expr} IS NULL THEN 1 ELSE 0 END), {expr} {dir}")
+}
+
+/// Build the SELECT of matching resource keys.
+fn build(
+    tenant: i64,
+    query: &SearchQuery,
+    compartment: Option<&(String, String)>,
+) -> Result<Q, DbError> {
+    let mut q = Q {
+        sql: String::new(),
+        p: vec![],
+    };
+    let t = q.bind(P::I(tenant));
+    let mut wh = vec![format!("r.tenant = {t}"), "r.deleted = 0".to_string()];
+    let (tcode, tval) = match &query.resource_type {
+        Some(ty) => {
+            let tc = type_code(ty).ok_or_else(|| unsupported(ty))?;
+            let b = q.bind(P::I(tc));
+            wh.push(format!("r.type = {b}"));
+            (b, Some(tc))
+        }
+        None => ("r.type".to_string(), None),
+    };
+    if let Some((cty, cid)) = compartment {
+        // resources of this type that reference the compartment owner through any of the
+        // compartment's parameters
+        let ty = query.resource_type.as_deref().unwrap_or("");
+        let params = iryo_fhir_spec::r4()
+            .compartment_params(cty, ty)
+            .unwrap_or(&[]);
+        if params.is_empty() {
+            return Err(unsupported(&format!(
+                "{ty} is not in the {cty} compartment"
+            )));
+        }
+        let ctc = type_code(cty).ok_or_else(|| unsupported(cty))?;
+        let (a, b) = (q.bind(P::I(ctc)), q.bind(P::T(cid.clone())));
+        let mut ors = vec![];
+        for p in params {
+            if p == "{def}" {
+                continue;
+            }
+            let pk = q.bind(P::I(param_key(p)));
+            ors.push(format!("s.param = {pk}"));
+        }
+        wh.push(format!(
+            "r.rid IN (SELECT s.rid FROM sp_reference s WHERE s.tenant = {t} AND s.type = {tcode} AND s.target_type = {a} AND s.target_id = {b} AND ({}))",
+            if ors.is_empty() { "1 = 0".to_string() } else { ors.join(" OR ") }
+        ));
+    }
+    for c in &query.clauses {
+        let cond = clause_sql(&mut q, &t, "r", &tcode, tval, c, 0)?;
+        wh.push(cond);
+    }
+    let mut order = vec![];
+    for k in &query.sort {
+        order.push(sort_sql(&mut q, k));
+    }
+    order.push("r.rid ASC".to_string());
+    q.sql = format!(
+        "SELECT r.rid FROM resource r WHERE {} ORDER BY {}",
+        wh.join(" AND "),
+        order.join(", ")
+    );
+    Ok(q)
+}
+
+/// Run a search inside a read transaction.
+pub(crate) fn run(
+    c: &mut dyn Sql,
+    ctx: &Inner2,
+    tenant: i64,
+    req: &SearchRequest,
+) -> Result<SearchPage, DbError> {
+    run_in(c, ctx, tenant, req, None)
+}
+
+/// A search within a compartment (`Patient/123/Observation?…`).
+pub(crate) fn run_in(
+    c: &mut dyn Sql,
+    ctx: &Inner2,
+    tenant: i64,
+    req: &SearchRequest,
+    compartment: Option<&(String, String)>,
+) -> Result<SearchPage, DbError> {
+    let query = &req.query;
+    let count = query.count.unwrap_or(DEFAULT_COUNT).min(MAX_COUNT);
+    let offset = query.offset;
+    // page through a materialized list when we have one
+    if let Some(tok) = &req.page_token {
+        let cached = {
+            let pages = PAGES.lock();
+            pages
+                .map
+                .get(tok)
+                .filter(|(_, t, _)| *t == tenant)
+                .map(|(_, _, l)| l.clone())
+        };
+        let Some(list) = cached else {
+            return Err(DbError::NotFound {
+                ty: "検索結果ページ (search page)".into(),
+                id: tok.clone(),
+            });
+        };
+        let end = (offset + count).min(list.len());
+        let slice = if offset < end {
+            &list[offset..end]
+        } else {
+            &[][..]
+        };
+        let matches = read_rids(c, ctx, tenant, slice)?;
+        let includes = includes(c, ctx, tenant, query, &matches)?;
+        return Ok(SearchPage {
+            matches,
+            includes,
+            total: Some(list.len() as i64),
+            offset,
+            count,
+            token: Some(tok.clone()),
+            has_next: end < list.len(),
+        });
+    }
+    let mut q = build(tenant, query, compartment)?;
+    if query.summary == Some(Summary::Count) {
+        let sql = format!("SELECT COUNT(*) FROM ({}) x", q.sql);
+        let n = c.query_one(&sql, &q.p)?.map(|r| r[0].i()).unwrap_or(0);
+        return Ok(SearchPage {
+            total: Some(n),
+            count: 0,
+            offset,
+            ..Default::default()
+        });
+    }
+    let limit = q.bind(P::I(MAX_MATERIALIZED as i64 + 1));
+    let sql = format!("{} LIMIT {limit}", q.sql);
+    let rids: Vec<i64> = c.query(&sql, &q.p)?.into_iter().map(|r| r[0].i()).collect();
+    let overflow = rids.len() > MAX_MATERIALIZED;
+    let total = if overflow {
+        if query.total == Some(Total::None) {
+            None
+        } else {
+            q.p.pop();
+            let sql = format!("SELECT COUNT(*) FROM ({}) x", q.sql);
+            c.query_one(&sql, &q.p)?.map(|r| r[0].i())
+        }
+    } else if query.total == Some(Total::None) {
+        None
+    } else {
+        Some(rids.len() as i64)
+    };
+    let rids = if overflow {
+        rids[..MAX_MATERIALIZED].to_vec()
+    } else {
+        rids
+    };
+    let end = (offset + count).min(rids.len());
+    let slice = if offset < end {
+        &rids[offset..end]
+    } else {
+        &[][..]
+    };
+    let matches = read_rids(c, ctx, tenant, slice)?;
+    let has_next = end < rids.len();
+    let token = if has_next || offset > 0 {
+        let tok = new_token();
+        let mut pages = PAGES.lock();
+        let now = std::time::Instant::now();
+        pages
+            .map
+            .retain(|_, (t, _, _)| now.duration_since(*t) < PAGE_TTL);
+        if pages.map.len() > 10_000 {
+            pages.map.clear();
+        }
+        pages
+            .map
+            .insert(tok.clone(), (now, tenant, std::sync::Arc::new(rids)));
+        Some(tok)
+    } else {
+        None
+    };
+    let includes = includes(c, ctx, tenant, query, &matches)?;
+    Ok(SearchPage {
+        matches,
+        includes,
+        total,
+        offset,
+        count,
+        token,
+        has_next,
+    })
+}
+
+/// Resolve `_include` and `_revinclude` (with `:iterate`) for a page of matches.
+fn includes(
+    c: &mut dyn Sql,
+    ctx: &Inner2,
+    tenant: i64,
+    query: &SearchQuery,
+    matches: &[StoredResource],
+) -> Result<Vec<StoredResource>, DbError> {
+    if query.includes.is_empty() && query.revincludes.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut seen: HashSet<(String, String)> = matches
+        .iter()
+        .map(|m| (m.ty.clone(), m.id.clone()))
+        .collect();
+    let mut out: Vec<StoredResource> = vec![];
+    let mut frontier: Vec<StoredResource> = matches.to_vec();
+    for round in 0..4 {
+        let mut next: Vec<StoredResource> = vec![];
+        let incs = |i: &&Include| round == 0 || i.iterate;
+        // forward: references out of the frontier resources
+        let mut keys: Vec<(String, String)> = vec![];
+        for inc in query.includes.iter().filter(incs) {
+            for m in frontier.iter().filter(|m| m.ty == inc.source_type) {
+                let Some(json) = &m.json else { continue };
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
+                    continue;
+                };
+                for e in ctx.extractor.extract(&v) {
+                    if inc.param != "*" && e.param != inc.param {
+                        continue;
+                    }
+                    if let IndexValue::Reference { ty, id } = e.value {
+                        if ty.is_empty() || inc.target_type.as_deref().is_some_and(|t| t != ty) {
+                            continue;
+                        }
+                        if seen.insert((ty.clone(), id.clone())) {
+                            keys.push((ty, id));
+                        }
+                    }
+                }
+            }
+        }
+        for (ty, id) in keys.into_iter().take(MAX_INCLUDES) {
+            if let Some(r) = crate::store::read_current(c, ctx, tenant, &ty, &id)? {
+                if !r.deleted {
+                    next.push(r);
+                }
+            }
+        }
+        // reverse: resources pointing at the frontier
+        for inc in query.revincludes.iter().filter(incs) {
+            let src = type_code(&inc.source_type).ok_or_else(|| unsupported(&inc.source_type))?;
+            for m in &frontier {
+                let Some(tc) = type_code(&m.ty) else { continue };
+                if inc.target_type.as_deref().is_some_and(|t| t != m.ty) {
+                    continue;
+                }
+                let mut p = vec![P::I(tenant), P::I(src), P::I(tc), P::T(m.id.clone())];
+                let mut sql = "SELECT DISTINCT s.rid FROM sp_reference s JOIN resource r ON r.tenant = s.tenant AND r.rid = s.rid AND r.deleted = 0 \
+                     WHERE s.tenant = $1 AND s.type = $2 AND s.target_type = $3 AND s.target_id = $4"
+                    .to_string();
+                if inc.param != "*" {
+                    p.push(P::I(param_key(&inc.param)));
+                    sql.push_str(" AND s.param = $5");
+                }
+                sql.push_str(&format!(" LIMIT {MAX_INCLUDES}"));
+                let rids: Vec<i64> = c.query(&sql, &p)?.into_iter().map(|r| r[0].i()).collect();
+                for r in read_rids(c, ctx, tenant, &rids)? {
+                    if seen.insert((r.ty.clone(), r.id.clone())) {
+                        next.push(r);
+                    }
+                }
+            }
+        }
+        if next.is_empty() || out.len() > MAX_INCLUDES {
+            break;
+        }
+        out.extend(next.iter().cloned());
+        frontier = next;
+    }
+    Ok(out)
+}
+
+/// Compartment search entry point used by the store.
+impl crate::Store {
+    pub async fn search_compartment(
+        &self,
+        tenant: i64,
+        compartment: (String, String),
+        req: SearchRequest,
+    ) -> Result<SearchPage, DbError> {
+        self.read_with(move |c, ctx| run_in(c, ctx, tenant, &req, Some(&compartment)))
+            .await
+    }
+
+    /// The (type, id) of every live resource of a type (or all types), for `$export`.
+    pub async fn scan(
+        &self,
+        tenant: i64,
+        ty: Option<String>,
+        since: Option<i64>,
+        after_rid: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, StoredResource)>, DbError> {
+        self.read_with(move |c, ctx| {
+            let mut p = vec![P::I(tenant), P::I(after_rid)];
+            let mut sql =
+                "SELECT r.rid FROM resource r WHERE r.tenant = $1 AND r.rid > $2 AND r.deleted = 0"
+                    .to_string();
+            if let Some(ty) = &ty {
+                p.push(P::I(type_code(ty).ok_or_else(|| unsupported(ty))?));
+                sql.push_str(&format!(" AND r.type = ${}", p.len()));
+            }
+            if let Some(s) = since {
+                p.push(P::I(s));
+                sql.push_str(&format!(" AND r.last_updated >= ${}", p.len()));
+            }
+            sql.push_str(&format!(" ORDER BY r.rid LIMIT {limit}"));
+            let rids: Vec<i64> = c.query(&sql, &p)?.into_iter().map(|r| r[0].i()).collect();
+            let res = read_rids(c, ctx, tenant, &rids)?;
+            Ok(rids.into_iter().zip(res).collect())
+        })
+        .await
+    }
+}

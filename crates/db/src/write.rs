@@ -1,0 +1,392 @@
+//! Applying writes: new versions, the current-version pointer and index rows, in one transaction.
+
+use crate::sql::{Sql, P};
+use crate::store::{type_code, BodyCodec};
+use crate::DbError;
+use iryo_search::{index::param_key, Extractor, IndexEntry, IndexValue};
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+/// One write of a request. A request's writes are applied all-or-nothing.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Create or update (update-as-create) the resource with its `resourceType` and `id`.
+    Put {
+        resource: Value,
+        /// `If-Match`: the version the client expects to replace.
+        if_match: Option<i64>,
+        /// Refuse when a live resource with that id exists (create with a fresh id).
+        create_only: bool,
+    },
+    Delete {
+        ty: String,
+        id: String,
+        if_match: Option<i64>,
+    },
+}
+
+impl WriteOp {
+    pub fn put(resource: Value) -> Self {
+        WriteOp::Put {
+            resource,
+            if_match: None,
+            create_only: false,
+        }
+    }
+    pub fn create(resource: Value) -> Self {
+        WriteOp::Put {
+            resource,
+            if_match: None,
+            create_only: true,
+        }
+    }
+}
+
+/// The result of one write.
+#[derive(Debug, Clone)]
+pub struct WriteOutcome {
+    pub ty: String,
+    pub id: String,
+    /// The new version (for a delete of something absent: 0).
+    pub version: i64,
+    pub last_updated: i64,
+    pub created: bool,
+    pub deleted: bool,
+    /// The stored JSON (with server-managed meta), for `Prefer: return=representation`.
+    pub body: Option<Arc<Vec<u8>>>,
+}
+
+/// A write with its index entries extracted (outside the writer, in parallel).
+pub(crate) struct Prepared {
+    pub op: WriteOp,
+    pub entries: Vec<IndexEntry>,
+}
+
+/// Allocation of resource keys and transaction numbers.
+pub(crate) trait Alloc {
+    fn rid(&mut self, c: &mut dyn Sql) -> Result<i64, DbError>;
+    fn tx(&mut self, c: &mut dyn Sql) -> Result<i64, DbError>;
+}
+
+pub(crate) struct WriteCtx<'a> {
+    pub extractor: &'a Extractor,
+    pub codec: &'a BodyCodec,
+}
+
+fn with_meta(mut resource: Value, version: i64, last_updated: &str) -> Value {
+    let Value::Object(ref mut map) = resource else {
+        return resource;
+    };
+    let mut meta = match map.remove("meta") {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    meta.insert("versionId".into(), Value::String(version.to_string()));
+    meta.insert(
+        "lastUpdated".into(),
+        Value::String(last_updated.to_string()),
+    );
+    // resourceType, id, meta first (as the spec's examples), the rest in the client's order.
+    let mut out = Map::with_capacity(map.len() + 1);
+    for k in ["resourceType", "id"] {
+        if let Some(v) = map.remove(k) {
+            out.insert(k.to_string(), v);
+        }
+    }
+    out.insert("meta".into(), Value::Object(meta));
+    for (k, v) in std::mem::take(map) {
+        out.insert(k, v);
+    }
+    Value::Object(out)
+}
+
+/// Apply one request's writes inside an open transaction.
+pub(crate) fn apply(
+    c: &mut dyn Sql,
+    ctx: &WriteCtx<'_>,
+    alloc: &mut dyn Alloc,
+    tenant: i64,
+    ops: Vec<Prepared>,
+    now: i64,
+) -> Result<Vec<WriteOutcome>, DbError> {
+    let tx = alloc.tx(c)?;
+    let lu = iryo_search::date::format_instant(now);
+    let mut out = Vec::with_capacity(ops.len());
+    for p in ops {
+        let (ty, id) = match &p.op {
+            WriteOp::Put { resource, .. } => (
+                resource
+                    .get("resourceType")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                resource
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            ),
+            WriteOp::Delete { ty, id, .. } => (ty.clone(), id.clone()),
+        };
+        let tcode = type_code(&ty)
+            .ok_or_else(|| DbError::Invalid(format!("unknown resource type {ty}")))?;
+        if id.is_empty() {
+            return Err(DbError::Invalid("resource without id".into()));
+        }
+        let cur = c.query_one(
+            "SELECT rid, version, deleted FROM resource WHERE tenant = $1 AND type = $2 AND id = $3",
+            &[P::I(tenant), P::I(tcode), P::T(id.clone())],
+        )?;
+        let cur = cur.map(|r| (r[0].i(), r[1].i(), r[2].i() != 0));
+        let if_match = match &p.op {
+            WriteOp::Put { if_match, .. } | WriteOp::Delete { if_match, .. } => *if_match,
+        };
+        if let Some(expected) = if_match {
+            let current = cur.map(|c| c.1).unwrap_or(0);
+            if current != expected {
+                return Err(DbError::VersionConflict {
+                    ty,
+                    id,
+                    expected,
+                    current,
+                });
+            }
+        }
+        // remove the index rows of the live version being replaced
+        if let Some((rid, version, false)) = cur {
+            let old = load_body(c, ctx.codec, tenant, rid, version)?;
+            if let Some(old) = old {
+                let entries = ctx.extractor.extract(&old);
+                delete_entries(c, tenant, tcode, rid, &entries)?;
+            }
+        }
+        match p.op {
+            WriteOp::Put {
+                resource,
+                create_only,
+                ..
+            } => {
+                if create_only && matches!(cur, Some((_, _, false))) {
+                    return Err(DbError::AlreadyExists { ty, id });
+                }
+                let (rid, version) = match cur {
+                    Some((rid, v, _)) => (rid, v + 1),
+                    None => (alloc.rid(c)?, 1),
+                };
+                let created = !matches!(cur, Some((_, _, false)));
+                let resource = with_meta(resource, version, &lu);
+                let json =
+                    serde_json::to_vec(&resource).map_err(|e| DbError::Other(e.to_string()))?;
+                let body = ctx.codec.encode(&json)?;
+                c.execute(
+                    "INSERT INTO resource_version (tenant, rid, version, type, tx, last_updated, op, body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    &[P::I(tenant), P::I(rid), P::I(version), P::I(tcode), P::I(tx), P::I(now), P::I(if created { 0 } else { 1 }), P::B(body)],
+                )?;
+                upsert_current(c, tenant, tcode, &id, rid, version, tx, now, false)?;
+                insert_entries(c, tenant, tcode, rid, &p.entries)?;
+                out.push(WriteOutcome {
+                    ty,
+                    id,
+                    version,
+                    last_updated: now,
+                    created,
+                    deleted: false,
+                    body: Some(Arc::new(json)),
+                });
+            }
+            WriteOp::Delete { .. } => match cur {
+                Some((rid, version, false)) => {
+                    let version = version + 1;
+                    c.execute(
+                        "INSERT INTO resource_version (tenant, rid, version, type, tx, last_updated, op, body) VALUES ($1, $2, $3, $4, $5, $6, 2, NULL)",
+                        &[P::I(tenant), P::I(rid), P::I(version), P::I(tcode), P::I(tx), P::I(now)],
+                    )?;
+                    upsert_current(c, tenant, tcode, &id, rid, version, tx, now, true)?;
+                    out.push(WriteOutcome {
+                        ty,
+                        id,
+                        version,
+                        last_updated: now,
+                        created: false,
+                        deleted: true,
+                        body: None,
+                    });
+                }
+                Some((_, version, true)) => out.push(WriteOutcome {
+                    ty,
+                    id,
+                    version,
+                    last_updated: now,
+                    created: false,
+                    deleted: true,
+                    body: None,
+                }),
+                None => out.push(WriteOutcome {
+                    ty,
+                    id,
+                    version: 0,
+                    last_updated: now,
+                    created: false,
+                    deleted: true,
+                    body: None,
+                }),
+            },
+        }
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn upsert_current(
+    c: &mut dyn Sql,
+    tenant: i64,
+    tcode: i64,
+    id: &str,
+    rid: i64,
+    version: i64,
+    tx: i64,
+    now: i64,
+    deleted: bool,
+) -> Result<(), DbError> {
+    c.execute(
+        "INSERT INTO resource (tenant, type, id, rid, version, tx, last_updated, deleted) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (tenant, type, id) DO UPDATE SET version = excluded.version, tx = excluded.tx, last_updated = excluded.last_updated, deleted = excluded.deleted",
+        &[P::I(tenant), P::I(tcode), P::T(id.to_string()), P::I(rid), P::I(version), P::I(tx), P::I(now), P::I(deleted as i64)],
+    )?;
+    Ok(())
+}
+
+pub(crate) fn load_body(
+    c: &mut dyn Sql,
+    codec: &BodyCodec,
+    tenant: i64,
+    rid: i64,
+    version: i64,
+) -> Result<Option<Value>, DbError> {
+    let row = c.query_one(
+        "SELECT body FROM resource_version WHERE tenant = $1 AND rid = $2 AND version = $3",
+        &[P::I(tenant), P::I(rid), P::I(version)],
+    )?;
+    let Some(row) = row else { return Ok(None) };
+    let blob = row.into_iter().next().map(|v| v.b()).unwrap_or_default();
+    if blob.is_empty() {
+        return Ok(None);
+    }
+    let json = codec.decode(&blob)?;
+    Ok(serde_json::from_slice(&json).ok())
+}
+
+/// The SQL and parameters that insert (or delete) one index entry.
+fn entry_sql(tenant: i64, tcode: i64, rid: i64, e: &IndexEntry, delete: bool) -> (String, Vec<P>) {
+    let pk = param_key(&e.param);
+    let mut p = vec![P::I(tenant), P::I(tcode), P::I(pk)];
+    let (table, cols): (&str, &[&str]) = match &e.value {
+        IndexValue::String { norm, exact } => {
+            p.push(P::T(norm.clone()));
+            p.push(P::I(rid));
+            if !delete {
+                p.push(P::T(exact.clone()));
+            }
+            ("sp_string", &["norm", "rid", "exact"])
+        }
+        IndexValue::Token { system, code } => {
+            p.push(P::T(code.clone()));
+            p.push(P::T(system.clone()));
+            p.push(P::I(rid));
+            ("sp_token", &["code", "system", "rid"])
+        }
+        IndexValue::Date { lo, hi } => {
+            p.extend([P::I(*lo), P::I(*hi), P::I(rid)]);
+            ("sp_date", &["lo", "hi", "rid"])
+        }
+        IndexValue::Number { lo, hi } => {
+            p.extend([P::F(*lo), P::F(*hi), P::I(rid)]);
+            ("sp_number", &["lo", "hi", "rid"])
+        }
+        IndexValue::Quantity {
+            system,
+            code,
+            unit,
+            lo,
+            hi,
+        } => {
+            let code = if code.is_empty() { unit } else { code };
+            p.extend([
+                P::T(code.clone()),
+                P::T(system.clone()),
+                P::F(*lo),
+                P::F(*hi),
+                P::I(rid),
+            ]);
+            ("sp_quantity", &["code", "system", "lo", "hi", "rid"])
+        }
+        IndexValue::Reference { ty, id } => {
+            p.push(P::I(if ty.is_empty() {
+                0
+            } else {
+                type_code(ty).unwrap_or(-1)
+            }));
+            p.push(P::T(id.clone()));
+            p.push(P::I(rid));
+            ("sp_reference", &["target_type", "target_id", "rid"])
+        }
+        IndexValue::Uri { value } => {
+            p.push(P::T(value.clone()));
+            p.push(P::I(rid));
+            ("sp_uri", &["value", "rid"])
+        }
+    };
+    let sql = if delete {
+        let cols = if table == "sp_string" {
+            &cols[..2]
+        } else {
+            cols
+        };
+        let mut s = format!("DELETE FROM {table} WHERE tenant = $1 AND type = $2 AND param = $3");
+        for (i, c) in cols.iter().enumerate() {
+            s.push_str(&format!(" AND {c} = ${}", i + 4));
+        }
+        s
+    } else {
+        let mut s = format!("INSERT INTO {table} (tenant, type, param");
+        for c in cols {
+            s.push_str(", ");
+            s.push_str(c);
+        }
+        s.push_str(") VALUES ($1, $2, $3");
+        for i in 0..cols.len() {
+            s.push_str(&format!(", ${}", i + 4));
+        }
+        s.push_str(") ON CONFLICT DO NOTHING");
+        s
+    };
+    (sql, p)
+}
+
+pub(crate) fn insert_entries(
+    c: &mut dyn Sql,
+    tenant: i64,
+    tcode: i64,
+    rid: i64,
+    entries: &[IndexEntry],
+) -> Result<(), DbError> {
+    for e in entries {
+        let (sql, p) = entry_sql(tenant, tcode, rid, e, false);
+        c.execute(&sql, &p)?;
+    }
+    Ok(())
+}
+
+fn delete_entries(
+    c: &mut dyn Sql,
+    tenant: i64,
+    tcode: i64,
+    rid: i64,
+    entries: &[IndexEntry],
+) -> Result<(), DbError> {
+    for e in entries {
+        let (sql, p) = entry_sql(tenant, tcode, rid, e, true);
+        c.execute(&sql, &p)?;
+    }
+    Ok(())
+}

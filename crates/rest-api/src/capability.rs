@@ -1,0 +1,107 @@
+//! `GET [base]/metadata`: a CapabilityStatement generated from what this server really does.
+
+use iryo_fhir_spec::SearchParamType as K;
+use serde_json::{json, Value};
+
+/// Build the CapabilityStatement for a base URL.
+pub fn capability_statement(base: &str) -> Value {
+    let model = iryo_fhir_spec::r4();
+    let mut resources = vec![];
+    for ty in model.resource_types() {
+        let params = model.search_params(ty);
+        let mut sp = vec![];
+        let mut includes = vec![];
+        for p in &params {
+            if p.kind == K::Special
+                || p.expression_for(ty).is_none()
+                    && !matches!(p.code.as_str(), "_id" | "_lastUpdated")
+            {
+                continue;
+            }
+            sp.push(json!({"name": p.code, "definition": p.url, "type": kind_code(p.kind)}));
+            if p.kind == K::Reference {
+                includes.push(format!("{ty}:{}", p.code));
+            }
+        }
+        let mut revincludes = vec![];
+        for other in model.resource_types() {
+            for p in model.search_params(other) {
+                if p.kind == K::Reference
+                    && p.target.iter().any(|t| t == ty)
+                    && p.expression_for(other).is_some()
+                {
+                    revincludes.push(format!("{other}:{}", p.code));
+                }
+            }
+        }
+        let interactions: Vec<Value> = [
+            "read",
+            "vread",
+            "update",
+            "patch",
+            "delete",
+            "history-instance",
+            "history-type",
+            "create",
+            "search-type",
+        ]
+        .iter()
+        .map(|c| json!({"code": c}))
+        .collect();
+        let mut r = json!({
+            "type": ty,
+            "profile": format!("http://hl7.org/fhir/StructureDefinition/{ty}"),
+            "interaction": interactions,
+            "versioning": "versioned-update",
+            "readHistory": true,
+            "updateCreate": true,
+            "conditionalCreate": true,
+            "conditionalRead": "not-supported",
+            "conditionalUpdate": true,
+            "conditionalDelete": "single",
+            "searchInclude": includes,
+            "searchRevInclude": revincludes,
+            "searchParam": sp,
+        });
+        if ty == "Patient" || ty == "Group" {
+            r["operation"] = json!([{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}]);
+        }
+        resources.push(r);
+    }
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": crate::handlers::instant(iryo_db::now_ms()),
+        "publisher": "iryo",
+        "kind": "instance",
+        "software": {"name": "iryo", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {"description": "iryo FHIR server", "url": base},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [{
+            "mode": "server",
+            "resource": resources,
+            "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "search-system"}, {"code": "history-system"}],
+            "searchParam": [
+                {"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"},
+                {"name": "_lastUpdated", "type": "date", "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated"}
+            ],
+            "operation": [{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"}],
+        }],
+    })
+}
+
+fn kind_code(k: K) -> &'static str {
+    match k {
+        K::Number => "number",
+        K::Date => "date",
+        K::String => "string",
+        K::Token => "token",
+        K::Reference => "reference",
+        K::Composite => "composite",
+        K::Quantity => "quantity",
+        K::Uri => "uri",
+        K::Special => "special",
+    }
+}
