@@ -2,7 +2,8 @@
 //! dated-version SQLite store. The store is built in a new file and renamed over the target
 //! only when everything parsed, so a failed import keeps the previous store untouched.
 
-use super::{store, MasterKind, MasterRecord, SPECS};
+use super::store::{self, SEP};
+use super::{MasterKind, SPECS};
 use crate::error::{FeeError, Result};
 use crate::num::{day_before, parse_fixed, parse_master_date};
 use crate::zipread::read_zip;
@@ -155,8 +156,86 @@ fn walk(dir: &Path, root: &Path, out: &mut Vec<InputFile>) -> Result<()> {
     Ok(())
 }
 
+/// One CSV row held compactly: every field in one string, separated by [`SEP`] (the store's own
+/// format), plus the end offset of each field. Two allocations per row instead of one per field.
+#[derive(Clone, Default, Debug)]
+pub(crate) struct Row {
+    text: String,
+    ends: Vec<u32>,
+}
+
+impl Row {
+    fn with_capacity(bytes: usize, fields: usize) -> Row {
+        Row {
+            text: String::with_capacity(bytes + fields),
+            ends: Vec::with_capacity(fields),
+        }
+    }
+
+    fn from_fields<'a>(fields: impl Iterator<Item = &'a str>) -> Row {
+        let mut r = Row::default();
+        for f in fields {
+            r.push(f);
+        }
+        r
+    }
+
+    fn push(&mut self, field: &str) {
+        if !self.ends.is_empty() {
+            self.text.push(SEP);
+        }
+        self.text.push_str(field);
+        self.ends.push(self.text.len() as u32);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Field `i` (0-based).
+    pub(crate) fn get(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)? as usize;
+        let start = if i == 0 {
+            0
+        } else {
+            self.ends[i - 1] as usize + SEP.len_utf8()
+        };
+        Some(&self.text[start..end])
+    }
+
+    /// Column `n` (1-based) as text; empty when out of range.
+    pub(crate) fn col(&self, n: usize) -> &str {
+        n.checked_sub(1).and_then(|i| self.get(i)).unwrap_or("")
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &str> {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+
+    /// A copy with field `i` (0-based) replaced.
+    fn with(&self, i: usize, value: &str) -> Row {
+        Row::from_fields(
+            self.iter()
+                .enumerate()
+                .map(|(j, f)| if j == i { value } else { f }),
+        )
+    }
+
+    /// The fields joined by [`SEP`], as stored.
+    pub(crate) fn joined(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::ops::Index<usize> for Row {
+    type Output = str;
+    fn index(&self, i: usize) -> &str {
+        self.get(i).unwrap_or("")
+    }
+}
+
 /// Parsed rows of one text file: (line number, fields).
-type Rows = Vec<(u64, Vec<String>)>;
+type Rows = Vec<(u64, Row)>;
 
 fn parse_csv(display: &str, bytes: &[u8]) -> Result<Rows> {
     let (text, _, had_errors) = encoding_rs::SHIFT_JIS.decode(bytes);
@@ -210,7 +289,18 @@ fn parse_csv(display: &str, bytes: &[u8]) -> Result<Rows> {
                 if rec.len() == 1 && rec[0].trim().is_empty() {
                     continue;
                 }
-                rows.push((line, rec.iter().map(|s| s.to_string()).collect()));
+                let mut row = Row::with_capacity(rec.as_slice().len(), rec.len());
+                for f in rec.iter() {
+                    if f.contains(SEP) {
+                        return Err(FeeError::MalformedRow {
+                            file: display.to_string(),
+                            line,
+                            reason: "control character U+001F in a field".into(),
+                        });
+                    }
+                    row.push(f);
+                }
+                rows.push((line, row));
             }
             Err(e) => {
                 let line = e
@@ -260,7 +350,16 @@ fn bad(file: &str, line: u64, reason: impl Into<String>) -> FeeError {
 struct Version {
     from: u32,
     abolished: u32,
-    fields: Vec<String>,
+    fields: Row,
+}
+
+/// One dated version ready to be written to the store.
+pub(crate) struct StoredRecord {
+    pub kind: MasterKind,
+    pub code: String,
+    pub valid_from: u32,
+    pub valid_to: u32,
+    pub row: Row,
 }
 
 /// Versions of every code of one master, keyed by code.
@@ -276,7 +375,7 @@ impl VersionSet {
         code: String,
         kubun: &str,
         from: Option<u32>,
-        fields: Vec<String>,
+        fields: Row,
         full: bool,
         spec: &super::KindSpec,
     ) -> bool {
@@ -295,26 +394,26 @@ impl VersionSet {
             None => versions.len().checked_sub(1),
         };
         let orphan = base_idx.is_none() && !full;
-        let mut merged = if full || base_idx.is_none() {
-            fields
-        } else {
-            let base = &versions[base_idx.unwrap_or(0)].fields;
-            let mut m = base.clone();
-            m.resize(fields.len().max(base.len()), String::new());
-            for (i, f) in fields.into_iter().enumerate() {
-                if !f.is_empty() {
-                    m[i] = f;
-                }
+        let mut merged = match base_idx {
+            Some(b) if !full => {
+                // Empty fields of a change row mean "unchanged".
+                let base = &versions[b].fields;
+                let n = fields.len().max(base.len());
+                Row::from_fields((0..n).map(|i| {
+                    fields
+                        .get(i)
+                        .filter(|f| !f.is_empty())
+                        .or_else(|| base.get(i))
+                        .unwrap_or("")
+                }))
             }
-            m
+            _ => fields,
         };
         let new_from = from
             .or_else(|| base_idx.map(|i| versions[i].from))
             .unwrap_or(0);
-        if let Some(slot) = merged.get_mut(spec.from_col - 1) {
-            if slot.is_empty() && new_from != 0 {
-                *slot = format!("{new_from:08}");
-            }
+        if merged.get(spec.from_col - 1).is_some_and(str::is_empty) && new_from != 0 {
+            merged = merged.with(spec.from_col - 1, &format!("{new_from:08}"));
         }
         let abolished = merged
             .get(to_col)
@@ -324,7 +423,7 @@ impl VersionSet {
         let v = Version {
             from: new_from,
             abolished,
-            fields: std::mem::take(&mut merged),
+            fields: merged,
         };
         match versions.binary_search_by_key(&new_from, |v| v.from) {
             Ok(i) => versions[i] = v,
@@ -360,12 +459,14 @@ impl VersionSet {
             if first.from == 0 || old_kind.is_empty() || old_kind == "0" || old_amount.is_empty() {
                 continue;
             }
-            let mut fields = first.fields.clone();
-            fields[10] = old_kind.to_string();
-            fields[11] = old_amount.to_string();
-            fields[old_kind_col - 1] = "0".into();
-            fields[old_amount_col - 1] = "0.00".into();
-            fields[spec.from_col - 1] = "00000000".into();
+            let fields = Row::from_fields(first.fields.iter().enumerate().map(|(i, f)| match i {
+                10 => old_kind,
+                11 => old_amount,
+                i if i == old_kind_col - 1 => "0",
+                i if i == old_amount_col - 1 => "0.00",
+                i if i == spec.from_col - 1 => "00000000",
+                _ => f,
+            }));
             let v = Version {
                 from: 0,
                 abolished: day_before(first.from),
@@ -375,7 +476,7 @@ impl VersionSet {
         }
     }
 
-    fn into_records(self, kind: MasterKind) -> Vec<MasterRecord> {
+    fn into_records(self, kind: MasterKind) -> Vec<StoredRecord> {
         let mut out = Vec::new();
         for (code, versions) in self.by_code {
             let next_from: Vec<Option<u32>> = versions
@@ -392,12 +493,12 @@ impl VersionSet {
                 if to < v.from {
                     continue;
                 }
-                out.push(MasterRecord {
+                out.push(StoredRecord {
                     kind,
                     code: code.clone(),
                     valid_from: v.from,
                     valid_to: to,
-                    fields: v.fields,
+                    row: v.fields,
                 });
             }
         }
@@ -414,7 +515,7 @@ fn check_code(code: &str, len: usize) -> bool {
 fn check_master_row(
     file: &str,
     line: u64,
-    row: &mut [String],
+    row: &mut Row,
     spec: &super::KindSpec,
 ) -> Result<(String, String, Option<u32>)> {
     if !spec.column_counts.contains(&row.len()) {
@@ -436,7 +537,7 @@ fn check_master_row(
         return Err(bad(
             file,
             line,
-            format!("master type {:?}, expected {:?}", row[1], spec.letter),
+            format!("master type {:?}, expected {:?}", &row[1], spec.letter),
         ));
     }
     if spec.kind == MasterKind::Comment && row[22].trim().is_empty() {
@@ -451,7 +552,8 @@ fn check_master_row(
             } else {
                 serial.to_string()
             };
-        row[22] = format!("{}{}{}", row[2].trim(), row[3].trim(), serial);
+        let code = format!("{}{}{}", row[2].trim(), row[3].trim(), serial);
+        *row = row.with(22, &code);
     }
     let code = row[spec.code_col - 1].trim().to_string();
     if !check_code(&code, spec.code_len) {
@@ -486,7 +588,7 @@ pub(crate) struct TableRow {
     pub to: u32,
 }
 
-fn table_row(file: &str, line: u64, t: TableKind, row: &[String]) -> Result<Option<TableRow>> {
+fn table_row(file: &str, line: u64, t: TableKind, row: &Row) -> Result<Option<TableRow>> {
     let (cols, name, scope) = match t {
         TableKind::Aux => (27, "aux", 0),
         TableKind::Inclusion => (7, "inclusion", 0),
@@ -665,7 +767,7 @@ pub fn import_masters(
                         let is_full = *full_by_name
                             || rows
                                 .iter()
-                                .any(|(_, r)| r.first().map(|s| s.trim()) == Some("0"));
+                                .any(|(_, r)| r.get(0).map(|s| s.trim()) == Some("0"));
                         let mut checked = Vec::with_capacity(rows.len());
                         for (line, row) in rows.iter_mut() {
                             let (code, kubun, from) = check_master_row(&disp, *line, row, spec)?;
@@ -746,6 +848,8 @@ pub fn import_masters(
         *report.tables.entry(t.table).or_default() += 1;
     }
     store::write_store(store_path, &records, &tables, &report)?;
+    // Freeing a few million strings takes a noticeable moment: do it off the caller's path.
+    std::thread::spawn(move || drop((records, tables)));
     report.elapsed_ms = started.elapsed().as_millis();
     progress(&ImportProgress {
         phase: ImportPhase::Done,

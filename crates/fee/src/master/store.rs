@@ -1,7 +1,7 @@
 //! The master store: one SQLite file holding every dated version of every code and the
 //! 電子点数表 tables. Lookups are cached in memory, so a calculation touches SQLite once per code.
 
-use super::import::{ImportReport, TableRow};
+use super::import::{ImportReport, StoredRecord, TableRow};
 use super::views::{Comment, Disease, Drug, Material, Modifier, Procedure};
 use super::{MasterKind, MasterRecord};
 use crate::error::{FeeError, Result};
@@ -33,12 +33,12 @@ CREATE INDEX tensu_code ON tensu(tbl, code);
 ";
 
 /// Field separator inside `item.fields` (unit separator; never in master text).
-const SEP: char = '\u{1f}';
+pub(crate) const SEP: char = '\u{1f}';
 
 /// Write a complete store to `path`: built in `path.tmp-<pid>`, then renamed over `path`.
 pub(crate) fn write_store(
     path: &Path,
-    records: &[MasterRecord],
+    records: &[StoredRecord],
     tables: &[TableRow],
     report: &ImportReport,
 ) -> Result<()> {
@@ -51,34 +51,31 @@ pub(crate) fn write_store(
         let tx = conn.transaction()?;
         {
             let mut st = tx.prepare("INSERT INTO item VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)")?;
-            let mut joined = String::new();
             for r in records {
                 let spec = r.kind.spec();
-                let amount = spec.amount_col.map(|c| r.col(c).trim()).unwrap_or("");
+                let row = &r.row;
+                let amount = spec.amount_col.map(|c| row.col(c).trim()).unwrap_or("");
                 let (section, judge) = if r.kind == MasterKind::Procedure {
                     // 判断料 rows (col 50 = 2) are indexed by their 検査等実施判断グループ (col 51).
-                    let judge = if r.num(50) == 2 { r.num(51) } else { 0 };
-                    (format!("{}{}", r.col(85).trim(), r.col(92).trim()), judge)
+                    let num = |c: usize| row.col(c).trim().parse::<i64>().unwrap_or(0);
+                    let judge = if num(50) == 2 { num(51) } else { 0 };
+                    (
+                        format!("{}{}", row.col(85).trim(), row.col(92).trim()),
+                        judge,
+                    )
                 } else {
                     (String::new(), 0)
                 };
-                joined.clear();
-                for (i, f) in r.fields.iter().enumerate() {
-                    if i > 0 {
-                        joined.push(SEP);
-                    }
-                    joined.push_str(f);
-                }
                 st.execute(params![
                     r.code,
                     r.kind.letter().to_string(),
                     r.valid_from,
                     r.valid_to,
-                    r.col(spec.name_col),
+                    row.col(spec.name_col),
                     amount,
                     section,
                     judge,
-                    joined
+                    row.joined()
                 ])?;
             }
             let mut st = tx.prepare("INSERT INTO tensu VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)")?;
