@@ -8,6 +8,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = iryo_fee::MasterStore::open(std::path::Path::new(&store))?;
     let req: iryo_fee::CalcRequest = serde_json::from_slice(&std::fs::read(visit)?)?;
     let result = iryo_fee::calculate(&store, &req.facility, &req.visit)?;
-    println!("{}", serde_json::to_string_pretty(&result)?);
+    use std::io::Write;
+    writeln!(
+        std::io::stdout(),
+        "{}",
+        serde_json::to_string_pretty(&result)?
+    )?;
     Ok(())
 }

@@ -230,7 +230,10 @@ fn same_month(a: NaiveDate, b: NaiveDate) -> bool {
 
 /// Sunday-to-Saturday week of a date (the 1週間 / 週 unit of the 電子点数表).
 fn week_start(d: NaiveDate) -> NaiveDate {
-    d - chrono::Days::new(u64::from(d.weekday().num_days_from_sunday()))
+    d.checked_sub_days(chrono::Days::new(u64::from(
+        d.weekday().num_days_from_sunday(),
+    )))
+    .unwrap_or(NaiveDate::MIN)
 }
 
 impl Ctx<'_> {
