@@ -136,7 +136,7 @@ fn push_values<'a>(
     let mk = |v: &'a Value, e: Option<&'a Value>| -> Item<'a> {
         let (tc, mp): (Cow<'a, str>, Cow<'a, str>) = match ct {
             Some(ct) if ct.type_code != "Resource" && ct.type_code != "DomainResource" => {
-                (clone_cow(&ct.type_code), clone_cow(&ct.model_path))
+                (ct.type_code.clone(), ct.model_path.clone())
             }
             _ => {
                 let t = infer_type(v);
@@ -178,13 +178,6 @@ fn push_values<'a>(
     }
 }
 
-fn clone_cow<'a>(c: &Cow<'static, str>) -> Cow<'a, str> {
-    match c {
-        Cow::Borrowed(s) => Cow::Borrowed(s),
-        Cow::Owned(s) => Cow::Owned(s.clone()),
-    }
-}
-
 /// Object member lookup; small objects are scanned linearly, which is faster
 /// than hashing the key with the map's SipHash.
 #[inline]
@@ -193,6 +186,17 @@ fn get_key<'v>(obj: &'v serde_json::Map<String, Value>, name: &str) -> Option<&'
         obj.iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v)
     } else {
         obj.get(name)
+    }
+}
+
+/// Whether a property value can have a `_name` sibling (absent, a primitive,
+/// or an array of primitives).
+fn may_have_primitive_ext(v: Option<&Value>) -> bool {
+    match v {
+        None => true,
+        Some(Value::Object(_)) => false,
+        Some(Value::Array(a)) => !a.first().is_some_and(Value::is_object),
+        Some(_) => true,
     }
 }
 
@@ -214,12 +218,7 @@ pub(crate) fn navigate<'a>(model: &dyn TypeInfo, item: &Item<'a>, name: &str, ou
         _ => return,
     };
     let val = get_key(obj, name);
-    let needs_ext = match val {
-        None => true,
-        Some(Value::Object(_)) => false,
-        Some(Value::Array(a)) => a.first().is_some_and(|f| !f.is_object()),
-        Some(_) => true,
-    };
+    let needs_ext = may_have_primitive_ext(val);
     // Most objects have no `_name` keys: skip the extra hash lookup then.
     let ext = if needs_ext && obj.keys().any(|k| k.starts_with('_')) {
         let mut k = String::with_capacity(name.len() + 1);
@@ -296,11 +295,7 @@ pub(crate) fn all_children<'a>(model: &dyn TypeInfo, item: &Item<'a>, out: &mut 
             }
             continue;
         }
-        let needs_ext = !v.is_object()
-            && !(v.is_array()
-                && v.as_array()
-                    .and_then(|a| a.first())
-                    .is_some_and(Value::is_object));
+        let needs_ext = may_have_primitive_ext(Some(v));
         let e = if needs_ext {
             obj.get(&format!("_{k}"))
         } else {

@@ -536,32 +536,31 @@ pub(crate) fn call<'a>(f: Func, input: Coll<'a>, args: &[Ast], env: &Env<'_, 'a>
                 Ok(Vec::new())
             }
         }
-        Func::ToBoolean => opt(input_val(&input, name)?
-            .and_then(|v| to_boolean(&v))
-            .map(Item::Boolean)),
-        Func::ConvertsToBoolean => conv_check(&input, name, |v| to_boolean(v).is_some()),
-        Func::ToInteger => opt(input_val(&input, name)?
-            .and_then(|v| to_integer(&v))
-            .map(Item::Integer)),
-        Func::ConvertsToInteger => conv_check(&input, name, |v| to_integer(v).is_some()),
-        Func::ToDecimal => opt(input_val(&input, name)?
-            .and_then(|v| to_decimal(&v))
-            .map(Item::Decimal)),
-        Func::ConvertsToDecimal => conv_check(&input, name, |v| to_decimal(v).is_some()),
-        Func::ToString => opt(input_val(&input, name)?.map(|v| Item::String(val_to_string(&v)))),
-        Func::ConvertsToString => conv_check(&input, name, |_| true),
-        Func::ToDate => opt(input_val(&input, name)?
-            .and_then(|v| to_date(&v))
-            .map(Item::Date)),
-        Func::ConvertsToDate => conv_check(&input, name, |v| to_date(v).is_some()),
-        Func::ToDateTime => opt(input_val(&input, name)?
-            .and_then(|v| to_datetime(&v))
-            .map(Item::DateTime)),
-        Func::ConvertsToDateTime => conv_check(&input, name, |v| to_datetime(v).is_some()),
-        Func::ToTime => opt(input_val(&input, name)?
-            .and_then(|v| to_time(&v))
-            .map(Item::Time)),
-        Func::ConvertsToTime => conv_check(&input, name, |v| to_time(v).is_some()),
+        Func::ToBoolean
+        | Func::ToInteger
+        | Func::ToDecimal
+        | Func::ToString
+        | Func::ToDate
+        | Func::ToDateTime
+        | Func::ToTime => opt(input_val(&input, name)?.and_then(|v| convert(f, &v))),
+        Func::ConvertsToBoolean
+        | Func::ConvertsToInteger
+        | Func::ConvertsToDecimal
+        | Func::ConvertsToString
+        | Func::ConvertsToDate
+        | Func::ConvertsToDateTime
+        | Func::ConvertsToTime => {
+            let target = match f {
+                Func::ConvertsToBoolean => Func::ToBoolean,
+                Func::ConvertsToInteger => Func::ToInteger,
+                Func::ConvertsToDecimal => Func::ToDecimal,
+                Func::ConvertsToString => Func::ToString,
+                Func::ConvertsToDate => Func::ToDate,
+                Func::ConvertsToDateTime => Func::ToDateTime,
+                _ => Func::ToTime,
+            };
+            conv_check(&input, name, |v| convert(target, v).is_some())
+        }
         Func::ToQuantity | Func::ConvertsToQuantity => {
             let unit = arg_string(args, 0, env, name)?;
             let Some(v) = input_val(&input, name)? else {
@@ -648,7 +647,7 @@ pub(crate) fn call<'a>(f: Func, input: Coll<'a>, args: &[Ast], env: &Env<'_, 'a>
                 _ => Ok(s.chars().map(|c| str_item(c.to_string())).collect()),
             }
         }
-        Func::Replace => {
+        Func::Replace | Func::ReplaceMatches => {
             let Some(s) = input_string(&input, name)? else {
                 return Ok(Vec::new());
             };
@@ -658,10 +657,21 @@ pub(crate) fn call<'a>(f: Func, input: Coll<'a>, args: &[Ast], env: &Env<'_, 'a>
             ) else {
                 return Ok(Vec::new());
             };
-            if (s.len() / p.len().max(1) + 1).saturating_mul(r.len()) > crate::eval::MAX_STRING {
-                return err("結果の文字列が長すぎます", "replace() result too long");
+            if f == Func::ReplaceMatches && p.is_empty() {
+                return one(str_item(s));
             }
-            one(str_item(s.replace(&p, &r)))
+            // worst case: every position matches
+            if (s.len() + 1).saturating_mul(r.len()) > crate::eval::MAX_STRING {
+                return err(
+                    "結果の文字列が長すぎます",
+                    format!("{name}() result too long"),
+                );
+            }
+            if f == Func::Replace {
+                return one(str_item(s.replace(&p, &r)));
+            }
+            let re = compile_regex(&format!("(?s){p}"))?;
+            one(str_item(re.replace_all(&s, r.as_str()).into_owned()))
         }
         Func::Matches | Func::MatchesFull => {
             let Some(s) = input_string(&input, name)? else {
@@ -677,28 +687,6 @@ pub(crate) fn call<'a>(f: Func, input: Coll<'a>, args: &[Ast], env: &Env<'_, 'a>
             };
             let re = compile_regex(&re)?;
             one(Item::Boolean(re.is_match(&s)))
-        }
-        Func::ReplaceMatches => {
-            let Some(s) = input_string(&input, name)? else {
-                return Ok(Vec::new());
-            };
-            let (Some(p), Some(r)) = (
-                arg_string(args, 0, env, name)?,
-                arg_string(args, 1, env, name)?,
-            ) else {
-                return Ok(Vec::new());
-            };
-            if p.is_empty() {
-                return one(str_item(s));
-            }
-            if (s.len() + 1).saturating_mul(r.len()) > crate::eval::MAX_STRING {
-                return err(
-                    "結果の文字列が長すぎます",
-                    "replaceMatches() result too long",
-                );
-            }
-            let re = compile_regex(&format!("(?s){p}"))?;
-            one(str_item(re.replace_all(&s, r.as_str()).into_owned()))
         }
         Func::Split => {
             let Some(s) = input_string(&input, name)? else {
@@ -1118,6 +1106,20 @@ fn compile_regex(p: &str) -> Result<regex::Regex, EvalError> {
         c.insert(p.to_string(), re.clone());
     });
     Ok(re)
+}
+
+/// The `toX()` conversions (`target` is one of the `To…` functions).
+fn convert(target: Func, v: &Val<'_>) -> Option<Item<'static>> {
+    match target {
+        Func::ToBoolean => to_boolean(v).map(Item::Boolean),
+        Func::ToInteger => to_integer(v).map(Item::Integer),
+        Func::ToDecimal => to_decimal(v).map(Item::Decimal),
+        Func::ToString => Some(Item::String(val_to_string(v))),
+        Func::ToDate => to_date(v).map(Item::Date),
+        Func::ToDateTime => to_datetime(v).map(Item::DateTime),
+        Func::ToTime => to_time(v).map(Item::Time),
+        _ => None,
+    }
 }
 
 fn conv_check<'a>(input: &[Item<'a>], name: &str, f: impl Fn(&Val<'_>) -> bool) -> R<'a> {

@@ -216,8 +216,14 @@ type FnvMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
 /// input JSON, so the cache must not grow without limit.
 const CACHE_LIMIT: usize = 20_000;
 
+/// (number of entries, parent → key → child)
+type ChildCache = (
+    usize,
+    FnvMap<Box<str>, FnvMap<Box<str>, Option<CachedChild>>>,
+);
+
 thread_local! {
-    static CHILD_CACHE: RefCell<(usize, FnvMap<Box<str>, FnvMap<Box<str>, Option<CachedChild>>>)> =
+    static CHILD_CACHE: RefCell<ChildCache> =
         RefCell::new((0, FnvMap::default()));
 }
 

@@ -12,7 +12,7 @@ pub(crate) fn transform(func: &str, format: &str, s: &str) -> Option<String> {
         ("decode", "base64") => String::from_utf8(STANDARD.decode(s).ok()?).ok(),
         ("decode", "urlbase64") => String::from_utf8(URL_SAFE.decode(s).ok()?).ok(),
         ("decode", "hex") => {
-            if s.len() % 2 != 0 || !s.is_ascii() {
+            if !s.len().is_multiple_of(2) || !s.is_ascii() {
                 return None;
             }
             let bytes: Option<Vec<u8>> = (0..s.len())
@@ -119,18 +119,20 @@ pub(crate) fn html_checks(html: &str) -> bool {
         match b[i] {
             b'<' => in_tag = true,
             b'>' => in_tag = false,
-            c if in_tag && c.is_ascii_whitespace() => {
-                if b.get(i + 1) == Some(&b'o') && b.get(i + 2) == Some(&b'n') {
-                    let mut j = i + 3;
-                    while j < b.len() && b[j].is_ascii_alphabetic() {
-                        j += 1;
-                    }
-                    while j < b.len() && b[j].is_ascii_whitespace() {
-                        j += 1;
-                    }
-                    if j > i + 3 && b.get(j) == Some(&b'=') {
-                        return false;
-                    }
+            c if in_tag
+                && c.is_ascii_whitespace()
+                && b.get(i + 1) == Some(&b'o')
+                && b.get(i + 2) == Some(&b'n') =>
+            {
+                let mut j = i + 3;
+                while j < b.len() && b[j].is_ascii_alphabetic() {
+                    j += 1;
+                }
+                while j < b.len() && b[j].is_ascii_whitespace() {
+                    j += 1;
+                }
+                if j > i + 3 && b.get(j) == Some(&b'=') {
+                    return false;
                 }
             }
             _ => {}

@@ -401,16 +401,8 @@ impl PartialDateTime {
             write!(f, "-{:02}", self.day)?;
         }
         if self.precision >= Precision::Hour {
-            write!(f, "T{:02}", self.hour)?;
-            if self.precision >= Precision::Minute {
-                write!(f, ":{:02}", self.minute)?;
-            }
-            if self.precision >= Precision::Second {
-                write!(f, ":{:02}", self.second)?;
-            }
-            if self.precision >= Precision::Millisecond {
-                write_fraction(f, self.millisecond, self.fraction_digits)?;
-            }
+            f.write_str("T")?;
+            write_time(f, self)?;
             match self.offset_minutes {
                 Some(0) => f.write_str("Z")?,
                 Some(o) => {
@@ -423,6 +415,21 @@ impl PartialDateTime {
         }
         Ok(())
     }
+}
+
+/// Writes `hh(:mm(:ss(.fff)))` of `v` up to its precision.
+fn write_time(f: &mut impl fmt::Write, v: &PartialDateTime) -> fmt::Result {
+    write!(f, "{:02}", v.hour)?;
+    if v.precision >= Precision::Minute {
+        write!(f, ":{:02}", v.minute)?;
+    }
+    if v.precision >= Precision::Second {
+        write!(f, ":{:02}", v.second)?;
+    }
+    if v.precision >= Precision::Millisecond {
+        write_fraction(f, v.millisecond, v.fraction_digits)?;
+    }
+    Ok(())
 }
 
 fn write_fraction(f: &mut impl fmt::Write, ms: u16, digits: u8) -> fmt::Result {
@@ -458,32 +465,35 @@ impl PartialTime {
         })
     }
 
+    /// The time on an arbitrary fixed day, to share the date-time logic.
+    fn as_datetime(&self) -> PartialDateTime {
+        PartialDateTime {
+            year: 2000,
+            month: 1,
+            day: 1,
+            hour: self.hour,
+            minute: self.minute,
+            second: self.second,
+            millisecond: self.millisecond,
+            fraction_digits: self.fraction_digits,
+            precision: self.precision,
+            offset_minutes: None,
+        }
+    }
+
+    fn from_datetime(d: PartialDateTime) -> PartialTime {
+        PartialTime {
+            hour: d.hour,
+            minute: d.minute,
+            second: d.second,
+            millisecond: d.millisecond,
+            fraction_digits: d.fraction_digits,
+            precision: d.precision,
+        }
+    }
+
     pub fn compare(&self, other: &PartialTime) -> Option<Ordering> {
-        let pa = norm_prec(self.precision);
-        let pb = norm_prec(other.precision);
-        let common = pa.min(pb);
-        let comps = [
-            (Precision::Hour, self.hour.cmp(&other.hour)),
-            (Precision::Minute, self.minute.cmp(&other.minute)),
-            (
-                Precision::Second,
-                (self.second as u32 * 1000 + self.millisecond as u32)
-                    .cmp(&(other.second as u32 * 1000 + other.millisecond as u32)),
-            ),
-        ];
-        for (p, o) in comps {
-            if p > common {
-                break;
-            }
-            if o != Ordering::Equal {
-                return Some(o);
-            }
-        }
-        if pa == pb {
-            Some(Ordering::Equal)
-        } else {
-            None
-        }
+        self.as_datetime().compare(&other.as_datetime())
     }
 
     pub(crate) fn add(&self, amount: i64, unit: CalUnit) -> Option<PartialTime> {
@@ -517,44 +527,20 @@ impl PartialTime {
     }
 
     pub(crate) fn boundary(&self, digits: Option<i64>, high: bool) -> Option<PartialTime> {
-        let target = match digits.unwrap_or(9) {
-            2 => Precision::Hour,
-            4 => Precision::Minute,
-            6 => Precision::Second,
-            9 => Precision::Millisecond,
+        let dt_digits = match digits.unwrap_or(9) {
+            2 => 10,
+            4 => 12,
+            6 => 14,
+            9 => 17,
             _ => return None,
         };
-        let mut v = *self;
-        if self.precision < Precision::Minute {
-            v.minute = if high { 59 } else { 0 };
-        }
-        if self.precision < Precision::Second {
-            v.second = if high { 59 } else { 0 };
-        }
-        if self.precision < Precision::Millisecond {
-            v.millisecond = if high { 999 } else { 0 };
-        }
-        v.precision = target;
-        v.fraction_digits = if target == Precision::Millisecond {
-            3
-        } else {
-            0
-        };
-        Some(v)
+        self.as_datetime()
+            .boundary(Some(dt_digits), high, false)
+            .map(PartialTime::from_datetime)
     }
 
     pub fn fmt_iso(&self, f: &mut impl fmt::Write) -> fmt::Result {
-        write!(f, "{:02}", self.hour)?;
-        if self.precision >= Precision::Minute {
-            write!(f, ":{:02}", self.minute)?;
-        }
-        if self.precision >= Precision::Second {
-            write!(f, ":{:02}", self.second)?;
-        }
-        if self.precision >= Precision::Millisecond {
-            write_fraction(f, self.millisecond, self.fraction_digits)?;
-        }
-        Ok(())
+        write_time(f, &self.as_datetime())
     }
 }
 

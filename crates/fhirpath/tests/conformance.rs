@@ -99,18 +99,20 @@ fn run_test(t: &Value, cache: &mut HashMap<String, Value>) -> Outcome {
         reason,
     };
 
+    // An error passes exactly when the test expects the expression to be invalid.
+    let on_error = |what: &str, e: &dyn std::fmt::Display| {
+        outcome(
+            invalid,
+            if invalid {
+                String::new()
+            } else {
+                format!("{what} error: {e}")
+            },
+        )
+    };
     let expr = match parse(&expression) {
         Ok(e) => e,
-        Err(e) => {
-            return outcome(
-                invalid,
-                if invalid {
-                    String::new()
-                } else {
-                    format!("parse error: {e}")
-                },
-            )
-        }
+        Err(e) => return on_error("parse", &e),
     };
     let input = match t.get("inputfile").and_then(Value::as_str) {
         Some(f) => load_input(cache, f),
@@ -119,16 +121,7 @@ fn run_test(t: &Value, cache: &mut HashMap<String, Value>) -> Outcome {
     let ctx = Context::new(&input).strict(strict);
     let result = expr.evaluate(&ctx, &input);
     let items = match result {
-        Err(e) => {
-            return outcome(
-                invalid,
-                if invalid {
-                    String::new()
-                } else {
-                    format!("evaluation error: {e}")
-                },
-            )
-        }
+        Err(e) => return on_error("evaluation", &e),
         Ok(v) => v,
     };
     if invalid {
