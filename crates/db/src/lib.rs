@@ -40,7 +40,7 @@ pub enum DbError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("postgres: {0}")]
-    Postgres(#[from] postgres::Error),
+    Postgres(String),
     #[error("version conflict on {ty}/{id}: expected version {expected}, current is {current}")]
     VersionConflict {
         ty: String,
@@ -58,6 +58,15 @@ pub enum DbError {
     UnknownTenant(String),
     #[error("storage: {0}")]
     Other(String),
+}
+
+impl From<postgres::Error> for DbError {
+    fn from(e: postgres::Error) -> Self {
+        match e.as_db_error() {
+            Some(d) => DbError::Postgres(format!("{} ({})", d.message(), d.code().code())),
+            None => DbError::Postgres(e.to_string()),
+        }
+    }
 }
 
 impl From<std::io::Error> for DbError {

@@ -267,17 +267,40 @@ fn range_cond(
     ph: i64,
     _date: bool,
 ) -> String {
-    let a = q.bind(P::I(pl));
-    let b = q.bind(P::I(ph));
+    // bind only the bounds a prefix uses (PostgreSQL refuses untyped unused parameters)
     match prefix {
-        Prefix::Eq => format!("({lo_col} >= {a} AND {hi_col} <= {b})"),
-        Prefix::Ne => format!("({lo_col} < {a} OR {hi_col} > {b})"),
-        Prefix::Gt => format!("({hi_col} > {b})"),
-        Prefix::Lt => format!("({lo_col} < {a})"),
-        Prefix::Ge => format!("({hi_col} > {b} OR ({lo_col} >= {a} AND {hi_col} <= {b}))"),
-        Prefix::Le => format!("({lo_col} < {a} OR ({lo_col} >= {a} AND {hi_col} <= {b}))"),
-        Prefix::Sa => format!("({lo_col} > {b})"),
-        Prefix::Eb => format!("({hi_col} < {a})"),
+        Prefix::Eq => {
+            let (a, b) = (q.bind(P::I(pl)), q.bind(P::I(ph)));
+            format!("({lo_col} >= {a} AND {hi_col} <= {b})")
+        }
+        Prefix::Ne => {
+            let (a, b) = (q.bind(P::I(pl)), q.bind(P::I(ph)));
+            format!("({lo_col} < {a} OR {hi_col} > {b})")
+        }
+        Prefix::Gt => {
+            let b = q.bind(P::I(ph));
+            format!("({hi_col} > {b})")
+        }
+        Prefix::Lt => {
+            let a = q.bind(P::I(pl));
+            format!("({lo_col} < {a})")
+        }
+        Prefix::Ge => {
+            let (a, b) = (q.bind(P::I(pl)), q.bind(P::I(ph)));
+            format!("({hi_col} > {b} OR ({lo_col} >= {a} AND {hi_col} <= {b}))")
+        }
+        Prefix::Le => {
+            let (a, b) = (q.bind(P::I(pl)), q.bind(P::I(ph)));
+            format!("({lo_col} < {a} OR ({lo_col} >= {a} AND {hi_col} <= {b}))")
+        }
+        Prefix::Sa => {
+            let b = q.bind(P::I(ph));
+            format!("({lo_col} > {b})")
+        }
+        Prefix::Eb => {
+            let a = q.bind(P::I(pl));
+            format!("({hi_col} < {a})")
+        }
         Prefix::Ap => {
             let now = crate::now_ms();
             let dist = ((pl - now).abs() / 10).max(86_400_000);
