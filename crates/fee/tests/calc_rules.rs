@@ -492,6 +492,43 @@ fn same_month_exclusion_keeps_the_item_the_table_names() {
 }
 
 #[test]
+fn inclusion_table_refuses_included_children() {
+    // The R6 02包括テーブル is not in the shared data (over the snapshot size limit), so this test
+    // adds ONE SYNTHETIC row to exercise the mechanism: group A000001 (the 補助 table's real 包括
+    // group of 初診料, 包括単位 2 = 同一月内) includes ＴＰ 160017410.
+    let masters = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(fixture_dir()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), masters.path().join(e.file_name())).unwrap();
+    }
+    let row = "\"0\",\"A000001\",\"160017410\",\"ＴＰ\",\"0\",\"20100401\",\"99999999\"\r\n";
+    std::fs::write(
+        masters.path().join("02包括テーブル.csv"),
+        encoding_rs::SHIFT_JIS.encode(row).0,
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("fee.sqlite");
+    let report = iryo_fee::import_masters(masters.path(), &path, &mut |_| {}).unwrap();
+    assert_eq!(report.tables.get("inclusion"), Some(&1));
+    let s = iryo_fee::MasterStore::open(&path).unwrap();
+    // 初診 + ＴＰ: ＴＰ is included → 291点; its 判断料 is dropped with it.
+    let mut v = visit(d(2024, 7, 1), adult(), VisitKind::Initial);
+    v.procedures = vec![order("160017410"), order("160022510")];
+    let r = calculate(&s, &clinic(), &v).unwrap();
+    // 291 + ＡＳＴ 17 + 生化学（１）判断料 144 (ＡＳＴ still needs it) = 452.
+    assert_eq!(r.total_points, 291 + 17 + 144);
+    assert!(!has_code(&r, "160017410"));
+    assert!(message_for(&r, "inclusion")
+        .unwrap()
+        .message_ja
+        .contains("包括"));
+    v.procedures = vec![order("160017410")];
+    let r = calculate(&s, &clinic(), &v).unwrap();
+    assert_eq!(billed(&r), vec![("111000110".into(), 291)]);
+}
+
+#[test]
 fn same_time_exclusion_can_drop_the_visit_fee() {
     // 03-3: 初診料 vs 外来在宅共同指導料２ (114061210), 背反区分 2 → bill 114061210 600点 only.
     let mut v = visit(d(2024, 7, 1), adult(), VisitKind::Initial);

@@ -65,8 +65,10 @@ pub fn calculate(
     c.materials()?;
     c.outpatient_management()?;
     c.addition_links()?;
+    c.inclusions()?;
     c.exclusions()?;
     c.count_limits()?;
+    c.prune_judgements()?;
     let comments = c.comments()?;
     let total_points: i64 = c.lines.iter().map(|l| l.total).sum();
     let burden_percent = visit
@@ -1382,6 +1384,104 @@ impl Ctx<'_> {
             }
             seen.push(key);
             i += 1;
+        }
+        Ok(())
+    }
+
+    /// A 判断料 whose 実施料 were all refused by a later rule is dropped again.
+    fn prune_judgements(&mut self) -> Result<()> {
+        let mut groups: Vec<u8> = Vec::new();
+        for c in self.billed_codes().map(str::to_string).collect::<Vec<_>>() {
+            if let Some(p) = self.procedure(&c)? {
+                if p.lab_kind == 1 && p.lab_group != 0 {
+                    groups.push(p.lab_group);
+                }
+            }
+        }
+        let mut i = 0;
+        while i < self.lines.len() {
+            if self.lines[i].rule == "judgement" {
+                if let Some(p) = self.procedure(&self.lines[i].items[0].code)? {
+                    if !groups.contains(&p.lab_group) {
+                        self.msg(
+                            Level::Info,
+                            "judgement",
+                            Some(&p.code),
+                            format!("対象の検査が算定されないため{}を算定しません", p.name),
+                            format!("{} dropped: none of its tests is billed", p.code),
+                        );
+                        self.lines.remove(i);
+                        continue;
+                    }
+                }
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    // ---- 包括 (電子点数表 01 補助 + 02 包括): a parent includes its group's children ---------
+    fn inclusions(&mut self) -> Result<()> {
+        let parents: Vec<String> = self.billed_codes().map(str::to_string).collect();
+        for parent in parents {
+            // The parent itself may have been removed as someone else's child.
+            let Some(pi) = self.lines.iter().position(|l| {
+                l.items
+                    .iter()
+                    .any(|it| it.kind == ItemKind::Procedure && it.code == parent)
+            }) else {
+                continue;
+            };
+            let parent_name = self.lines[pi]
+                .items
+                .iter()
+                .find(|it| it.code == parent)
+                .map(|it| it.name.clone())
+                .unwrap_or_default();
+            for g in self.store.inclusion_groups(&parent, self.date)? {
+                let unit_ja = match g.unit {
+                    1 => "同一日",
+                    2 => "同一月内",
+                    3 => "同時",
+                    // 手術前1週間 / 1手術につき: surgery windows are not modelled for outpatients.
+                    _ => continue,
+                };
+                for child in self.store.inclusion_children(&g.group, self.date)? {
+                    if child.code == parent {
+                        continue;
+                    }
+                    let in_history = g.unit != 3
+                        && self.visit.history.iter().any(|h| {
+                            h.code == child.code
+                                && h.date <= self.date
+                                && if g.unit == 1 {
+                                    h.date == self.date
+                                } else {
+                                    same_month(h.date, self.date)
+                                }
+                        });
+                    let ci = self.lines.iter().position(|l| {
+                        l.items.len() == 1
+                            && l.items[0].kind == ItemKind::Procedure
+                            && l.items[0].code == child.code
+                    });
+                    if ci.is_none() && !in_history {
+                        continue;
+                    }
+                    if child.special {
+                        self.msg(Level::Warning, "inclusion", Some(&child.code), format!("{}は{parent_name}に{unit_ja}包括される場合があります（特例条件あり）: 算定要件を確認してください", child.code), format!("{} may be included in {parent} ({unit_ja}, special condition): check the requirements", child.code));
+                        continue;
+                    }
+                    match ci {
+                        Some(j) => {
+                            let name = self.lines[j].items[0].name.clone();
+                            self.msg(Level::Warning, "inclusion", Some(&child.code), format!("{name}は{parent_name}に{unit_ja}包括されるため算定しません"), format!("{} not billed: included in {parent} ({unit_ja})", child.code));
+                            self.lines.remove(j);
+                        }
+                        None => self.msg(Level::Warning, "inclusion", Some(&child.code), format!("既に算定した{}は{parent_name}に{unit_ja}包括されます: 既算定分の取消が必要です", child.code), format!("{} billed earlier is included in {parent} ({unit_ja}): the earlier line must be cancelled", child.code)),
+                    }
+                }
+            }
         }
         Ok(())
     }

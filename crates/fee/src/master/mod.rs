@@ -6,7 +6,9 @@ pub mod store;
 mod views;
 
 pub use import::{import_masters, ImportPhase, ImportProgress, ImportReport};
-pub use store::{CountLimit, Exclusion, ExclusionScope, MasterStore, PriceOn};
+pub use store::{
+    CountLimit, Exclusion, ExclusionScope, InclusionChild, InclusionGroup, MasterStore, PriceOn,
+};
 pub use views::{AgeBound, Comment, Disease, Drug, Material, Modifier, Procedure};
 
 use crate::num::{key_date, parse_fixed};

@@ -167,6 +167,39 @@ impl Dated for Exclusion {
     }
 }
 
+/// 包括 groups of a code from the 補助マスターテーブル: the code (parent) includes every child listed
+/// under `group` in the 包括テーブル, within `unit` (1 同一日, 2 同一月内, 3 同時, 5 手術前1週間,
+/// 6 1手術につき).
+#[derive(Debug, Clone)]
+pub struct InclusionGroup {
+    pub unit: u8,
+    pub group: String,
+    valid_from: u32,
+    valid_to: u32,
+}
+
+/// A child of a 包括 group: billed within the parent's unit it is included (not billable).
+#[derive(Debug, Clone)]
+pub struct InclusionChild {
+    pub code: String,
+    /// 特例条件 (a condition the table does not encode).
+    pub special: bool,
+    valid_from: u32,
+    valid_to: u32,
+}
+
+impl Dated for InclusionGroup {
+    fn window(&self) -> (u32, u32) {
+        (self.valid_from, self.valid_to)
+    }
+}
+
+impl Dated for InclusionChild {
+    fn window(&self) -> (u32, u32) {
+        (self.valid_from, self.valid_to)
+    }
+}
+
 impl Dated for CountLimit {
     fn window(&self) -> (u32, u32) {
         (self.valid_from, self.valid_to)
@@ -181,6 +214,8 @@ struct Caches {
     judges: HashMap<i64, Arc<Vec<String>>>,
     exclusions: HashMap<String, Arc<Vec<Exclusion>>>,
     limits: HashMap<String, Arc<Vec<CountLimit>>>,
+    groups: HashMap<String, Arc<Vec<InclusionGroup>>>,
+    children: HashMap<String, Arc<Vec<InclusionChild>>>,
 }
 
 /// Read access to an imported master store. Thread-safe; lookups are cached.
@@ -487,6 +522,63 @@ impl MasterStore {
                     special: special != "0",
                     valid_from: r.get(3)?,
                     valid_to: r.get(4)?,
+                })
+            },
+        )
+    }
+
+    /// 包括 groups (補助マスターテーブル 包括単位/グループ ①-③) of `code` as a parent, valid on `date`.
+    pub fn inclusion_groups(&self, code: &str, date: NaiveDate) -> Result<Vec<InclusionGroup>> {
+        let rows = self.table_rows(
+            |c| &mut c.groups,
+            "SELECT text, valid_from, valid_to FROM tensu WHERE tbl='aux' AND code=?1",
+            code,
+            date,
+            |r| {
+                // text = 包括単位①,グループ①,包括単位②,グループ②,包括単位③,グループ③,…
+                let text: String = r.get(0)?;
+                Ok(InclusionGroup {
+                    unit: 0,
+                    group: text,
+                    valid_from: r.get(1)?,
+                    valid_to: r.get(2)?,
+                })
+            },
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            let f: Vec<&str> = row.group.split(',').collect();
+            for k in 0..3 {
+                let unit = f
+                    .get(2 * k)
+                    .and_then(|u| u.trim().parse::<u8>().ok())
+                    .unwrap_or(0);
+                let group = f.get(2 * k + 1).map(|g| g.trim()).unwrap_or("");
+                if unit != 0 && !group.is_empty() && group != "0" {
+                    out.push(InclusionGroup {
+                        unit,
+                        group: group.to_string(),
+                        ..row.clone()
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Children of a 包括 group (包括テーブル), valid on `date`.
+    pub fn inclusion_children(&self, group: &str, date: NaiveDate) -> Result<Vec<InclusionChild>> {
+        self.table_rows(
+            |c| &mut c.children,
+            "SELECT code, a, valid_from, valid_to FROM tensu WHERE tbl='inclusion' AND key=?1",
+            group,
+            date,
+            |r| {
+                Ok(InclusionChild {
+                    code: r.get(0)?,
+                    special: r.get::<_, i64>(1)? != 0,
+                    valid_from: r.get(2)?,
+                    valid_to: r.get(3)?,
                 })
             },
         )
