@@ -407,6 +407,21 @@ pub(crate) fn eval<'a>(ast: &Ast, env: &Env<'_, 'a>) -> R<'a> {
             }
             if env.ctx.strict {
                 strict_check(model, &base, name)?;
+                // Static check: `(x as T).name` needs `name` to be an element of T,
+                // even when the cast yields nothing at run time.
+                if let Ast::TypeOp(_, TypeFn::As | TypeFn::OfType, spec) = &**t {
+                    let tn = spec.name.as_str();
+                    if spec.namespace.as_deref() != Some("System")
+                        && model.knows(tn)
+                        && model.child(tn, name).is_none()
+                        && !model.has_element(tn, name)
+                    {
+                        return err(
+                            "型に存在しない要素です",
+                            format!("'{name}' is not an element of {tn}"),
+                        );
+                    }
+                }
             }
             Ok(out)
         }

@@ -57,3 +57,45 @@ fn every_search_parameter_expression_parses_and_evaluates() {
     );
     assert!(parsed > 1300, "only {parsed} expressions");
 }
+
+/// Every search parameter evaluates without error on every official R4 example of its base type.
+#[test]
+fn search_parameters_evaluate_on_official_examples() {
+    let raw = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/r4-examples.json.zst"),
+    )
+    .unwrap();
+    let examples: Vec<Value> =
+        serde_json::from_slice(&zstd::decode_all(&raw[..]).unwrap()).unwrap();
+    let params = all_params();
+    let mut evaluations = 0;
+    let mut items = 0;
+    let mut failures = Vec::new();
+    for p in &params {
+        let Some(src) = p.get("expression").and_then(Value::as_str) else {
+            continue;
+        };
+        let expr = parse(src).unwrap();
+        let bases: Vec<&str> = p["base"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        for res in examples.iter().filter(|r| {
+            bases.contains(&r["resourceType"].as_str().unwrap_or("")) || bases.contains(&"Resource")
+        }) {
+            evaluations += 1;
+            match expr.evaluate(&Context::new(res), res) {
+                Ok(v) => items += v.len(),
+                Err(e) => failures.push(format!(
+                    "{} on {}/{}: {e}",
+                    p["id"], res["resourceType"], res["id"]
+                )),
+            }
+        }
+    }
+    println!("{evaluations} evaluations, {items} items");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(items > 1000);
+}
