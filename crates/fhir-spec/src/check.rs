@@ -12,7 +12,7 @@ pub struct Issue {
     pub severity: Severity,
     /// FHIR issue-type code: "structure", "required", "value", "invalid", "not-supported", "too-costly".
     pub code: &'static str,
-    /// FHIRPath location, e.g. "Patient.name[0].given[1]", "Observation.value.ofType(Quantity)".
+    /// FHIRPath location, e.g. `"Patient.name[0].given[1]"`, "Observation.value.ofType(Quantity)".
     pub expression: String,
     pub message_ja: String,
     pub message_en: String,

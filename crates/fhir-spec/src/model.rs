@@ -104,7 +104,7 @@ pub struct TypeRef {
 
 impl TypeRef {
     /// Type names of the target profiles that are core type URLs
-    /// ("http://hl7.org/fhir/StructureDefinition/Patient" → "Patient").
+    /// (`"http://hl7.org/fhir/StructureDefinition/Patient"` → "Patient").
     pub fn target_type_names(&self) -> Vec<&str> {
         self.target_profiles
             .iter()
@@ -116,7 +116,7 @@ impl TypeRef {
 /// One element of a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ElementDef {
-    /// "Patient.contact.name", "Observation.value[x]".
+    /// "Patient.contact.name", `"Observation.value[x]"`.
     pub path: String,
     /// Last path segment without `[x]`: "name", "value".
     pub name: String,
@@ -299,7 +299,7 @@ impl Model {
             .map(|&i| &self.core.types[i as usize])
     }
 
-    /// The type whose canonical URL is `url` ("http://hl7.org/fhir/StructureDefinition/Patient"),
+    /// The type whose canonical URL is `url` (`"http://hl7.org/fhir/StructureDefinition/Patient"`),
     /// with or without `|version`.
     pub fn type_def_by_url(&self, url: &str) -> Option<&TypeDef> {
         let url = url.split('|').next().unwrap_or(url);
@@ -383,7 +383,7 @@ impl Model {
     }
 
     /// All elements that can appear directly under `parent` (same parent forms as [`Model::child`]),
-    /// in snapshot order. Choice elements appear once ("Observation.value[x]").
+    /// in snapshot order. Choice elements appear once (`"Observation.value[x]"`).
     pub fn children(&self, parent: &str) -> Vec<&ElementDef> {
         match self.core.node_index.get(parent) {
             Some(&n) => self.core.nodes[n as usize]
@@ -395,7 +395,7 @@ impl Model {
         }
     }
 
-    /// The element with the given full path ("Patient.contact.name", "Observation.value[x]").
+    /// The element with the given full path ("Patient.contact.name", `"Observation.value[x]"`).
     pub fn element_by_path(&self, path: &str) -> Option<&ElementDef> {
         let &(t, e) = self.core.path_index.get(path)?;
         Some(self.element(t, e))
@@ -431,7 +431,7 @@ impl Model {
     }
 
     /// The search parameter with this canonical URL (e.g. a composite's component definition
-    /// "http://hl7.org/fhir/SearchParameter/clinical-code"). With several (replaced) versions,
+    /// `"http://hl7.org/fhir/SearchParameter/clinical-code"`). With several (replaced) versions,
     /// the last added wins.
     pub fn search_param_by_url(&self, url: &str) -> Option<&SearchParamDef> {
         let url = url.split('|').next().unwrap_or(url);

@@ -1,5 +1,5 @@
 //! Lexical checks of FHIR R4 primitive values, following the regexes of the
-//! R4 specification (http://hl7.org/fhir/R4/datatypes.html), hand-written so
+//! R4 specification (<http://hl7.org/fhir/R4/datatypes.html>), hand-written so
 //! the hot path allocates nothing. Dates are also checked against the calendar.
 
 /// Maximum size of a `string`/`markdown` value (the spec: "SHALL NOT exceed 1MB").
