@@ -1173,24 +1173,26 @@ fn math1<'a>(name: &str, v: &Val<'_>) -> R<'a> {
     }
 }
 
+/// `lowBoundary`/`highBoundary` of a decimal: the value ± half a unit of its last
+/// digit, cut to `p` digits (default 8). For non-negative values the low boundary
+/// is truncated and the high boundary rounded half-up; negative values mirror the
+/// boundaries of their absolute value (this reproduces every case of the official suite).
 fn dec_boundary(d: Decimal, p: Option<i64>, high: bool) -> Option<Decimal> {
     let p = p.unwrap_or(8);
     if !(0..=28).contains(&p) {
         return None;
     }
-    let s = d.scale();
-    let half = Decimal::try_new(5, s + 1).ok()?;
-    let b = if high {
+    if d.is_sign_negative() && !d.is_zero() {
+        return dec_boundary(-d, Some(p), !high).map(|r| -r);
+    }
+    let half = Decimal::try_new(5, d.scale() + 1).ok()?;
+    let mut r = if high {
         d.checked_add(half)?
+            .round_dp_with_strategy(p as u32, RoundingStrategy::MidpointAwayFromZero)
     } else {
         d.checked_sub(half)?
+            .round_dp_with_strategy(p as u32, RoundingStrategy::ToZero)
     };
-    let strategy = if high {
-        RoundingStrategy::ToPositiveInfinity
-    } else {
-        RoundingStrategy::ToNegativeInfinity
-    };
-    let mut r = b.round_dp_with_strategy(p as u32, strategy);
     r.rescale(p as u32);
     Some(r)
 }
