@@ -28,6 +28,29 @@
 //! let v = parse("Observation.value").unwrap().evaluate(&Context::new(&obs), &obs).unwrap();
 //! assert!(matches!(&v[0], Item::Node { type_code, .. } if type_code == "Quantity"));
 //! ```
+//!
+//! ## What the engine provides
+//!
+//! * The full N1 grammar (literals incl. date/time/quantity, `|`, `is`/`as`,
+//!   indexers, `$this`/`$index`/`$total`, environment variables `%resource`,
+//!   `%rootResource`, `%context`, `%ucum`, `%sct`, `%loinc`, `%vs-…`, `%ext-…`,
+//!   user variables), three-valued logic and all standard functions, plus the
+//!   FHIR additions `extension()`, `hasValue()`, `getValue()`, `resolve()`,
+//!   `ofType()`, `conformsTo()`, `memberOf()`, `subsumes()`, `htmlChecks()`,
+//!   `checkModifiers()`, `slice()` and the 2.x functions the R4 suite uses.
+//! * Element types from the R4 model of `iryo-fhir-spec` (choice elements,
+//!   `_name` primitive extensions, backbone elements, contained resources).
+//! * Callbacks through [`Context`]: [`Resolver`] for `resolve()` (contained
+//!   and Bundle references are resolved internally; an unresolvable
+//!   `Patient/123` still yields a node of type `Patient`), [`Terminology`] for
+//!   `memberOf()`, [`ProfileValidator`] for `conformsTo()`/`slice()`,
+//!   [`Tracer`] for `trace()`, a fixed `now()` for tests.
+//! * Errors never panic: [`ParseError`] carries the byte position, both
+//!   error types carry Japanese and English messages. Expression depth/size and
+//!   result sizes are bounded.
+//!
+//! See `CONFORMANCE.md` for the official suite result (931/935) and the
+//! deliberate deviations.
 
 mod error;
 mod eval;
