@@ -5,10 +5,13 @@
 //! embedded implementation. All SQL is in [`schema`], written to run on both
 //! SQLite and PostgreSQL so a PostgreSQL store can reuse it.
 
+pub mod pg;
 pub mod schema;
 
+pub use self::pg::PgSecurityStore;
+
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, Row, TransactionBehavior};
 use serde::Serialize;
 use std::path::Path;
 use std::sync::Mutex;
@@ -162,6 +165,8 @@ pub trait SecurityStore: Send + Sync {
     fn find_user_by_name(&self, tenant: &str, username: &str) -> Result<Option<UserRecord>>;
     fn list_users(&self, tenant: &str) -> Result<Vec<UserRecord>>;
     fn list_tenants(&self) -> Result<Vec<String>>;
+    /// Tenants that have audit entries (including [`crate::report::SYSTEM_TENANT`]).
+    fn audit_tenants(&self) -> Result<Vec<String>>;
     /// Writes every mutable field of an existing user.
     fn update_user(&self, user: &UserRecord) -> Result<()>;
     /// Atomically counts a failed login; returns the new count.
@@ -276,7 +281,7 @@ pub trait SecurityStore: Send + Sync {
     }
 }
 
-fn ts(t: DateTime<Utc>) -> i64 {
+pub(crate) fn ts(t: DateTime<Utc>) -> i64 {
     t.timestamp()
 }
 
@@ -288,85 +293,175 @@ fn opt_ts(s: Option<i64>) -> Option<DateTime<Utc>> {
     s.map(from_ts)
 }
 
-fn bad_row(what: &str) -> rusqlite::Error {
-    rusqlite::Error::InvalidColumnType(0, what.to_string(), rusqlite::types::Type::Text)
+/// Column access shared by the SQLite and PostgreSQL row types, so that
+/// rows are decoded by one set of functions.
+pub(crate) trait Cols {
+    fn text(&self, i: usize) -> Result<String>;
+    fn opt_text(&self, i: usize) -> Result<Option<String>>;
+    fn int(&self, i: usize) -> Result<i64>;
+    fn opt_int(&self, i: usize) -> Result<Option<i64>>;
+    fn flag(&self, i: usize) -> Result<bool>;
 }
 
-fn user_from_row(r: &Row<'_>) -> rusqlite::Result<UserRecord> {
-    let role: String = r.get(4)?;
-    let status: String = r.get(14)?;
-    let secret: Option<String> = r.get(11)?;
+impl Cols for Row<'_> {
+    fn text(&self, i: usize) -> Result<String> {
+        Ok(self.get(i)?)
+    }
+    fn opt_text(&self, i: usize) -> Result<Option<String>> {
+        Ok(self.get(i)?)
+    }
+    fn int(&self, i: usize) -> Result<i64> {
+        Ok(self.get(i)?)
+    }
+    fn opt_int(&self, i: usize) -> Result<Option<i64>> {
+        Ok(self.get(i)?)
+    }
+    fn flag(&self, i: usize) -> Result<bool> {
+        Ok(self.get(i)?)
+    }
+}
+
+fn bad_row(what: &str) -> SecurityError {
+    SecurityError::integrity(
+        "保存されたデータの形式が正しくありません(改ざんの可能性があります)",
+        format!("malformed stored value in column {what}"),
+    )
+}
+
+pub(crate) fn user_from(r: &impl Cols) -> Result<UserRecord> {
+    let status = r.text(14)?;
     Ok(UserRecord {
-        tenant: r.get(0)?,
-        user_id: r.get(1)?,
-        username: r.get(2)?,
-        display_name: r.get(3)?,
-        role: role.parse().map_err(|_| bad_row("role"))?,
-        is_admin: r.get(5)?,
-        patient: r.get(6)?,
-        password_hash: r.get(7)?,
-        password_changed_at: from_ts(r.get(8)?),
-        password_rotation: r.get(9)?,
-        must_change_password: r.get(10)?,
-        totp_secret: secret
+        tenant: r.text(0)?,
+        user_id: r.text(1)?,
+        username: r.text(2)?,
+        display_name: r.text(3)?,
+        role: r.text(4)?.parse().map_err(|_| bad_row("role"))?,
+        is_admin: r.flag(5)?,
+        patient: r.opt_text(6)?,
+        password_hash: r.text(7)?,
+        password_changed_at: from_ts(r.int(8)?),
+        password_rotation: r.flag(9)?,
+        must_change_password: r.flag(10)?,
+        totp_secret: r
+            .opt_text(11)?
             .map(|s| hex::decode(s).map_err(|_| bad_row("totp_secret")))
             .transpose()?,
-        totp_enabled: r.get(12)?,
-        totp_last_step: r.get::<_, Option<i64>>(13)?.map(|v| v.max(0) as u64),
+        totp_enabled: r.flag(12)?,
+        totp_last_step: r.opt_int(13)?.map(|v| v.max(0) as u64),
         status: match status.as_str() {
             "active" => AccountStatus::Active,
             "disabled" => AccountStatus::Disabled,
             _ => return Err(bad_row("status")),
         },
-        status_reason: r.get(15)?,
-        expires_at: opt_ts(r.get(16)?),
-        failed_count: r.get::<_, i64>(17)?.clamp(0, u32::MAX as i64) as u32,
-        locked_until: opt_ts(r.get(18)?),
-        created_at: from_ts(r.get(19)?),
-        last_login_at: opt_ts(r.get(20)?),
+        status_reason: r.opt_text(15)?,
+        expires_at: opt_ts(r.opt_int(16)?),
+        failed_count: r.int(17)?.clamp(0, u32::MAX as i64) as u32,
+        locked_until: opt_ts(r.opt_int(18)?),
+        created_at: from_ts(r.int(19)?),
+        last_login_at: opt_ts(r.opt_int(20)?),
     })
 }
 
-fn session_from_row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
+pub(crate) fn session_from(r: &impl Cols) -> Result<SessionRecord> {
     Ok(SessionRecord {
-        tenant: r.get(0)?,
-        session_hash: r.get(1)?,
-        user_id: r.get(2)?,
-        created_at: from_ts(r.get(3)?),
-        last_seen_at: from_ts(r.get(4)?),
-        absolute_expires_at: from_ts(r.get(5)?),
-        csrf_hash: r.get(6)?,
-        source_ip: r.get(7)?,
+        tenant: r.text(0)?,
+        session_hash: r.text(1)?,
+        user_id: r.text(2)?,
+        created_at: from_ts(r.int(3)?),
+        last_seen_at: from_ts(r.int(4)?),
+        absolute_expires_at: from_ts(r.int(5)?),
+        csrf_hash: r.text(6)?,
+        source_ip: r.opt_text(7)?,
     })
 }
 
-/// Reads an audit row. Malformed content is kept as far as possible so that
-/// verification reports it as a chain break instead of failing to read.
-fn audit_from_row(r: &Row<'_>) -> rusqlite::Result<AuditRecord> {
-    let recorded: String = r.get(1)?;
-    let action: String = r.get(5)?;
-    let resources: String = r.get(8)?;
-    let outcome: String = r.get(9)?;
-    let details: String = r.get(10)?;
+/// Reads an audit row. A row that cannot be decoded is reported as an
+/// integrity error (it was changed outside iryo).
+pub(crate) fn audit_from(r: &impl Cols) -> Result<AuditRecord> {
     Ok(AuditRecord {
         entry: AuditEntry {
-            seq: r.get::<_, i64>(0)?.max(0) as u64,
-            time: DateTime::parse_from_rfc3339(&recorded)
+            seq: r.int(0)?.max(0) as u64,
+            time: DateTime::parse_from_rfc3339(&r.text(1)?)
                 .map(|t| t.with_timezone(&Utc))
                 .map_err(|_| bad_row("recorded"))?,
-            tenant: r.get(2)?,
-            actor: r.get(3)?,
-            role: r.get(4)?,
-            action: action.parse().map_err(|_| bad_row("action"))?,
-            source_ip: r.get(6)?,
-            patient: r.get(7)?,
-            resources: serde_json::from_str(&resources).map_err(|_| bad_row("resources"))?,
-            outcome: outcome.parse().map_err(|_| bad_row("outcome"))?,
-            details: serde_json::from_str(&details).map_err(|_| bad_row("details"))?,
+            tenant: r.text(2)?,
+            actor: r.text(3)?,
+            role: r.opt_text(4)?,
+            action: r.text(5)?.parse().map_err(|_| bad_row("action"))?,
+            source_ip: r.opt_text(6)?,
+            patient: r.opt_text(7)?,
+            resources: serde_json::from_str(&r.text(8)?).map_err(|_| bad_row("resources"))?,
+            outcome: r.text(9)?.parse().map_err(|_| bad_row("outcome"))?,
+            details: serde_json::from_str(&r.text(10)?).map_err(|_| bad_row("details"))?,
         },
-        prev_hash: r.get(11)?,
-        hash: r.get(12)?,
+        prev_hash: r.text(11)?,
+        hash: r.text(12)?,
     })
+}
+
+/// Active grant columns: grant_id, reason, patient_ref, granted_at, expires_at.
+pub(crate) fn grant_from(r: &impl Cols, offset: usize) -> Result<BreakGlassGrant> {
+    Ok(BreakGlassGrant {
+        id: r.text(offset)?,
+        reason: r.text(offset + 1)?,
+        patient: r.opt_text(offset + 2)?,
+        granted_at: from_ts(r.int(offset + 3)?),
+        expires_at: from_ts(r.int(offset + 4)?),
+    })
+}
+
+/// Column values of a user row for [`schema::INSERT_USER`] (without the
+/// key columns, in the order of [`schema::UPDATE_USER`]).
+pub(crate) struct UserValues {
+    pub role: &'static str,
+    pub changed: i64,
+    pub totp_secret: Option<String>,
+    pub totp_last_step: Option<i64>,
+    pub status: &'static str,
+    pub expires_at: Option<i64>,
+    pub failed: i64,
+    pub locked_until: Option<i64>,
+    pub created: i64,
+    pub last_login: Option<i64>,
+}
+
+impl UserValues {
+    pub(crate) fn of(u: &UserRecord) -> Self {
+        UserValues {
+            role: u.role.code(),
+            changed: ts(u.password_changed_at),
+            totp_secret: u.totp_secret.as_ref().map(hex::encode),
+            totp_last_step: u.totp_last_step.map(|s| s as i64),
+            status: u.status.code(),
+            expires_at: u.expires_at.map(ts),
+            failed: u.failed_count as i64,
+            locked_until: u.locked_until.map(ts),
+            created: ts(u.created_at),
+            last_login: u.last_login_at.map(ts),
+        }
+    }
+}
+
+pub(crate) fn conflict_user(u: &UserRecord) -> SecurityError {
+    SecurityError::new(
+        ErrorKind::Conflict,
+        "この利用者名は既に使われています",
+        format!(
+            "user name '{}' already exists in tenant '{}'",
+            u.username, u.tenant
+        ),
+    )
+}
+
+pub(crate) fn check_details(e: &NewAuditEntry) -> Result<()> {
+    if e.details.is_object() {
+        Ok(())
+    } else {
+        Err(SecurityError::invalid(
+            "監査記録の詳細はJSONオブジェクトにしてください",
+            "audit details must be a JSON object",
+        ))
+    }
 }
 
 /// Embedded SQLite implementation of [`SecurityStore`].
@@ -422,56 +517,62 @@ impl SqliteSecurityStore {
     }
 }
 
-fn user_params(u: &UserRecord) -> Vec<Box<dyn rusqlite::ToSql>> {
-    vec![
-        Box::new(u.username.clone()),
-        Box::new(u.display_name.clone()),
-        Box::new(u.role.code()),
-        Box::new(u.is_admin),
-        Box::new(u.patient.clone()),
-        Box::new(u.password_hash.clone()),
-        Box::new(ts(u.password_changed_at)),
-        Box::new(u.password_rotation),
-        Box::new(u.must_change_password),
-        Box::new(u.totp_secret.as_ref().map(hex::encode)),
-        Box::new(u.totp_enabled),
-        Box::new(u.totp_last_step.map(|s| s as i64)),
-        Box::new(u.status.code()),
-        Box::new(u.status_reason.clone()),
-        Box::new(u.expires_at.map(ts)),
-        Box::new(u.failed_count as i64),
-        Box::new(u.locked_until.map(ts)),
-        Box::new(u.last_login_at.map(ts)),
-    ]
+fn query_one<T>(
+    c: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+    f: impl Fn(&Row<'_>) -> Result<T>,
+) -> Result<Option<T>> {
+    let mut st = c.prepare_cached(sql)?;
+    let mut rows = st.query(p)?;
+    match rows.next()? {
+        Some(r) => Ok(Some(f(r)?)),
+        None => Ok(None),
+    }
+}
+
+fn query_all<T>(
+    c: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+    f: impl Fn(&Row<'_>) -> Result<T>,
+) -> Result<Vec<T>> {
+    let mut st = c.prepare_cached(sql)?;
+    let mut rows = st.query(p)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(f(r)?);
+    }
+    Ok(out)
 }
 
 impl SecurityStore for SqliteSecurityStore {
     fn create_user(&self, u: &UserRecord) -> Result<()> {
-        let c = self.conn();
-        let r = c.execute(
+        let v = UserValues::of(u);
+        let r = self.conn().execute(
             schema::INSERT_USER,
             params![
                 u.tenant,
                 u.user_id,
                 u.username,
                 u.display_name,
-                u.role.code(),
+                v.role,
                 u.is_admin,
                 u.patient,
                 u.password_hash,
-                ts(u.password_changed_at),
+                v.changed,
                 u.password_rotation,
                 u.must_change_password,
-                u.totp_secret.as_ref().map(hex::encode),
+                v.totp_secret,
                 u.totp_enabled,
-                u.totp_last_step.map(|s| s as i64),
-                u.status.code(),
+                v.totp_last_step,
+                v.status,
                 u.status_reason,
-                u.expires_at.map(ts),
-                u.failed_count as i64,
-                u.locked_until.map(ts),
-                ts(u.created_at),
-                u.last_login_at.map(ts),
+                v.expires_at,
+                v.failed,
+                v.locked_until,
+                v.created,
+                v.last_login,
             ],
         );
         match r {
@@ -479,62 +580,75 @@ impl SecurityStore for SqliteSecurityStore {
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
-                Err(SecurityError::new(
-                    ErrorKind::Conflict,
-                    "この利用者名は既に使われています",
-                    format!(
-                        "user name '{}' already exists in tenant '{}'",
-                        u.username, u.tenant
-                    ),
-                ))
+                Err(conflict_user(u))
             }
             Err(e) => Err(e.into()),
         }
     }
 
     fn get_user(&self, tenant: &str, user_id: &str) -> Result<Option<UserRecord>> {
-        Ok(self
-            .conn()
-            .query_row(
-                &schema::select_user_by_id(),
-                params![tenant, user_id],
-                user_from_row,
-            )
-            .optional()?)
+        query_one(
+            &self.conn(),
+            &schema::select_user_by_id(),
+            params![tenant, user_id],
+            |r| user_from(r),
+        )
     }
 
     fn find_user_by_name(&self, tenant: &str, username: &str) -> Result<Option<UserRecord>> {
-        Ok(self
-            .conn()
-            .query_row(
-                &schema::select_user_by_name(),
-                params![tenant, username.to_lowercase()],
-                user_from_row,
-            )
-            .optional()?)
+        query_one(
+            &self.conn(),
+            &schema::select_user_by_name(),
+            params![tenant, username.to_lowercase()],
+            |r| user_from(r),
+        )
     }
 
     fn list_users(&self, tenant: &str) -> Result<Vec<UserRecord>> {
-        let c = self.conn();
-        let mut st = c.prepare(&schema::select_users())?;
-        let rows = st.query_map(params![tenant], user_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        query_all(
+            &self.conn(),
+            &schema::select_users(),
+            params![tenant],
+            |r| user_from(r),
+        )
     }
 
     fn list_tenants(&self) -> Result<Vec<String>> {
-        let c = self.conn();
-        let mut st = c.prepare(schema::SELECT_TENANTS)?;
-        let rows = st.query_map([], |r| r.get(0))?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        query_all(&self.conn(), schema::SELECT_TENANTS, [], |r| r.text(0))
+    }
+
+    fn audit_tenants(&self) -> Result<Vec<String>> {
+        query_all(&self.conn(), schema::SELECT_AUDIT_TENANTS, [], |r| {
+            r.text(0)
+        })
     }
 
     fn update_user(&self, u: &UserRecord) -> Result<()> {
-        let mut p = user_params(u);
-        p.push(Box::new(u.tenant.clone()));
-        p.push(Box::new(u.user_id.clone()));
+        let v = UserValues::of(u);
         let n = self.conn().execute(
             schema::UPDATE_USER,
-            rusqlite::params_from_iter(p.iter().map(|b| b.as_ref())),
+            params![
+                u.username,
+                u.display_name,
+                v.role,
+                u.is_admin,
+                u.patient,
+                u.password_hash,
+                v.changed,
+                u.password_rotation,
+                u.must_change_password,
+                v.totp_secret,
+                u.totp_enabled,
+                v.totp_last_step,
+                v.status,
+                u.status_reason,
+                v.expires_at,
+                v.failed,
+                v.locked_until,
+                v.last_login,
+                u.tenant,
+                u.user_id,
+            ],
         )?;
         if n == 0 {
             return Err(SecurityError::new(
@@ -574,7 +688,7 @@ impl SecurityStore for SqliteSecurityStore {
         let s = step as i64;
         Ok(self
             .conn()
-            .execute(schema::ADVANCE_TOTP_STEP, params![s, tenant, user_id, s])?
+            .execute(schema::ADVANCE_TOTP_STEP, params![s, tenant, user_id])?
             == 1)
     }
 
@@ -593,10 +707,12 @@ impl SecurityStore for SqliteSecurityStore {
     }
 
     fn recent_password_hashes(&self, tenant: &str, user_id: &str, n: usize) -> Result<Vec<String>> {
-        let c = self.conn();
-        let mut st = c.prepare(schema::SELECT_PASSWORD_HISTORY)?;
-        let rows = st.query_map(params![tenant, user_id, n as i64], |r| r.get(0))?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        query_all(
+            &self.conn(),
+            schema::SELECT_PASSWORD_HISTORY,
+            params![tenant, user_id, n as i64],
+            |r| r.text(0),
+        )
     }
 
     fn replace_recovery_codes(
@@ -633,12 +749,13 @@ impl SecurityStore for SqliteSecurityStore {
     }
 
     fn remaining_recovery_codes(&self, tenant: &str, user_id: &str) -> Result<u32> {
-        let n: i64 = self.conn().query_row(
+        let n = query_one(
+            &self.conn(),
             schema::COUNT_RECOVERY_CODES,
             params![tenant, user_id],
-            |r| r.get(0),
+            |r| r.int(0),
         )?;
-        Ok(n.max(0) as u32)
+        Ok(n.unwrap_or(0).max(0) as u32)
     }
 
     fn insert_session(&self, s: &SessionRecord) -> Result<()> {
@@ -659,14 +776,12 @@ impl SecurityStore for SqliteSecurityStore {
     }
 
     fn get_session(&self, tenant: &str, session_hash: &str) -> Result<Option<SessionRecord>> {
-        Ok(self
-            .conn()
-            .query_row(
-                schema::SELECT_SESSION,
-                params![tenant, session_hash],
-                session_from_row,
-            )
-            .optional()?)
+        query_one(
+            &self.conn(),
+            schema::SELECT_SESSION,
+            params![tenant, session_hash],
+            |r| session_from(r),
+        )
     }
 
     fn touch_session(&self, tenant: &str, session_hash: &str, at: DateTime<Utc>) -> Result<()> {
@@ -689,12 +804,13 @@ impl SecurityStore for SqliteSecurityStore {
     }
 
     fn count_user_sessions(&self, tenant: &str, user_id: &str) -> Result<u64> {
-        let n: i64 =
-            self.conn()
-                .query_row(schema::COUNT_USER_SESSIONS, params![tenant, user_id], |r| {
-                    r.get(0)
-                })?;
-        Ok(n.max(0) as u64)
+        let n = query_one(
+            &self.conn(),
+            schema::COUNT_USER_SESSIONS,
+            params![tenant, user_id],
+            |r| r.int(0),
+        )?;
+        Ok(n.unwrap_or(0).max(0) as u64)
     }
 
     fn purge_sessions(&self, now: DateTime<Utc>, idle_before: DateTime<Utc>) -> Result<u64> {
@@ -726,41 +842,27 @@ impl SecurityStore for SqliteSecurityStore {
         user_id: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<BreakGlassGrant>> {
-        Ok(self
-            .conn()
-            .query_row(
-                schema::SELECT_ACTIVE_BREAK_GLASS,
-                params![tenant, user_id, ts(now), ts(now)],
-                |r| {
-                    Ok(BreakGlassGrant {
-                        id: r.get(0)?,
-                        reason: r.get(1)?,
-                        patient: r.get(2)?,
-                        granted_at: from_ts(r.get(3)?),
-                        expires_at: from_ts(r.get(4)?),
-                    })
-                },
-            )
-            .optional()?)
+        query_one(
+            &self.conn(),
+            schema::SELECT_ACTIVE_BREAK_GLASS,
+            params![tenant, user_id, ts(now)],
+            |r| grant_from(r, 0),
+        )
     }
 
     fn unreviewed_break_glass(&self, tenant: &str) -> Result<Vec<BreakGlassRecord>> {
-        let c = self.conn();
-        let mut st = c.prepare(schema::SELECT_UNREVIEWED_BREAK_GLASS)?;
-        let rows = st.query_map(params![tenant], |r| {
-            Ok(BreakGlassRecord {
-                tenant: tenant.to_string(),
-                user_id: r.get(1)?,
-                grant: BreakGlassGrant {
-                    id: r.get(0)?,
-                    reason: r.get(2)?,
-                    patient: r.get(3)?,
-                    granted_at: from_ts(r.get(4)?),
-                    expires_at: from_ts(r.get(5)?),
-                },
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        query_all(
+            &self.conn(),
+            schema::SELECT_UNREVIEWED_BREAK_GLASS,
+            params![tenant],
+            |r| {
+                Ok(BreakGlassRecord {
+                    tenant: tenant.to_string(),
+                    user_id: r.text(0)?,
+                    grant: grant_from(r, 1)?,
+                })
+            },
+        )
     }
 
     fn review_break_glass(
@@ -777,21 +879,12 @@ impl SecurityStore for SqliteSecurityStore {
     }
 
     fn append_audit(&self, e: NewAuditEntry) -> Result<AuditRecord> {
-        if !e.details.is_object() {
-            return Err(SecurityError::invalid(
-                "監査記録の詳細はJSONオブジェクトにしてください",
-                "audit details must be a JSON object",
-            ));
-        }
+        check_details(&e)?;
         let mut c = self.conn();
         let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let last = tx
-            .query_row(
-                &schema::select_audit_last(),
-                params![e.tenant],
-                audit_from_row,
-            )
-            .optional()?;
+        let last = query_one(&tx, &schema::select_audit_last(), params![e.tenant], |r| {
+            audit_from(r)
+        })?;
         let seq = last.as_ref().map(|l| l.entry.seq + 1).unwrap_or(1);
         let rec = audit::seal(e.into_entry(seq), last.as_ref());
         let en = &rec.entry;
@@ -818,29 +911,21 @@ impl SecurityStore for SqliteSecurityStore {
     }
 
     fn audit_range(&self, tenant: &str, from_seq: u64, limit: u32) -> Result<Vec<AuditRecord>> {
-        let c = self.conn();
-        let mut st = c.prepare(&schema::select_audit_range())?;
-        let rows = st.query_map(
+        query_all(
+            &self.conn(),
+            &schema::select_audit_range(),
             params![tenant, from_seq as i64, limit as i64],
-            audit_from_row,
-        )?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| {
-            SecurityError::integrity(
-                "アクセスログに読み取れない記録があります(改ざんの可能性があります)",
-                format!("unreadable audit row: {e}"),
-            )
-        })
+            |r| audit_from(r),
+        )
     }
 
     fn audit_head(&self, tenant: &str) -> Result<Option<AuditRecord>> {
-        Ok(self
-            .conn()
-            .query_row(
-                &schema::select_audit_last(),
-                params![tenant],
-                audit_from_row,
-            )
-            .optional()?)
+        query_one(
+            &self.conn(),
+            &schema::select_audit_last(),
+            params![tenant],
+            |r| audit_from(r),
+        )
     }
 
     fn last_audit_of(
@@ -849,33 +934,45 @@ impl SecurityStore for SqliteSecurityStore {
         action: AuditAction,
         outcome: AuditOutcome,
     ) -> Result<Option<AuditRecord>> {
-        Ok(self
-            .conn()
-            .query_row(
-                &schema::select_audit_last_of_action(),
-                params![tenant, action.code(), outcome.code()],
-                audit_from_row,
-            )
-            .optional()?)
+        query_one(
+            &self.conn(),
+            &schema::select_audit_last_of_action(),
+            params![tenant, action.code(), outcome.code()],
+            |r| audit_from(r),
+        )
     }
 
     fn search_audit(&self, tenant: &str, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
-        let c = self.conn();
-        let mut st = c.prepare(&schema::search_audit())?;
-        let limit = q.limit.unwrap_or(1000).min(10_000) as i64;
-        let rows = st.query_map(
-            params![
-                tenant,
-                q.patient,
-                q.actor,
-                q.action.map(|a| a.code()),
-                q.from.map(audit::format_time),
-                q.to.map(audit::format_time),
-                limit
-            ],
-            audit_from_row,
-        )?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        let p = SearchParams::of(q);
+        query_all(
+            &self.conn(),
+            &schema::search_audit(),
+            params![tenant, p.patient, p.actor, p.action, p.from, p.to, p.limit],
+            |r| audit_from(r),
+        )
+    }
+}
+
+/// Bound values of [`schema::search_audit`].
+pub(crate) struct SearchParams<'a> {
+    pub patient: Option<&'a str>,
+    pub actor: Option<&'a str>,
+    pub action: Option<&'static str>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub limit: i64,
+}
+
+impl<'a> SearchParams<'a> {
+    pub(crate) fn of(q: &'a AuditQuery) -> Self {
+        SearchParams {
+            patient: q.patient.as_deref(),
+            actor: q.actor.as_deref(),
+            action: q.action.map(|a| a.code()),
+            from: q.from.map(audit::format_time),
+            to: q.to.map(audit::format_time),
+            limit: q.limit.unwrap_or(1000).min(10_000) as i64,
+        }
     }
 }
 

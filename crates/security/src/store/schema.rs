@@ -156,6 +156,7 @@ pub fn select_users() -> String {
 }
 
 pub const SELECT_TENANTS: &str = "SELECT DISTINCT tenant FROM sec_user ORDER BY tenant";
+pub const SELECT_AUDIT_TENANTS: &str = "SELECT DISTINCT tenant FROM sec_audit ORDER BY tenant";
 
 /// Atomic failure counter increment.
 pub const INCREMENT_FAILURES: &str =
@@ -166,7 +167,7 @@ pub const SET_LOCKED_UNTIL: &str =
     "UPDATE sec_user SET locked_until = $1 WHERE tenant = $2 AND user_id = $3";
 /// Atomic TOTP step advance: succeeds only when the step is newer.
 pub const ADVANCE_TOTP_STEP: &str = "UPDATE sec_user SET totp_last_step = $1 WHERE tenant = $2 \
-     AND user_id = $3 AND (totp_last_step IS NULL OR totp_last_step < $4)";
+     AND user_id = $3 AND (totp_last_step IS NULL OR totp_last_step < $1)";
 
 pub const INSERT_PASSWORD_HISTORY: &str =
     "INSERT INTO sec_password_history (tenant, user_id, changed_at, \
@@ -206,11 +207,17 @@ pub const INSERT_BREAK_GLASS: &str =
      patient_ref, granted_at, expires_at, reviewed_at, reviewed_by) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL)";
 pub const SELECT_ACTIVE_BREAK_GLASS: &str = "SELECT grant_id, reason, patient_ref, granted_at, expires_at \
-     FROM sec_break_glass WHERE tenant = $1 AND user_id = $2 AND granted_at <= $3 AND expires_at > $4 \
+     FROM sec_break_glass WHERE tenant = $1 AND user_id = $2 AND granted_at <= $3 AND expires_at > $3 \
      ORDER BY expires_at DESC";
-pub const SELECT_UNREVIEWED_BREAK_GLASS: &str = "SELECT grant_id, user_id, reason, patient_ref, \
+pub const SELECT_UNREVIEWED_BREAK_GLASS: &str = "SELECT user_id, grant_id, reason, patient_ref, \
      granted_at, expires_at FROM sec_break_glass WHERE tenant = $1 AND reviewed_at IS NULL \
      ORDER BY granted_at";
+/// PostgreSQL only: session lock held while creating the schema.
+pub const POSTGRES_SCHEMA_LOCK: &str = "SELECT pg_advisory_lock(hashtext('iryo-security-schema'))";
+pub const POSTGRES_SCHEMA_UNLOCK: &str =
+    "SELECT pg_advisory_unlock(hashtext('iryo-security-schema'))";
+/// PostgreSQL only: serialises appends to one tenant's chain.
+pub const POSTGRES_AUDIT_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext($1))";
 pub const REVIEW_BREAK_GLASS: &str =
     "UPDATE sec_break_glass SET reviewed_at = $1, reviewed_by = $2 \
      WHERE tenant = $3 AND grant_id = $4 AND reviewed_at IS NULL";
@@ -231,13 +238,16 @@ pub fn select_audit_range() -> String {
 pub fn select_audit_last_of_action() -> String {
     format!("{AUDIT_SELECT} WHERE tenant = $1 AND action = $2 AND outcome = $3 ORDER BY seq DESC LIMIT 1")
 }
-/// Search; NULL parameters mean "any". Times compare as RFC 3339 text (all
+/// Search; NULL parameters mean "any" (the casts give PostgreSQL the
+/// parameter types). Times compare as RFC 3339 text (all
 /// written in the same fixed UTC format).
 pub fn search_audit() -> String {
     format!(
         "{AUDIT_SELECT} WHERE tenant = $1 \
-         AND ($2 IS NULL OR patient_ref = $2) AND ($3 IS NULL OR actor = $3) \
-         AND ($4 IS NULL OR action = $4) AND ($5 IS NULL OR recorded >= $5) \
-         AND ($6 IS NULL OR recorded < $6) ORDER BY seq LIMIT $7"
+         AND (CAST($2 AS TEXT) IS NULL OR patient_ref = $2) \
+         AND (CAST($3 AS TEXT) IS NULL OR actor = $3) \
+         AND (CAST($4 AS TEXT) IS NULL OR action = $4) \
+         AND (CAST($5 AS TEXT) IS NULL OR recorded >= $5) \
+         AND (CAST($6 AS TEXT) IS NULL OR recorded < $6) ORDER BY seq LIMIT $7"
     )
 }
