@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// What the importer is doing, for a progress bar.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum ImportPhase {
     /// Reading and checking one file (`done_files` of `total_files`).
     Reading,
@@ -23,7 +23,7 @@ pub enum ImportPhase {
 }
 
 /// Progress report passed to the callback of [`import_masters`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct ImportProgress {
     pub phase: ImportPhase,
     pub file: String,
@@ -33,7 +33,7 @@ pub struct ImportProgress {
 }
 
 /// One input file and what was done with it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct FileReport {
     pub name: String,
     pub rows: u64,
@@ -42,7 +42,7 @@ pub struct FileReport {
 }
 
 /// Summary of an import.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ImportReport {
     pub files: Vec<FileReport>,
     /// Number of codes and of dated versions per master letter (`S`, `Y`, …).
