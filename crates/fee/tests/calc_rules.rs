@@ -700,6 +700,7 @@ fn public_expense_share_and_cap() {
         recipient_number: "1234567".into(),
         burden_percent: 10,
         cap_yen: None,
+        monthly_cap_yen: None,
     }];
     let r = calc(&v);
     // 公費 share 10%: 127円 → 130円; the 公費 pays 380 − 130 = 250円.
@@ -725,6 +726,29 @@ fn public_expense_share_and_cap() {
         2
     ];
     assert!(calculate(store(), &clinic(), &v).is_err());
+}
+
+#[test]
+fn public_expense_monthly_cap_across_visits() {
+    // Three revisits of 127点 with a 公費 of 10% (130円 each) and a 月額上限 of 300円:
+    // 130 + 130 + 40 (300 − 260) = 300円; the third visit's 公費 pays 380 − 40 = 340円.
+    let mut a = visit(d(2024, 7, 1), adult(), VisitKind::Revisit);
+    a.insurance.public_expenses = vec![PublicExpense {
+        payer_number: "54136015".into(),
+        recipient_number: "1234567".into(),
+        burden_percent: 10,
+        cap_yen: None,
+        monthly_cap_yen: Some(300),
+    }];
+    let mut b = a.clone();
+    b.date = d(2024, 7, 8);
+    let mut c = a.clone();
+    c.date = d(2024, 7, 15);
+    let rs = calculate_month(store(), &clinic(), &[c, a, b]).unwrap();
+    let copays: Vec<i64> = rs.iter().map(|r| r.copay_yen).collect();
+    assert_eq!(copays, vec![40, 130, 130]);
+    assert_eq!(rs[0].public_expense_yen, 340);
+    assert!(message_for(&rs[0], "public_expense_monthly_cap").is_some());
 }
 
 #[test]

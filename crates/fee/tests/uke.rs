@@ -260,6 +260,7 @@ fn public_expense_receipt_has_a_ko_record() {
         recipient_number: "1234567".into(),
         burden_percent: 10,
         cap_yen: None,
+        monthly_cap_yen: None,
     }];
     let mut b = a.clone();
     b.date = d(2024, 7, 8);

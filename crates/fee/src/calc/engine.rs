@@ -105,7 +105,8 @@ pub fn calculate(
 }
 
 /// Calculate a month of visits: per patient in date order, each visit also sees (in its
-/// history) the lines billed by that patient's earlier visits in the list. Results come back in
+/// history) the lines billed by that patient's earlier visits in the list, and a 公費
+/// 月額自己負担上限 (`monthly_cap_yen`) is applied over the patient's visits. Results come back in
 /// the input order.
 pub fn calculate_month(
     store: &MasterStore,
@@ -119,6 +120,7 @@ pub fn calculate_month(
     let mut results: Vec<Option<VisitResult>> = vec![None; visits.len()];
     let mut billed: std::collections::HashMap<&str, Vec<HistoryLine>> =
         std::collections::HashMap::new();
+    let mut paid: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
     for i in order {
         let v = &visits[i];
         let prior = billed.entry(v.patient.id.as_str()).or_default();
@@ -130,6 +132,28 @@ pub fn calculate_month(
             calculate(store, facility, &with_history)?
         };
         prior.extend(r.history_lines());
+        let mut r = r;
+        let so_far = paid.entry(v.patient.id.as_str()).or_default();
+        if let Some(cap) = v
+            .insurance
+            .public_expenses
+            .first()
+            .and_then(|pe| pe.monthly_cap_yen)
+        {
+            let allowed = (cap - *so_far).max(0);
+            if r.copay_yen > allowed {
+                r.messages.push(Message {
+                    level: Level::Info,
+                    rule: "public_expense_monthly_cap".into(),
+                    code: None,
+                    message_ja: format!("公費の月額自己負担上限 {cap}円（既に{}円）により窓口負担を{}円から{allowed}円にしました", *so_far, r.copay_yen),
+                    message_en: format!("公費 monthly cap {cap} yen ({} already paid): copay {} → {allowed} yen", *so_far, r.copay_yen),
+                });
+                r.copay_yen = allowed;
+                r.public_expense_yen = r.insurance_copay_yen - allowed;
+            }
+        }
+        *so_far += r.copay_yen;
         results[i] = Some(r);
     }
     Ok(results.into_iter().flatten().collect())

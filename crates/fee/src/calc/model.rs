@@ -109,6 +109,9 @@ pub struct PublicExpense {
     /// 自己負担上限額 per visit in yen, if any.
     #[serde(default)]
     pub cap_yen: Option<i64>,
+    /// 月額自己負担上限額 in yen, if any (applied across the month by `calculate_month`).
+    #[serde(default)]
+    pub monthly_cap_yen: Option<i64>,
 }
 
 fn yes() -> bool {
