@@ -84,9 +84,9 @@ fn random_visits_keep_invariants() {
             InsuranceKind::Kokuho,
             InsuranceKind::Koki,
         ]);
-        v.outpatient_management = g.next() % 4 != 0;
+        v.outpatient_management = !g.next().is_multiple_of(4);
         for _ in 0..(g.next() % 7) {
-            let q = if g.next() % 3 == 0 {
+            let q = if g.next().is_multiple_of(3) {
                 Some(format!("{}", g.next() % 500))
             } else {
                 None
@@ -97,7 +97,7 @@ fn random_visits_keep_invariants() {
                 quantity: q,
             });
         }
-        if g.next() % 2 == 0 {
+        if g.next().is_multiple_of(2) {
             let rps = (0..1 + g.next() % 3)
                 .map(|_| {
                     let kind = *g.pick(&[RpKind::Internal, RpKind::AsNeeded, RpKind::External]);
@@ -105,7 +105,7 @@ fn random_visits_keep_invariants() {
                         .map(|_| DrugOrder {
                             code: g.pick(DRUGS).to_string(),
                             quantity: format!("{}.{}", 1 + g.next() % 5, g.next() % 10),
-                            by_generic_name: g.next() % 2 == 0,
+                            by_generic_name: g.next().is_multiple_of(2),
                         })
                         .collect();
                     Rp {
@@ -117,12 +117,12 @@ fn random_visits_keep_invariants() {
                 .collect();
             v.prescription = Some(Prescription {
                 mode: *g.pick(&[DispensingMode::InHouse, DispensingMode::OutOfHouse]),
-                refill: g.next() % 5 == 0,
-                psychotropic_multi: g.next() % 7 == 0,
+                refill: g.next().is_multiple_of(5),
+                psychotropic_multi: g.next().is_multiple_of(7),
                 rps,
             });
         }
-        if g.next() % 4 == 0 {
+        if g.next().is_multiple_of(4) {
             v.materials.push(MaterialOrder {
                 code: g.pick(&["710010172", "710010173", "799999999"]).to_string(),
                 quantity: "1".into(),
