@@ -200,6 +200,22 @@ fn may_have_primitive_ext(v: Option<&Value>) -> bool {
     }
 }
 
+/// The `_key` sibling of a primitive property, looked up only when the value can
+/// have one and the object has any `_` key at all.
+fn ext_of<'v>(
+    obj: &'v serde_json::Map<String, Value>,
+    key: &str,
+    value: Option<&Value>,
+) -> Option<&'v Value> {
+    if !may_have_primitive_ext(value) || !obj.keys().any(|k| k.starts_with('_')) {
+        return None;
+    }
+    let mut k = String::with_capacity(key.len() + 1);
+    k.push('_');
+    k.push_str(key);
+    obj.get(&k)
+}
+
 /// Children of `item` named `name` (handles `_name` primitive extensions and choice types).
 pub(crate) fn navigate<'a>(model: &dyn TypeInfo, item: &Item<'a>, name: &str, out: &mut Coll<'a>) {
     let Item::Node {
@@ -218,16 +234,7 @@ pub(crate) fn navigate<'a>(model: &dyn TypeInfo, item: &Item<'a>, name: &str, ou
         _ => return,
     };
     let val = get_key(obj, name);
-    let needs_ext = may_have_primitive_ext(val);
-    // Most objects have no `_name` keys: skip the extra hash lookup then.
-    let ext = if needs_ext && obj.keys().any(|k| k.starts_with('_')) {
-        let mut k = String::with_capacity(name.len() + 1);
-        k.push('_');
-        k.push_str(name);
-        obj.get(&k)
-    } else {
-        None
-    };
+    let ext = ext_of(obj, name, val);
     if val.is_some() || ext.is_some() {
         let ct = model.child(model_path, name);
         push_values(out, val, ext, ct.as_ref());
@@ -253,7 +260,7 @@ pub(crate) fn navigate<'a>(model: &dyn TypeInfo, item: &Item<'a>, name: &str, ou
             && k.as_bytes()[name.len()].is_ascii_uppercase()
         {
             if let Some(ct) = choice_type(k) {
-                let e = obj.get(&format!("_{k}"));
+                let e = ext_of(obj, k, Some(v));
                 push_values(out, Some(v), e, Some(&ct));
             }
         }
@@ -295,12 +302,7 @@ pub(crate) fn all_children<'a>(model: &dyn TypeInfo, item: &Item<'a>, out: &mut 
             }
             continue;
         }
-        let needs_ext = may_have_primitive_ext(Some(v));
-        let e = if needs_ext {
-            obj.get(&format!("_{k}"))
-        } else {
-            None
-        };
+        let e = ext_of(obj, k, Some(v));
         let ct = model.child(model_path, k);
         push_values(out, Some(v), e, ct.as_ref());
     }
