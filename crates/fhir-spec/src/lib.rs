@@ -10,7 +10,9 @@
 //! * the structural check run on every write ([`Model::check_structure`]);
 //! * the raw definitions for the validator: [`r4_structure_definitions`],
 //!   [`r4_value_sets`], [`r4_extension_definitions`], and the JP Core / JP-CLINS /
-//!   eCheckupReport packages shipped unmodified ([`jp_resources`]).
+//!   eCheckupReport packages shipped unmodified ([`jp_resources`]);
+//! * terminology: CodeSystems, ValueSets and their expansion for `memberOf()` and binding
+//!   checks ([`Terminology::r4`], [`Terminology::r4_jp`]).
 //!
 //! ```
 //! use iryo_fhir_spec::r4;
@@ -35,6 +37,7 @@ mod model;
 pub mod primitive;
 mod raw;
 mod search;
+pub mod terminology;
 
 pub use check::{Issue, MAX_ISSUES};
 pub use data::{
@@ -46,6 +49,7 @@ pub use model::{
     TypeKind, TypeRef,
 };
 pub use search::{split_top_level_union, SearchParamDef, SearchParamType};
+pub use terminology::{CodeSystemDef, Concept, Expansion, Terminology};
 
 use std::sync::LazyLock;
 
