@@ -237,6 +237,7 @@ impl<S: SecurityStore> Accounts<S> {
         self.store.append_audit(e)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn log(
         &self,
         now: DateTime<Utc>,

@@ -334,10 +334,9 @@ pub fn verify_from(
     first_seq: u64,
     prev_hash: &str,
 ) -> Result<(), ChainBreak> {
-    let mut expected_seq = first_seq;
     let mut expected_prev = prev_hash.to_string();
     let mut seen: HashMap<&str, u64> = HashMap::new();
-    for r in records {
+    for (expected_seq, r) in (first_seq..).zip(records.iter()) {
         let seq = r.entry.seq;
         if seq < expected_seq {
             return Err(ChainBreak {
@@ -392,7 +391,6 @@ pub fn verify_from(
         }
         seen.insert(r.hash.as_str(), seq);
         expected_prev = r.hash.clone();
-        expected_seq += 1;
     }
     Ok(())
 }

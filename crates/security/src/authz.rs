@@ -298,7 +298,7 @@ pub fn request_break_glass(
     }
     let reason = reason.trim();
     let n = reason.chars().count();
-    if n < 5 || n > 1000 {
+    if !(5..=1000).contains(&n) {
         return Err(SecurityError::invalid(
             "緊急時アクセスの理由を5文字以上1000文字以内で入力してください",
             "a break-glass reason of 5 to 1000 characters is required",

@@ -85,7 +85,7 @@ fn round_trip_with_manifest() {
     assert_eq!(m.files[0].path, "db/main.sqlite");
     assert_eq!(
         m.total_size,
-        (3 * CHUNK_SIZE + 12345 + 11 + 0 + "{\"患者\":\"山田\"}".len()) as u64
+        (3 * CHUNK_SIZE + 12345 + 11 + "{\"患者\":\"山田\"}".len()) as u64
     );
     // The container does not contain the plaintext.
     let raw = fs::read(&out).unwrap();
