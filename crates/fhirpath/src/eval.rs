@@ -732,8 +732,9 @@ fn binary<'a>(op: BinOp, l: &Ast, r: &Ast, env: &Env<'_, 'a>) -> R<'a> {
 
 pub(crate) fn union<'a>(a: Coll<'a>, b: Coll<'a>) -> Coll<'a> {
     let mut out: Coll<'a> = Vec::with_capacity(a.len() + b.len());
+    let mut set = crate::value::ItemSet::default();
     for it in a.into_iter().chain(b) {
-        if !out.iter().any(|o| item_equals(o, &it) == Some(true)) {
+        if set.insert(&out, &it, out.len()) {
             out.push(it);
         }
     }

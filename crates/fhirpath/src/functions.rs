@@ -8,8 +8,8 @@ use crate::eval::{
 use crate::parser::Ast;
 use crate::temporal::{PartialDateTime, PartialTime, Precision};
 use crate::value::{
-    is_calendar_word, item_compare, item_equals, quantities_comparable, singular_calendar,
-    val_to_string, Item, Quantity, Val,
+    is_calendar_word, item_compare, quantities_comparable, singular_calendar, val_to_string, Item,
+    ItemSet, Quantity, Val,
 };
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::{Decimal, MathematicalOps, RoundingStrategy};
@@ -407,9 +407,8 @@ pub(crate) fn call<'a>(f: Func, input: Coll<'a>, args: &[Ast], env: &Env<'_, 'a>
             } else {
                 (&other, &input)
             };
-            one(Item::Boolean(sub.iter().all(|x| {
-                sup.iter().any(|y| item_equals(x, y) == Some(true))
-            })))
+            let set = ItemSet::of(sup);
+            one(Item::Boolean(sub.iter().all(|x| set.contains(sup, x))))
         }
         Func::Count => one(Item::Integer(input.len() as i64)),
         Func::Distinct => Ok(union(input, Vec::new())),
@@ -438,6 +437,7 @@ pub(crate) fn call<'a>(f: Func, input: Coll<'a>, args: &[Ast], env: &Env<'_, 'a>
         }
         Func::Repeat => {
             let mut out: Coll<'a> = Vec::new();
+            let mut seen = ItemSet::default();
             let mut frontier = input;
             let mut rounds = 0;
             while !frontier.is_empty() && rounds < 10_000 {
@@ -451,7 +451,7 @@ pub(crate) fn call<'a>(f: Func, input: Coll<'a>, args: &[Ast], env: &Env<'_, 'a>
                                 "repeat() produced too many items",
                             );
                         }
-                        if !out.iter().any(|o| item_equals(o, &x) == Some(true)) {
+                        if seen.insert(&out, &x, out.len()) {
                             out.push(x.clone());
                             next.push(x);
                         }
@@ -483,17 +483,19 @@ pub(crate) fn call<'a>(f: Func, input: Coll<'a>, args: &[Ast], env: &Env<'_, 'a>
         }
         Func::Intersect => {
             let other = arg(args, 0, env)?;
+            let set = ItemSet::of(&other);
             let keep: Coll<'a> = input
                 .into_iter()
-                .filter(|x| other.iter().any(|y| item_equals(x, y) == Some(true)))
+                .filter(|x| set.contains(&other, x))
                 .collect();
             Ok(union(keep, Vec::new()))
         }
         Func::Exclude => {
             let other = arg(args, 0, env)?;
+            let set = ItemSet::of(&other);
             Ok(input
                 .into_iter()
-                .filter(|x| !other.iter().any(|y| item_equals(x, y) == Some(true)))
+                .filter(|x| !set.contains(&other, x))
                 .collect())
         }
         // ---- combining

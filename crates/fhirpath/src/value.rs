@@ -8,6 +8,7 @@ use serde_json::Value;
 use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::str::FromStr;
 
 /// A FHIRPath quantity: a decimal value with a UCUM unit code, or a calendar
@@ -499,4 +500,116 @@ pub(crate) fn item_compare(a: &Item<'_>, b: &Item<'_>) -> Result<Option<Ordering
         (Time(t), Str(s)) => t.compare(&PartialTime::parse(s).ok_or(())?),
         _ => return Err(()),
     })
+}
+
+/// A set of items under FHIRPath equality (`=` giving true), with hashed
+/// buckets so that `distinct()`, `union`, `intersect`, `exclude`, `repeat()`
+/// and friends stay linear instead of quadratic on large collections.
+#[derive(Default)]
+pub(crate) struct ItemSet {
+    buckets: std::collections::HashMap<u64, Vec<usize>>,
+    items: Vec<usize>,
+}
+
+fn hash_json(v: &Value, h: &mut impl Hasher) {
+    match v {
+        Value::Null => 0u8.hash(h),
+        Value::Bool(b) => b.hash(h),
+        Value::Number(n) => match json_decimal(n) {
+            Some(d) => hash_decimal(d, h),
+            None => n.as_str().hash(h),
+        },
+        Value::String(s) => s.hash(h),
+        Value::Array(a) => {
+            a.len().hash(h);
+            for x in a {
+                hash_json(x, h);
+            }
+        }
+        Value::Object(o) => {
+            // key order does not matter for equality
+            let mut acc = 0u64;
+            for (k, x) in o {
+                let mut kh = std::collections::hash_map::DefaultHasher::new();
+                k.hash(&mut kh);
+                hash_json(x, &mut kh);
+                acc = acc.wrapping_add(kh.finish());
+            }
+            acc.hash(h);
+        }
+    }
+}
+
+fn hash_decimal(d: Decimal, h: &mut impl Hasher) {
+    let n = d.normalize();
+    n.mantissa().hash(h);
+    n.scale().hash(h);
+}
+
+/// A hash that is equal for items that can be `=`-equal (coarse for dates,
+/// times and quantities, whose equality involves time zones and units).
+fn item_hash(it: &Item<'_>) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match it.val() {
+        Some(Val::Bool(b)) => (1u8, b).hash(&mut h),
+        Some(Val::Str(s)) => (2u8, s).hash(&mut h),
+        Some(Val::Int(i)) => {
+            3u8.hash(&mut h);
+            hash_decimal(Decimal::from(i), &mut h);
+        }
+        Some(Val::Dec(d)) => {
+            3u8.hash(&mut h);
+            hash_decimal(d, &mut h);
+        }
+        Some(Val::Date(_) | Val::DateTime(_)) => 4u8.hash(&mut h),
+        Some(Val::Time(_)) => 5u8.hash(&mut h),
+        Some(Val::Qty(_)) => 6u8.hash(&mut h),
+        None => match it {
+            Item::Node {
+                value, extension, ..
+            } => {
+                7u8.hash(&mut h);
+                hash_json(value, &mut h);
+                if let Some(e) = extension {
+                    hash_json(e, &mut h);
+                }
+            }
+            _ => 8u8.hash(&mut h),
+        },
+    }
+    h.finish()
+}
+
+impl ItemSet {
+    /// Adds `it` (stored as index `idx` of the caller's collection `all`) unless an equal item is present.
+    /// Returns true when it was added.
+    pub(crate) fn insert(&mut self, all: &[Item<'_>], it: &Item<'_>, idx: usize) -> bool {
+        let key = item_hash(it);
+        let bucket = self.buckets.entry(key).or_default();
+        if bucket
+            .iter()
+            .any(|&j| item_equals(&all[j], it) == Some(true))
+        {
+            return false;
+        }
+        bucket.push(idx);
+        self.items.push(idx);
+        true
+    }
+
+    /// Whether an item equal to `it` is in the set (indices refer to `all`).
+    pub(crate) fn contains(&self, all: &[Item<'_>], it: &Item<'_>) -> bool {
+        self.buckets
+            .get(&item_hash(it))
+            .is_some_and(|b| b.iter().any(|&j| item_equals(&all[j], it) == Some(true)))
+    }
+
+    /// A set over all items of `all`.
+    pub(crate) fn of(all: &[Item<'_>]) -> ItemSet {
+        let mut s = ItemSet::default();
+        for (i, it) in all.iter().enumerate() {
+            s.insert(all, it, i);
+        }
+        s
+    }
 }

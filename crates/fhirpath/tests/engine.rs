@@ -367,3 +367,36 @@ fn check_modifiers_and_item_accessors() {
     };
     assert_eq!(r, Some(false));
 }
+
+#[test]
+fn set_operations_stay_linear_on_large_collections() {
+    let ids: Vec<Value> = (0..20_000)
+        .map(|i| json!({"system": "urn:x", "value": format!("{}", i % 10_000)}))
+        .collect();
+    let p = json!({"resourceType": "Patient", "identifier": ids});
+    let t = std::time::Instant::now();
+    let n = |s: &str| eval(s, &p)[0].as_decimal().unwrap().to_string();
+    assert_eq!(n("identifier.value.distinct().count()"), "10000");
+    assert_eq!(n("identifier.distinct().count()"), "10000");
+    assert_eq!(n("(identifier.value | identifier.value).count()"), "10000");
+    assert_eq!(
+        n("identifier.value.intersect(identifier.value.take(100)).count()"),
+        "100"
+    );
+    assert_eq!(
+        n("identifier.value.exclude(identifier.value.take(100)).count()"),
+        "19800"
+    );
+    assert_eq!(
+        strings(&eval(
+            "identifier.value.take(10).subsetOf(identifier.value)",
+            &p
+        )),
+        ["true"]
+    );
+    assert!(
+        t.elapsed().as_secs() < 20,
+        "set operations too slow: {:?}",
+        t.elapsed()
+    );
+}
