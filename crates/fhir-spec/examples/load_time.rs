@@ -49,8 +49,22 @@ fn main() {
         m.resource_types().len(),
         m.all_search_params().len()
     );
+    let t = Instant::now();
+    let term = iryo_fhir_spec::Terminology::r4();
+    let gender = "http://hl7.org/fhir/ValueSet/administrative-gender";
+    let ok = term.validate_code(gender, None, "male");
+    println!(
+        "terminology r4: built + first expansion in {:.1} ms ({ok:?})",
+        t.elapsed().as_secs_f64() * 1e3
+    );
     if std::env::var_os("SKIP_JP").is_none() {
         jp_timings();
+        let t = Instant::now();
+        let _ = iryo_fhir_spec::Terminology::r4_jp().expand(gender);
+        println!(
+            "terminology r4+jp: built in {:.1} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        );
     }
     check_timings(&m);
 }

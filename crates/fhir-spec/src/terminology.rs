@@ -348,7 +348,7 @@ impl std::fmt::Debug for Terminology {
 }
 
 static R4_TERMINOLOGY: LazyLock<Terminology> =
-    LazyLock::new(|| Terminology::from_resources(&crate::r4_value_sets()));
+    LazyLock::new(|| Terminology::from_owned(crate::r4_value_sets()));
 
 static R4_JP_TERMINOLOGY: LazyLock<Terminology> = LazyLock::new(|| {
     let jp: Vec<Value> = crate::jp_resources_where(|f| {
@@ -357,7 +357,9 @@ static R4_JP_TERMINOLOGY: LazyLock<Terminology> = LazyLock::new(|| {
     .into_iter()
     .map(|(_, _, v)| v)
     .collect();
-    R4_TERMINOLOGY.with_resources(&jp)
+    let mut t = R4_TERMINOLOGY.with_resources(&[]);
+    t.add_owned(jp);
+    t
 });
 
 fn strip_version(url: &str) -> &str {
@@ -388,6 +390,13 @@ impl Terminology {
         t
     }
 
+    /// Like [`Terminology::from_resources`], taking ownership (no copies).
+    pub fn from_owned(resources: Vec<Value>) -> Terminology {
+        let mut t = Terminology::from_resources(&[]);
+        t.add_owned(resources);
+        t
+    }
+
     /// A copy with more resources; a later resource with the same URL replaces an earlier one.
     pub fn with_resources(&self, resources: &[Value]) -> Terminology {
         let mut t = Terminology {
@@ -397,6 +406,18 @@ impl Terminology {
         };
         t.add(resources);
         t
+    }
+
+    fn add_owned(&mut self, resources: Vec<Value>) {
+        for r in resources {
+            if r.get("resourceType").and_then(Value::as_str) == Some("ValueSet") {
+                if let Some(url) = r.get("url").and_then(Value::as_str).map(str::to_string) {
+                    self.value_sets.insert(url, Arc::new(r));
+                }
+            } else {
+                self.add(std::slice::from_ref(&r));
+            }
+        }
     }
 
     fn add(&mut self, resources: &[Value]) {
