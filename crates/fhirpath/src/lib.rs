@@ -280,7 +280,7 @@ impl Expression {
         &self,
         ctx: &Context<'a>,
         input: &'a Value,
-        type_code: &'a str,
+        type_code: impl Into<std::borrow::Cow<'a, str>>,
     ) -> Result<Vec<Item<'a>>, EvalError> {
         self.evaluate_items(ctx, vec![Item::node(input, type_code)])
     }

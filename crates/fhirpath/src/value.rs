@@ -142,13 +142,20 @@ impl<'a> Item<'a> {
         }
     }
 
-    /// A node of an explicitly given FHIR type.
-    pub fn node(value: &'a Value, type_code: &'a str) -> Item<'a> {
+    /// A node of an explicitly given FHIR type (`HumanName`, `date`, …) or model
+    /// path of a backbone element (`Patient.contact`, typed `BackboneElement`).
+    pub fn node(value: &'a Value, type_code: impl Into<Cow<'a, str>>) -> Item<'a> {
+        let path: Cow<'a, str> = type_code.into();
+        let tc = if path.contains('.') {
+            Cow::Borrowed("BackboneElement")
+        } else {
+            path.clone()
+        };
         Item::Node {
             value,
-            type_code: Cow::Borrowed(type_code),
+            type_code: tc,
             extension: None,
-            model_path: Cow::Borrowed(type_code),
+            model_path: path,
         }
     }
 

@@ -400,3 +400,23 @@ fn set_operations_stay_linear_on_large_collections() {
         t.elapsed()
     );
 }
+
+#[test]
+fn evaluate_on_typed_elements() {
+    let p = json!({"resourceType": "Patient", "contact": [{"name": {"family": "山田"}, "telecom": [{"system": "phone", "value": "1"}]}]});
+    let ctx = Context::new(&p);
+    let contact = &p["contact"][0];
+    // backbone element by model path, e.g. for invariants on Patient.contact
+    let r = parse("name.family | telecom.system")
+        .unwrap()
+        .evaluate_typed(&ctx, contact, "Patient.contact")
+        .unwrap();
+    assert_eq!(types(&r), ["string", "code"]);
+    let owned = String::from("HumanName");
+    let r = parse("family")
+        .unwrap()
+        .evaluate_typed(&ctx, &contact["name"], owned.clone())
+        .unwrap();
+    assert_eq!(types(&r), ["string"]);
+    assert_eq!(strings(&r), ["山田"]);
+}
