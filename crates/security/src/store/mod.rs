@@ -410,36 +410,163 @@ pub(crate) fn grant_from(r: &impl Cols, offset: usize) -> Result<BreakGlassGrant
     })
 }
 
-/// Column values of a user row for [`schema::INSERT_USER`] (without the
-/// key columns, in the order of [`schema::UPDATE_USER`]).
-pub(crate) struct UserValues {
-    pub role: &'static str,
-    pub changed: i64,
-    pub totp_secret: Option<String>,
-    pub totp_last_step: Option<i64>,
-    pub status: &'static str,
-    pub expires_at: Option<i64>,
-    pub failed: i64,
-    pub locked_until: Option<i64>,
-    pub created: i64,
-    pub last_login: Option<i64>,
+/// A bound SQL value, usable by both engines (see the `ToSql` impls here and
+/// in [`pg`]), so each statement's parameter list is written once.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Val {
+    T(Option<String>),
+    I(Option<i64>),
+    B(bool),
 }
 
-impl UserValues {
-    pub(crate) fn of(u: &UserRecord) -> Self {
-        UserValues {
-            role: u.role.code(),
-            changed: ts(u.password_changed_at),
-            totp_secret: u.totp_secret.as_ref().map(hex::encode),
-            totp_last_step: u.totp_last_step.map(|s| s as i64),
-            status: u.status.code(),
-            expires_at: u.expires_at.map(ts),
-            failed: u.failed_count as i64,
-            locked_until: u.locked_until.map(ts),
-            created: ts(u.created_at),
-            last_login: u.last_login_at.map(ts),
+impl From<&str> for Val {
+    fn from(v: &str) -> Self {
+        Val::T(Some(v.to_string()))
+    }
+}
+impl From<&String> for Val {
+    fn from(v: &String) -> Self {
+        Val::T(Some(v.clone()))
+    }
+}
+impl From<String> for Val {
+    fn from(v: String) -> Self {
+        Val::T(Some(v))
+    }
+}
+impl From<&Option<String>> for Val {
+    fn from(v: &Option<String>) -> Self {
+        Val::T(v.clone())
+    }
+}
+impl From<i64> for Val {
+    fn from(v: i64) -> Self {
+        Val::I(Some(v))
+    }
+}
+impl From<Option<i64>> for Val {
+    fn from(v: Option<i64>) -> Self {
+        Val::I(v)
+    }
+}
+impl From<bool> for Val {
+    fn from(v: bool) -> Self {
+        Val::B(v)
+    }
+}
+
+impl rusqlite::ToSql for Val {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Val::T(v) => v.to_sql(),
+            Val::I(v) => v.to_sql(),
+            Val::B(v) => v.to_sql(),
         }
     }
+}
+
+/// Mutable user columns in the order of [`schema::UPDATE_USER`] (`$1..$18`).
+fn user_mutable(u: &UserRecord) -> Vec<Val> {
+    vec![
+        (&u.username).into(),
+        (&u.display_name).into(),
+        u.role.code().into(),
+        u.is_admin.into(),
+        (&u.patient).into(),
+        (&u.password_hash).into(),
+        ts(u.password_changed_at).into(),
+        u.password_rotation.into(),
+        u.must_change_password.into(),
+        Val::T(u.totp_secret.as_ref().map(hex::encode)),
+        u.totp_enabled.into(),
+        Val::I(u.totp_last_step.map(|s| s as i64)),
+        u.status.code().into(),
+        (&u.status_reason).into(),
+        Val::I(u.expires_at.map(ts)),
+        (u.failed_count as i64).into(),
+        Val::I(u.locked_until.map(ts)),
+        Val::I(u.last_login_at.map(ts)),
+    ]
+}
+
+/// Parameters of [`schema::INSERT_USER`].
+pub(crate) fn user_insert_values(u: &UserRecord) -> Vec<Val> {
+    let m = user_mutable(u);
+    let mut v: Vec<Val> = vec![(&u.tenant).into(), (&u.user_id).into()];
+    v.extend(m[..17].iter().cloned());
+    v.push(ts(u.created_at).into());
+    v.push(m[17].clone());
+    v
+}
+
+/// Parameters of [`schema::UPDATE_USER`].
+pub(crate) fn user_update_values(u: &UserRecord) -> Vec<Val> {
+    let mut v = user_mutable(u);
+    v.push((&u.tenant).into());
+    v.push((&u.user_id).into());
+    v
+}
+
+/// Parameters of [`schema::INSERT_SESSION`].
+pub(crate) fn session_values(s: &SessionRecord) -> Vec<Val> {
+    vec![
+        (&s.tenant).into(),
+        (&s.session_hash).into(),
+        (&s.user_id).into(),
+        ts(s.created_at).into(),
+        ts(s.last_seen_at).into(),
+        ts(s.absolute_expires_at).into(),
+        (&s.csrf_hash).into(),
+        (&s.source_ip).into(),
+    ]
+}
+
+/// Parameters of [`schema::INSERT_BREAK_GLASS`].
+pub(crate) fn break_glass_values(tenant: &str, user_id: &str, g: &BreakGlassGrant) -> Vec<Val> {
+    vec![
+        tenant.into(),
+        (&g.id).into(),
+        user_id.into(),
+        (&g.reason).into(),
+        (&g.patient).into(),
+        ts(g.granted_at).into(),
+        ts(g.expires_at).into(),
+    ]
+}
+
+/// Parameters of [`schema::INSERT_AUDIT`].
+pub(crate) fn audit_values(rec: &AuditRecord) -> Result<Vec<Val>> {
+    let en = &rec.entry;
+    Ok(vec![
+        (&en.tenant).into(),
+        (en.seq as i64).into(),
+        audit::format_time(en.time).into(),
+        (&en.actor).into(),
+        (&en.role).into(),
+        en.action.code().into(),
+        (&en.source_ip).into(),
+        (&en.patient).into(),
+        serde_json::to_string(&en.resources)
+            .map_err(SecurityError::storage)?
+            .into(),
+        en.outcome.code().into(),
+        en.details.to_string().into(),
+        (&rec.prev_hash).into(),
+        (&rec.hash).into(),
+    ])
+}
+
+/// Parameters of [`schema::search_audit`].
+pub(crate) fn search_values(tenant: &str, q: &AuditQuery) -> Vec<Val> {
+    vec![
+        tenant.into(),
+        (&q.patient).into(),
+        (&q.actor).into(),
+        Val::T(q.action.map(|a| a.code().to_string())),
+        Val::T(q.from.map(audit::format_time)),
+        Val::T(q.to.map(audit::format_time)),
+        (q.limit.unwrap_or(1000).min(10_000) as i64).into(),
+    ]
 }
 
 pub(crate) fn conflict_user(u: &UserRecord) -> SecurityError {
@@ -548,32 +675,9 @@ fn query_all<T>(
 
 impl SecurityStore for SqliteSecurityStore {
     fn create_user(&self, u: &UserRecord) -> Result<()> {
-        let v = UserValues::of(u);
         let r = self.conn().execute(
             schema::INSERT_USER,
-            params![
-                u.tenant,
-                u.user_id,
-                u.username,
-                u.display_name,
-                v.role,
-                u.is_admin,
-                u.patient,
-                u.password_hash,
-                v.changed,
-                u.password_rotation,
-                u.must_change_password,
-                v.totp_secret,
-                u.totp_enabled,
-                v.totp_last_step,
-                v.status,
-                u.status_reason,
-                v.expires_at,
-                v.failed,
-                v.locked_until,
-                v.created,
-                v.last_login,
-            ],
+            rusqlite::params_from_iter(user_insert_values(u)),
         );
         match r {
             Ok(_) => Ok(()),
@@ -624,31 +728,9 @@ impl SecurityStore for SqliteSecurityStore {
     }
 
     fn update_user(&self, u: &UserRecord) -> Result<()> {
-        let v = UserValues::of(u);
         let n = self.conn().execute(
             schema::UPDATE_USER,
-            params![
-                u.username,
-                u.display_name,
-                v.role,
-                u.is_admin,
-                u.patient,
-                u.password_hash,
-                v.changed,
-                u.password_rotation,
-                u.must_change_password,
-                v.totp_secret,
-                u.totp_enabled,
-                v.totp_last_step,
-                v.status,
-                u.status_reason,
-                v.expires_at,
-                v.failed,
-                v.locked_until,
-                v.last_login,
-                u.tenant,
-                u.user_id,
-            ],
+            rusqlite::params_from_iter(user_update_values(u)),
         )?;
         if n == 0 {
             return Err(SecurityError::new(
@@ -761,16 +843,7 @@ impl SecurityStore for SqliteSecurityStore {
     fn insert_session(&self, s: &SessionRecord) -> Result<()> {
         self.conn().execute(
             schema::INSERT_SESSION,
-            params![
-                s.tenant,
-                s.session_hash,
-                s.user_id,
-                ts(s.created_at),
-                ts(s.last_seen_at),
-                ts(s.absolute_expires_at),
-                s.csrf_hash,
-                s.source_ip
-            ],
+            rusqlite::params_from_iter(session_values(s)),
         )?;
         Ok(())
     }
@@ -823,15 +896,7 @@ impl SecurityStore for SqliteSecurityStore {
     fn insert_break_glass(&self, tenant: &str, user_id: &str, g: &BreakGlassGrant) -> Result<()> {
         self.conn().execute(
             schema::INSERT_BREAK_GLASS,
-            params![
-                tenant,
-                g.id,
-                user_id,
-                g.reason,
-                g.patient,
-                ts(g.granted_at),
-                ts(g.expires_at)
-            ],
+            rusqlite::params_from_iter(break_glass_values(tenant, user_id, g)),
         )?;
         Ok(())
     }
@@ -887,24 +952,9 @@ impl SecurityStore for SqliteSecurityStore {
         })?;
         let seq = last.as_ref().map(|l| l.entry.seq + 1).unwrap_or(1);
         let rec = audit::seal(e.into_entry(seq), last.as_ref());
-        let en = &rec.entry;
         tx.execute(
             schema::INSERT_AUDIT,
-            params![
-                en.tenant,
-                en.seq as i64,
-                audit::format_time(en.time),
-                en.actor,
-                en.role,
-                en.action.code(),
-                en.source_ip,
-                en.patient,
-                serde_json::to_string(&en.resources).map_err(SecurityError::storage)?,
-                en.outcome.code(),
-                en.details.to_string(),
-                rec.prev_hash,
-                rec.hash,
-            ],
+            rusqlite::params_from_iter(audit_values(&rec)?),
         )?;
         tx.commit()?;
         Ok(rec)
@@ -943,36 +993,12 @@ impl SecurityStore for SqliteSecurityStore {
     }
 
     fn search_audit(&self, tenant: &str, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
-        let p = SearchParams::of(q);
         query_all(
             &self.conn(),
             &schema::search_audit(),
-            params![tenant, p.patient, p.actor, p.action, p.from, p.to, p.limit],
+            rusqlite::params_from_iter(search_values(tenant, q)),
             |r| audit_from(r),
         )
-    }
-}
-
-/// Bound values of [`schema::search_audit`].
-pub(crate) struct SearchParams<'a> {
-    pub patient: Option<&'a str>,
-    pub actor: Option<&'a str>,
-    pub action: Option<&'static str>,
-    pub from: Option<String>,
-    pub to: Option<String>,
-    pub limit: i64,
-}
-
-impl<'a> SearchParams<'a> {
-    pub(crate) fn of(q: &'a AuditQuery) -> Self {
-        SearchParams {
-            patient: q.patient.as_deref(),
-            actor: q.actor.as_deref(),
-            action: q.action.map(|a| a.code()),
-            from: q.from.map(audit::format_time),
-            to: q.to.map(audit::format_time),
-            limit: q.limit.unwrap_or(1000).min(10_000) as i64,
-        }
     }
 }
 

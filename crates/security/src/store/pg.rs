@@ -5,7 +5,7 @@
 //! Uses the blocking `postgres` client: call it from a blocking thread
 //! (`tokio::task::spawn_blocking`), not directly inside an async task.
 
-use ::postgres::types::ToSql;
+use ::postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use ::postgres::{Client, GenericClient, NoTls, Row};
 use chrono::{DateTime, Utc};
 use std::sync::Mutex;
@@ -42,6 +42,32 @@ impl Cols for Row {
     fn flag(&self, i: usize) -> Result<bool> {
         Ok(self.try_get(i)?)
     }
+}
+
+impl ToSql for Val {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Val::T(v) => v.to_sql(ty, out),
+            Val::I(v) => v.to_sql(ty, out),
+            Val::B(v) => v.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <String as ToSql>::accepts(ty)
+            || <i64 as ToSql>::accepts(ty)
+            || <bool as ToSql>::accepts(ty)
+    }
+
+    to_sql_checked!();
+}
+
+fn refs(vals: &[Val]) -> Vec<&(dyn ToSql + Sync)> {
+    vals.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
 }
 
 /// Security store on PostgreSQL.
@@ -107,34 +133,9 @@ impl PgSecurityStore {
 
 impl SecurityStore for PgSecurityStore {
     fn create_user(&self, u: &UserRecord) -> Result<()> {
-        let v = UserValues::of(u);
-        let failed = v.failed;
-        let r = self.client().execute(
-            schema::INSERT_USER,
-            &[
-                &u.tenant,
-                &u.user_id,
-                &u.username,
-                &u.display_name,
-                &v.role,
-                &u.is_admin,
-                &u.patient,
-                &u.password_hash,
-                &v.changed,
-                &u.password_rotation,
-                &u.must_change_password,
-                &v.totp_secret,
-                &u.totp_enabled,
-                &v.totp_last_step,
-                &v.status,
-                &u.status_reason,
-                &v.expires_at,
-                &failed,
-                &v.locked_until,
-                &v.created,
-                &v.last_login,
-            ],
-        );
+        let r = self
+            .client()
+            .execute(schema::INSERT_USER, &refs(&user_insert_values(u)));
         match r {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some(&::postgres::error::SqlState::UNIQUE_VIOLATION) => {
@@ -188,33 +189,9 @@ impl SecurityStore for PgSecurityStore {
     }
 
     fn update_user(&self, u: &UserRecord) -> Result<()> {
-        let v = UserValues::of(u);
-        let failed = v.failed;
-        let n = self.client().execute(
-            schema::UPDATE_USER,
-            &[
-                &u.username,
-                &u.display_name,
-                &v.role,
-                &u.is_admin,
-                &u.patient,
-                &u.password_hash,
-                &v.changed,
-                &u.password_rotation,
-                &u.must_change_password,
-                &v.totp_secret,
-                &u.totp_enabled,
-                &v.totp_last_step,
-                &v.status,
-                &u.status_reason,
-                &v.expires_at,
-                &failed,
-                &v.locked_until,
-                &v.last_login,
-                &u.tenant,
-                &u.user_id,
-            ],
-        )?;
+        let n = self
+            .client()
+            .execute(schema::UPDATE_USER, &refs(&user_update_values(u)))?;
         if n == 0 {
             return Err(SecurityError::new(
                 ErrorKind::NotFound,
@@ -327,19 +304,8 @@ impl SecurityStore for PgSecurityStore {
     }
 
     fn insert_session(&self, s: &SessionRecord) -> Result<()> {
-        self.client().execute(
-            schema::INSERT_SESSION,
-            &[
-                &s.tenant,
-                &s.session_hash,
-                &s.user_id,
-                &ts(s.created_at),
-                &ts(s.last_seen_at),
-                &ts(s.absolute_expires_at),
-                &s.csrf_hash,
-                &s.source_ip,
-            ],
-        )?;
+        self.client()
+            .execute(schema::INSERT_SESSION, &refs(&session_values(s)))?;
         Ok(())
     }
 
@@ -391,15 +357,7 @@ impl SecurityStore for PgSecurityStore {
     fn insert_break_glass(&self, tenant: &str, user_id: &str, g: &BreakGlassGrant) -> Result<()> {
         self.client().execute(
             schema::INSERT_BREAK_GLASS,
-            &[
-                &tenant,
-                &g.id,
-                &user_id,
-                &g.reason,
-                &g.patient,
-                &ts(g.granted_at),
-                &ts(g.expires_at),
-            ],
+            &refs(&break_glass_values(tenant, user_id, g)),
         )?;
         Ok(())
     }
@@ -459,26 +417,7 @@ impl SecurityStore for PgSecurityStore {
         )?;
         let seq = last.as_ref().map(|l| l.entry.seq + 1).unwrap_or(1);
         let rec = audit::seal(e.into_entry(seq), last.as_ref());
-        let en = &rec.entry;
-        let resources = serde_json::to_string(&en.resources).map_err(SecurityError::storage)?;
-        tx.execute(
-            schema::INSERT_AUDIT,
-            &[
-                &en.tenant,
-                &(en.seq as i64),
-                &audit::format_time(en.time),
-                &en.actor,
-                &en.role,
-                &en.action.code(),
-                &en.source_ip,
-                &en.patient,
-                &resources,
-                &en.outcome.code(),
-                &en.details.to_string(),
-                &rec.prev_hash,
-                &rec.hash,
-            ],
-        )?;
+        tx.execute(schema::INSERT_AUDIT, &refs(&audit_values(&rec)?))?;
         tx.commit()?;
         Ok(rec)
     }
@@ -516,13 +455,10 @@ impl SecurityStore for PgSecurityStore {
     }
 
     fn search_audit(&self, tenant: &str, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
-        let p = SearchParams::of(q);
         all(
             &mut *self.client(),
             &schema::search_audit(),
-            &[
-                &tenant, &p.patient, &p.actor, &p.action, &p.from, &p.to, &p.limit,
-            ],
+            &refs(&search_values(tenant, q)),
             audit_from,
         )
     }
