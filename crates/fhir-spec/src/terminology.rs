@@ -228,6 +228,9 @@ pub struct Expansion {
     codes: HashMap<String, HashSet<String>>,
     /// Systems (or "" for "any") whose membership could not be enumerated.
     open: HashSet<String>,
+    /// Imports deeper than MAX_IMPORT_DEPTH were cut (such a result depends on where the
+    /// expansion started, so it is not cached below the top level).
+    truncated: bool,
 }
 
 impl Expansion {
@@ -283,6 +286,7 @@ impl Expansion {
     }
 
     fn intersect(&mut self, other: &Expansion) {
+        self.truncated |= other.truncated;
         let mut keep: HashMap<String, HashSet<String>> = HashMap::new();
         for (s, cs) in &self.codes {
             for c in cs {
@@ -310,6 +314,7 @@ impl Expansion {
     }
 
     fn union(&mut self, other: Expansion) {
+        self.truncated |= other.truncated;
         for (s, cs) in other.codes {
             self.codes.entry(s).or_default().extend(cs);
         }
@@ -317,6 +322,7 @@ impl Expansion {
     }
 
     fn subtract(&mut self, other: &Expansion) {
+        self.truncated |= other.truncated;
         for (s, cs) in self.codes.iter_mut() {
             if let Some(o) = other.codes.get(s) {
                 cs.retain(|c| !o.contains(c));
@@ -467,13 +473,20 @@ impl Terminology {
     /// Expands a value set (cached). `None` when the value set is not known. A code system's
     /// implicit value set (CodeSystem.valueSet) is known too.
     pub fn expand(&self, url: &str) -> Option<Arc<Expansion>> {
-        let url = strip_version(url);
+        self.expand_at(strip_version(url), 0)
+    }
+
+    /// Cached expansion at import depth `depth` (every value set is computed once, so
+    /// diamond-shaped imports cannot blow up).
+    fn expand_at(&self, url: &str, depth: usize) -> Option<Arc<Expansion>> {
         if let Some(e) = self.cache.read().ok().and_then(|c| c.get(url).cloned()) {
             return Some(e);
         }
-        let e = Arc::new(self.expand_uncached(url, 0)?);
-        if let Ok(mut c) = self.cache.write() {
-            c.insert(url.to_string(), Arc::clone(&e));
+        let e = Arc::new(self.expand_uncached(url, depth)?);
+        if depth == 0 || !e.truncated {
+            if let Ok(mut c) = self.cache.write() {
+                c.insert(url.to_string(), Arc::clone(&e));
+            }
         }
         Some(e)
     }
@@ -482,6 +495,7 @@ impl Terminology {
         if depth > MAX_IMPORT_DEPTH {
             let mut e = Expansion::default();
             e.open.insert(String::new());
+            e.truncated = true;
             return Some(e);
         }
         let Some(vs) = self.value_set(url) else {
@@ -566,9 +580,9 @@ impl Terminology {
         {
             let imported = match vs
                 .as_str()
-                .and_then(|u| self.expand_uncached(strip_version(u), depth + 1))
+                .and_then(|u| self.expand_at(strip_version(u), depth + 1))
             {
-                Some(e) => e,
+                Some(e) => (*e).clone(),
                 None => {
                     let mut e = Expansion::default();
                     e.open.insert(String::new());

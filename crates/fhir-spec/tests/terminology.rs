@@ -98,6 +98,28 @@ fn hierarchy_and_filters() {
             "exclude": [{"system": "http://example.org/cs", "concept": [{"code": "plant"}]}]}}),
         json!({"resourceType": "ValueSet", "url": "http://example.org/vs/loop", "compose": {"include": [{"valueSet": ["http://example.org/vs/loop"]}]}}),
     ]);
+    // Diamond imports, 40 levels deep: each value set is expanded once.
+    let mut diamonds = vec![
+        json!({"resourceType": "ValueSet", "url": "http://example.org/d/0", "compose": {"include": [{"system": "http://example.org/cs", "concept": [{"code": "dog"}]}]}}),
+    ];
+    for i in 1..40 {
+        let prev = format!("http://example.org/d/{}", i - 1);
+        diamonds.push(
+            json!({"resourceType": "ValueSet", "url": format!("http://example.org/d/{i}"),
+            "compose": {"include": [{"valueSet": [prev.clone()]}, {"valueSet": [prev]}]}}),
+        );
+    }
+    let td = Terminology::from_owned(diamonds);
+    let e = td.expand("http://example.org/d/39").unwrap();
+    // Deeper than the import limit.
+    assert!(!e.is_complete());
+    // Value sets reached only beyond the limit above were not cached as open: expanded
+    // from closer starting points (reusing each other's cached results) they are exact.
+    for i in [10, 22, 30] {
+        let e = td.expand(&format!("http://example.org/d/{i}")).unwrap();
+        let dog = e.contains(Some("http://example.org/cs"), "dog");
+        assert_eq!(dog, Some(true), "d/{i}");
+    }
     let codes = |id: &str| -> Vec<String> {
         t.expand(&format!("http://example.org/vs/{id}"))
             .unwrap()
