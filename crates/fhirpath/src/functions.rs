@@ -123,6 +123,10 @@ pub(crate) enum Func {
     Coalesce,
     CheckModifiers,
     Slice,
+    Sum,
+    Min,
+    Max,
+    Avg,
 }
 
 /// (name, function, min args, max args)
@@ -227,6 +231,10 @@ const FUNCTIONS: &[(&str, Func, usize, usize)] = &[
     ("coalesce", Func::Coalesce, 1, 16),
     ("checkModifiers", Func::CheckModifiers, 0, 1),
     ("slice", Func::Slice, 2, 2),
+    ("sum", Func::Sum, 0, 0),
+    ("min", Func::Min, 0, 0),
+    ("max", Func::Max, 0, 0),
+    ("avg", Func::Avg, 0, 0),
 ];
 
 impl Func {
@@ -876,6 +884,68 @@ pub(crate) fn call<'a>(f: Func, input: Coll<'a>, args: &[Ast], env: &Env<'_, 'a>
             .collect()),
         Func::Not => bools(to_bool(&input)?.map(|b| !b)),
         Func::Sort => sort(input, args, env),
+        Func::Sum | Func::Avg => {
+            let Some(first) = input.first() else {
+                return Ok(Vec::new());
+            };
+            let mut acc = first.clone();
+            for it in &input[1..] {
+                let (Some(a), Some(b)) = (acc.val(), it.val()) else {
+                    return err(
+                        "数値の集合が必要です",
+                        format!("{name}() expects numbers or quantities"),
+                    );
+                };
+                match crate::eval::arith(crate::parser::BinOp::Add, &a, &b)? {
+                    Some(r) => acc = r,
+                    None => return Ok(Vec::new()),
+                }
+            }
+            if !matches!(acc.val(), Some(Val::Int(_) | Val::Dec(_) | Val::Qty(_))) {
+                return err(
+                    "数値の集合が必要です",
+                    format!("{name}() expects numbers or quantities"),
+                );
+            }
+            if f == Func::Sum {
+                return opt(acc.to_system());
+            }
+            let n = Val::Int(input.len() as i64);
+            let total = acc
+                .val()
+                .ok_or_else(|| EvalError::new("数値の集合が必要です", "avg() expects numbers"))?;
+            let total = match total {
+                Val::Int(i) => Val::Dec(Decimal::from(i)),
+                other => other,
+            };
+            opt(crate::eval::arith(crate::parser::BinOp::Div, &total, &n)?)
+        }
+        Func::Min | Func::Max => {
+            let mut best: Option<&Item<'a>> = None;
+            for it in &input {
+                best = match best {
+                    None => Some(it),
+                    Some(b) => match item_compare(it, b) {
+                        Ok(Some(o)) => {
+                            let better = if f == Func::Min {
+                                o == Ordering::Less
+                            } else {
+                                o == Ordering::Greater
+                            };
+                            Some(if better { it } else { b })
+                        }
+                        Ok(None) => return Ok(Vec::new()),
+                        Err(()) => {
+                            return err(
+                                "比較できない値があります",
+                                format!("{name}() expects comparable values"),
+                            )
+                        }
+                    },
+                };
+            }
+            Ok(best.cloned().into_iter().collect())
+        }
         Func::CheckModifiers => {
             let mut allowed: Vec<String> = Vec::new();
             for it in arg(args, 0, env)? {

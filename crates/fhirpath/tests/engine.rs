@@ -420,3 +420,29 @@ fn evaluate_on_typed_elements() {
     assert_eq!(types(&r), ["string"]);
     assert_eq!(strings(&r), ["山田"]);
 }
+
+#[test]
+fn aggregates_sum_min_max_avg() {
+    let e = json!({});
+    assert_eq!(strings(&eval("(1 | 2 | 3).sum()", &e)), ["6"]);
+    assert_eq!(strings(&eval("(1 | 2.5).sum()", &e)), ["3.5"]);
+    assert_eq!(
+        strings(&eval("(1 | 2 | 4).avg()", &e)),
+        ["2.3333333333333333333333333333"]
+    );
+    assert_eq!(
+        strings(&eval("(3 | 1 | 2).min() | (3 | 1 | 2).max()", &e)),
+        ["1", "3"]
+    );
+    assert_eq!(strings(&eval("('b' | 'a').min()", &e)), ["a"]);
+    assert_eq!(
+        strings(&eval("(1 'kg' | 500 'g').sum() = 1.5 'kg'", &e)),
+        ["true"]
+    );
+    assert!(eval("{}.sum()", &e).is_empty());
+    let ctx = Context::new(&e);
+    assert!(parse("('a' | 'b').sum()")
+        .unwrap()
+        .evaluate(&ctx, &e)
+        .is_err());
+}
