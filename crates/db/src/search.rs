@@ -564,7 +564,7 @@ fn build(
         // resources of this type that reference the compartment owner through any of the
         // compartment's parameters
         let ty = query.resource_type.as_deref().unwrap_or("");
-        let params = iryo_fhir_spec::r4()
+        let params = iryo_search::model()
             .compartment_params(cty, ty)
             .unwrap_or(&[]);
         if params.is_empty() {

@@ -265,7 +265,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 engine,
-                extractor: Extractor::new(iryo_fhir_spec::r4()),
+                extractor: Extractor::new(iryo_search::model()),
                 codec: BodyCodec { level: 3 },
                 tenants: RwLock::new(HashMap::new()),
             }),

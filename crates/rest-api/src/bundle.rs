@@ -644,7 +644,7 @@ async fn read_entry(st: &AppState, ctx: &Ctx, r: &Req) -> Value {
     // a search
     let pairs = iryo_search::query::split_query(r.query.as_deref().unwrap_or(""));
     let q = match iryo_search::query::parse_pairs(
-        iryo_fhir_spec::r4(),
+        iryo_search::model(),
         Some(&r.ty),
         &pairs,
         ctx.handling,

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 /// Build the CapabilityStatement for a base URL.
 pub fn capability_statement(base: &str) -> Value {
-    let model = iryo_fhir_spec::r4();
+    let model = iryo_search::model();
     let mut resources = vec![];
     for ty in model.resource_types() {
         let params = model.search_params(ty);

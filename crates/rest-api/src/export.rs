@@ -173,7 +173,7 @@ async fn run(
     started: i64,
     request: &str,
 ) -> Result<Value, FhirError> {
-    let model = iryo_fhir_spec::r4();
+    let model = iryo_search::model();
     let all: Vec<String> = model
         .resource_types()
         .into_iter()

@@ -615,7 +615,7 @@ async fn conditional_matches_pairs(
     ty: &str,
     pairs: &[(String, String)],
 ) -> Result<Vec<StoredResource>, FhirError> {
-    let mut q = parse_pairs(iryo_fhir_spec::r4(), Some(ty), pairs, Handling::Strict)?;
+    let mut q = parse_pairs(iryo_search::model(), Some(ty), pairs, Handling::Strict)?;
     if q.clauses.is_empty() {
         return Err(FhirError::new(
             StatusCode::PRECONDITION_FAILED,
@@ -1129,7 +1129,7 @@ async fn search_system(
             "_type with several types is not supported yet; give one type",
         ));
     }
-    let q = parse_pairs(iryo_fhir_spec::r4(), None, &rest, ctx.handling)?;
+    let q = parse_pairs(iryo_search::model(), None, &rest, ctx.handling)?;
     run_search(st, ctx, q, None, format!("{}", ctx.base), &rest).await
 }
 
@@ -1140,7 +1140,7 @@ pub async fn search_type(
     pairs: &[(String, String)],
     compartment: Option<(String, String)>,
 ) -> Result<Response, FhirError> {
-    let mut q = parse_pairs(iryo_fhir_spec::r4(), Some(ty), pairs, ctx.handling)?;
+    let mut q = parse_pairs(iryo_search::model(), Some(ty), pairs, ctx.handling)?;
     resolve_absolute_refs(&mut q, &ctx.base);
     let self_base = match &compartment {
         Some((ct, ci)) => format!("{}/{ct}/{ci}/{ty}", ctx.base),

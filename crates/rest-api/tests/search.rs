@@ -454,3 +454,22 @@ async fn unknown_parameters_strict_and_lenient() {
         assert!(ids(&srv, "Patient?name:contains=%25").await.is_empty());
     }
 }
+
+#[tokio::test]
+async fn jp_core_search_parameters() {
+    for srv in TestServer::all().await {
+        put(&srv, json!({"resourceType": "Patient", "id": "kana", "name": [
+            {"use": "usual", "text": "ヤマダ タロウ", "extension": [{"url": "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation", "valueCode": "SYL"}]},
+            {"use": "official", "text": "山田 太郎"}]})).await;
+        put(&srv, json!({"resourceType": "Patient", "id": "other", "name": [{"use": "usual", "text": "スズキ"}]})).await;
+        assert_eq!(
+            ids(&srv, "Patient?jp-kana-sort=ヤマダ").await,
+            s(&["kana"]),
+            "{}",
+            srv.engine
+        );
+        let (st, _, cs) = srv.get("/fhir/metadata").await;
+        assert_eq!(st, 200);
+        assert!(cs.to_string().contains("jp-kana-sort"));
+    }
+}

@@ -109,7 +109,7 @@ fn dedup(v: &mut Vec<IndexEntry>) {
 
 /// One-shot extraction with the R4 model (compiles expressions each call: use [`Extractor`] in servers).
 pub fn extract(resource: &Value) -> Vec<IndexEntry> {
-    Extractor::new(iryo_fhir_spec::r4()).extract(resource)
+    Extractor::new(crate::model()).extract(resource)
 }
 
 fn push(out: &mut Vec<IndexEntry>, code: &str, value: IndexValue) {

@@ -22,4 +22,10 @@ pub mod normalize;
 pub mod query;
 
 pub use extract::{extract, Extractor};
+
+/// The model search runs on: FHIR R4 plus the JP Core SearchParameters (e.g. `Patient?jp-kana-sort`,
+/// `Coverage?jp-coverage-insuredpersonnumber`).
+pub fn model() -> &'static iryo_fhir_spec::Model {
+    iryo_fhir_spec::r4_jp()
+}
 pub use index::{IndexEntry, IndexValue};
