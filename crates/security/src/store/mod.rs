@@ -5,22 +5,22 @@
 //! embedded implementation. All SQL is in [`schema`], written to run on both
 //! SQLite and PostgreSQL so a PostgreSQL store can reuse it.
 
-pub mod pg;
+mod lite;
+mod pg;
 pub mod schema;
+mod sql;
 
-pub use self::pg::PgSecurityStore;
+pub use self::lite::{LiteConn, SqliteSecurityStore};
+pub use self::pg::{PgConn, PgSecurityStore};
+pub use self::sql::{Conn, SqlSecurityStore};
 
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, Row, TransactionBehavior};
 use serde::Serialize;
-use std::path::Path;
-use std::sync::Mutex;
 
 use crate::audit::{self, AuditAction, AuditEntry, AuditOutcome, AuditRecord};
 use crate::authz::BreakGlassGrant;
 use crate::error::{ErrorKind, Result, SecurityError};
 use crate::roles::Role;
-use crate::token::JtiRegistry;
 
 /// Account status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -295,30 +295,13 @@ fn opt_ts(s: Option<i64>) -> Option<DateTime<Utc>> {
 
 /// Column access shared by the SQLite and PostgreSQL row types, so that
 /// rows are decoded by one set of functions.
-pub(crate) trait Cols {
+pub trait Cols {
+    // Implemented for the row types of both engines (lite.rs, pg.rs).
     fn text(&self, i: usize) -> Result<String>;
     fn opt_text(&self, i: usize) -> Result<Option<String>>;
     fn int(&self, i: usize) -> Result<i64>;
     fn opt_int(&self, i: usize) -> Result<Option<i64>>;
     fn flag(&self, i: usize) -> Result<bool>;
-}
-
-impl Cols for Row<'_> {
-    fn text(&self, i: usize) -> Result<String> {
-        Ok(self.get(i)?)
-    }
-    fn opt_text(&self, i: usize) -> Result<Option<String>> {
-        Ok(self.get(i)?)
-    }
-    fn int(&self, i: usize) -> Result<i64> {
-        Ok(self.get(i)?)
-    }
-    fn opt_int(&self, i: usize) -> Result<Option<i64>> {
-        Ok(self.get(i)?)
-    }
-    fn flag(&self, i: usize) -> Result<bool> {
-        Ok(self.get(i)?)
-    }
 }
 
 fn bad_row(what: &str) -> SecurityError {
@@ -328,7 +311,7 @@ fn bad_row(what: &str) -> SecurityError {
     )
 }
 
-pub(crate) fn user_from(r: &impl Cols) -> Result<UserRecord> {
+pub(crate) fn user_from(r: &dyn Cols) -> Result<UserRecord> {
     let status = r.text(14)?;
     Ok(UserRecord {
         tenant: r.text(0)?,
@@ -362,7 +345,7 @@ pub(crate) fn user_from(r: &impl Cols) -> Result<UserRecord> {
     })
 }
 
-pub(crate) fn session_from(r: &impl Cols) -> Result<SessionRecord> {
+pub(crate) fn session_from(r: &dyn Cols) -> Result<SessionRecord> {
     Ok(SessionRecord {
         tenant: r.text(0)?,
         session_hash: r.text(1)?,
@@ -377,7 +360,7 @@ pub(crate) fn session_from(r: &impl Cols) -> Result<SessionRecord> {
 
 /// Reads an audit row. A row that cannot be decoded is reported as an
 /// integrity error (it was changed outside iryo).
-pub(crate) fn audit_from(r: &impl Cols) -> Result<AuditRecord> {
+pub(crate) fn audit_from(r: &dyn Cols) -> Result<AuditRecord> {
     Ok(AuditRecord {
         entry: AuditEntry {
             seq: r.int(0)?.max(0) as u64,
@@ -400,7 +383,7 @@ pub(crate) fn audit_from(r: &impl Cols) -> Result<AuditRecord> {
 }
 
 /// Active grant columns: grant_id, reason, patient_ref, granted_at, expires_at.
-pub(crate) fn grant_from(r: &impl Cols, offset: usize) -> Result<BreakGlassGrant> {
+pub(crate) fn grant_from(r: &dyn Cols, offset: usize) -> Result<BreakGlassGrant> {
     Ok(BreakGlassGrant {
         id: r.text(offset)?,
         reason: r.text(offset + 1)?,
@@ -410,10 +393,10 @@ pub(crate) fn grant_from(r: &impl Cols, offset: usize) -> Result<BreakGlassGrant
     })
 }
 
-/// A bound SQL value, usable by both engines (see the `ToSql` impls here and
-/// in [`pg`]), so each statement's parameter list is written once.
+/// A bound SQL value, usable by both engines (`ToSql` impls in the engine
+/// modules), so each statement's parameter list is written once.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Val {
+pub enum Val {
     T(Option<String>),
     I(Option<i64>),
     B(bool),
@@ -452,16 +435,6 @@ impl From<Option<i64>> for Val {
 impl From<bool> for Val {
     fn from(v: bool) -> Self {
         Val::B(v)
-    }
-}
-
-impl rusqlite::ToSql for Val {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        match self {
-            Val::T(v) => v.to_sql(),
-            Val::I(v) => v.to_sql(),
-            Val::B(v) => v.to_sql(),
-        }
     }
 }
 
@@ -588,435 +561,5 @@ pub(crate) fn check_details(e: &NewAuditEntry) -> Result<()> {
             "監査記録の詳細はJSONオブジェクトにしてください",
             "audit details must be a JSON object",
         ))
-    }
-}
-
-/// Embedded SQLite implementation of [`SecurityStore`].
-pub struct SqliteSecurityStore {
-    conn: Mutex<Connection>,
-}
-
-impl std::fmt::Debug for SqliteSecurityStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SqliteSecurityStore")
-    }
-}
-
-impl SqliteSecurityStore {
-    /// Opens (and creates) the database file.
-    pub fn open(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        Self::from_connection(conn)
-    }
-
-    /// A private in-memory database (tests, tools).
-    pub fn open_in_memory() -> Result<Self> {
-        Self::from_connection(Connection::open_in_memory()?)
-    }
-
-    /// Uses an existing connection (e.g. the server's main database).
-    pub fn from_connection(conn: Connection) -> Result<Self> {
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        for s in schema::SCHEMA.iter().chain(schema::SQLITE_AUDIT_GUARD) {
-            conn.execute_batch(s)?;
-        }
-        Ok(SqliteSecurityStore {
-            conn: Mutex::new(conn),
-        })
-    }
-
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Consistent snapshot of the database into `dest` (online backup).
-    pub fn snapshot_to(&self, dest: &Path) -> Result<()> {
-        crate::backup::sqlite_snapshot(&self.conn(), dest)
-    }
-
-    /// Runs `PRAGMA integrity_check`; true when the database is sound.
-    pub fn integrity_check(&self) -> Result<bool> {
-        let r: String = self
-            .conn()
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
-        Ok(r == "ok")
-    }
-}
-
-fn query_one<T>(
-    c: &Connection,
-    sql: &str,
-    p: impl rusqlite::Params,
-    f: impl Fn(&Row<'_>) -> Result<T>,
-) -> Result<Option<T>> {
-    let mut st = c.prepare_cached(sql)?;
-    let mut rows = st.query(p)?;
-    match rows.next()? {
-        Some(r) => Ok(Some(f(r)?)),
-        None => Ok(None),
-    }
-}
-
-fn query_all<T>(
-    c: &Connection,
-    sql: &str,
-    p: impl rusqlite::Params,
-    f: impl Fn(&Row<'_>) -> Result<T>,
-) -> Result<Vec<T>> {
-    let mut st = c.prepare_cached(sql)?;
-    let mut rows = st.query(p)?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(f(r)?);
-    }
-    Ok(out)
-}
-
-impl SecurityStore for SqliteSecurityStore {
-    fn create_user(&self, u: &UserRecord) -> Result<()> {
-        let r = self.conn().execute(
-            schema::INSERT_USER,
-            rusqlite::params_from_iter(user_insert_values(u)),
-        );
-        match r {
-            Ok(_) => Ok(()),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Err(conflict_user(u))
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    fn get_user(&self, tenant: &str, user_id: &str) -> Result<Option<UserRecord>> {
-        query_one(
-            &self.conn(),
-            &schema::select_user_by_id(),
-            params![tenant, user_id],
-            |r| user_from(r),
-        )
-    }
-
-    fn find_user_by_name(&self, tenant: &str, username: &str) -> Result<Option<UserRecord>> {
-        query_one(
-            &self.conn(),
-            &schema::select_user_by_name(),
-            params![tenant, username.to_lowercase()],
-            |r| user_from(r),
-        )
-    }
-
-    fn list_users(&self, tenant: &str) -> Result<Vec<UserRecord>> {
-        query_all(
-            &self.conn(),
-            &schema::select_users(),
-            params![tenant],
-            |r| user_from(r),
-        )
-    }
-
-    fn list_tenants(&self) -> Result<Vec<String>> {
-        query_all(&self.conn(), schema::SELECT_TENANTS, [], |r| r.text(0))
-    }
-
-    fn audit_tenants(&self) -> Result<Vec<String>> {
-        query_all(&self.conn(), schema::SELECT_AUDIT_TENANTS, [], |r| {
-            r.text(0)
-        })
-    }
-
-    fn update_user(&self, u: &UserRecord) -> Result<()> {
-        let n = self.conn().execute(
-            schema::UPDATE_USER,
-            rusqlite::params_from_iter(user_update_values(u)),
-        )?;
-        if n == 0 {
-            return Err(SecurityError::new(
-                ErrorKind::NotFound,
-                "利用者が見つかりません",
-                "user not found",
-            ));
-        }
-        Ok(())
-    }
-
-    fn record_login_failure(&self, tenant: &str, user_id: &str) -> Result<u32> {
-        let mut c = self.conn();
-        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(schema::INCREMENT_FAILURES, params![tenant, user_id])?;
-        let n: i64 = tx.query_row(schema::SELECT_FAILURES, params![tenant, user_id], |r| {
-            r.get(0)
-        })?;
-        tx.commit()?;
-        Ok(n.clamp(0, u32::MAX as i64) as u32)
-    }
-
-    fn set_locked_until(
-        &self,
-        tenant: &str,
-        user_id: &str,
-        until: Option<DateTime<Utc>>,
-    ) -> Result<()> {
-        self.conn().execute(
-            schema::SET_LOCKED_UNTIL,
-            params![until.map(ts), tenant, user_id],
-        )?;
-        Ok(())
-    }
-
-    fn advance_totp_step(&self, tenant: &str, user_id: &str, step: u64) -> Result<bool> {
-        let s = step as i64;
-        Ok(self
-            .conn()
-            .execute(schema::ADVANCE_TOTP_STEP, params![s, tenant, user_id])?
-            == 1)
-    }
-
-    fn add_password_history(
-        &self,
-        tenant: &str,
-        user_id: &str,
-        hash: &str,
-        at: DateTime<Utc>,
-    ) -> Result<()> {
-        self.conn().execute(
-            schema::INSERT_PASSWORD_HISTORY,
-            params![tenant, user_id, ts(at), hash],
-        )?;
-        Ok(())
-    }
-
-    fn recent_password_hashes(&self, tenant: &str, user_id: &str, n: usize) -> Result<Vec<String>> {
-        query_all(
-            &self.conn(),
-            schema::SELECT_PASSWORD_HISTORY,
-            params![tenant, user_id, n as i64],
-            |r| r.text(0),
-        )
-    }
-
-    fn replace_recovery_codes(
-        &self,
-        tenant: &str,
-        user_id: &str,
-        hashes: &[String],
-        at: DateTime<Utc>,
-    ) -> Result<()> {
-        let mut c = self.conn();
-        let tx = c.transaction()?;
-        tx.execute(schema::DELETE_RECOVERY_CODES, params![tenant, user_id])?;
-        for h in hashes {
-            tx.execute(
-                schema::INSERT_RECOVERY_CODE,
-                params![tenant, user_id, h, ts(at)],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    fn use_recovery_code(
-        &self,
-        tenant: &str,
-        user_id: &str,
-        hash: &str,
-        at: DateTime<Utc>,
-    ) -> Result<bool> {
-        Ok(self.conn().execute(
-            schema::USE_RECOVERY_CODE,
-            params![ts(at), tenant, user_id, hash],
-        )? == 1)
-    }
-
-    fn remaining_recovery_codes(&self, tenant: &str, user_id: &str) -> Result<u32> {
-        let n = query_one(
-            &self.conn(),
-            schema::COUNT_RECOVERY_CODES,
-            params![tenant, user_id],
-            |r| r.int(0),
-        )?;
-        Ok(n.unwrap_or(0).max(0) as u32)
-    }
-
-    fn insert_session(&self, s: &SessionRecord) -> Result<()> {
-        self.conn().execute(
-            schema::INSERT_SESSION,
-            rusqlite::params_from_iter(session_values(s)),
-        )?;
-        Ok(())
-    }
-
-    fn get_session(&self, tenant: &str, session_hash: &str) -> Result<Option<SessionRecord>> {
-        query_one(
-            &self.conn(),
-            schema::SELECT_SESSION,
-            params![tenant, session_hash],
-            |r| session_from(r),
-        )
-    }
-
-    fn touch_session(&self, tenant: &str, session_hash: &str, at: DateTime<Utc>) -> Result<()> {
-        self.conn()
-            .execute(schema::TOUCH_SESSION, params![ts(at), tenant, session_hash])?;
-        Ok(())
-    }
-
-    fn delete_session(&self, tenant: &str, session_hash: &str) -> Result<bool> {
-        Ok(self
-            .conn()
-            .execute(schema::DELETE_SESSION, params![tenant, session_hash])?
-            > 0)
-    }
-
-    fn delete_user_sessions(&self, tenant: &str, user_id: &str) -> Result<u64> {
-        Ok(self
-            .conn()
-            .execute(schema::DELETE_USER_SESSIONS, params![tenant, user_id])? as u64)
-    }
-
-    fn count_user_sessions(&self, tenant: &str, user_id: &str) -> Result<u64> {
-        let n = query_one(
-            &self.conn(),
-            schema::COUNT_USER_SESSIONS,
-            params![tenant, user_id],
-            |r| r.int(0),
-        )?;
-        Ok(n.unwrap_or(0).max(0) as u64)
-    }
-
-    fn purge_sessions(&self, now: DateTime<Utc>, idle_before: DateTime<Utc>) -> Result<u64> {
-        Ok(self.conn().execute(
-            schema::DELETE_EXPIRED_SESSIONS,
-            params![ts(now), ts(idle_before)],
-        )? as u64)
-    }
-
-    fn insert_break_glass(&self, tenant: &str, user_id: &str, g: &BreakGlassGrant) -> Result<()> {
-        self.conn().execute(
-            schema::INSERT_BREAK_GLASS,
-            rusqlite::params_from_iter(break_glass_values(tenant, user_id, g)),
-        )?;
-        Ok(())
-    }
-
-    fn active_break_glass(
-        &self,
-        tenant: &str,
-        user_id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<BreakGlassGrant>> {
-        query_one(
-            &self.conn(),
-            schema::SELECT_ACTIVE_BREAK_GLASS,
-            params![tenant, user_id, ts(now)],
-            |r| grant_from(r, 0),
-        )
-    }
-
-    fn unreviewed_break_glass(&self, tenant: &str) -> Result<Vec<BreakGlassRecord>> {
-        query_all(
-            &self.conn(),
-            schema::SELECT_UNREVIEWED_BREAK_GLASS,
-            params![tenant],
-            |r| {
-                Ok(BreakGlassRecord {
-                    tenant: tenant.to_string(),
-                    user_id: r.text(0)?,
-                    grant: grant_from(r, 1)?,
-                })
-            },
-        )
-    }
-
-    fn review_break_glass(
-        &self,
-        tenant: &str,
-        grant_id: &str,
-        reviewer: &str,
-        at: DateTime<Utc>,
-    ) -> Result<bool> {
-        Ok(self.conn().execute(
-            schema::REVIEW_BREAK_GLASS,
-            params![ts(at), reviewer, tenant, grant_id],
-        )? == 1)
-    }
-
-    fn append_audit(&self, e: NewAuditEntry) -> Result<AuditRecord> {
-        check_details(&e)?;
-        let mut c = self.conn();
-        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let last = query_one(&tx, &schema::select_audit_last(), params![e.tenant], |r| {
-            audit_from(r)
-        })?;
-        let seq = last.as_ref().map(|l| l.entry.seq + 1).unwrap_or(1);
-        let rec = audit::seal(e.into_entry(seq), last.as_ref());
-        tx.execute(
-            schema::INSERT_AUDIT,
-            rusqlite::params_from_iter(audit_values(&rec)?),
-        )?;
-        tx.commit()?;
-        Ok(rec)
-    }
-
-    fn audit_range(&self, tenant: &str, from_seq: u64, limit: u32) -> Result<Vec<AuditRecord>> {
-        query_all(
-            &self.conn(),
-            &schema::select_audit_range(),
-            params![tenant, from_seq as i64, limit as i64],
-            |r| audit_from(r),
-        )
-    }
-
-    fn audit_head(&self, tenant: &str) -> Result<Option<AuditRecord>> {
-        query_one(
-            &self.conn(),
-            &schema::select_audit_last(),
-            params![tenant],
-            |r| audit_from(r),
-        )
-    }
-
-    fn last_audit_of(
-        &self,
-        tenant: &str,
-        action: AuditAction,
-        outcome: AuditOutcome,
-    ) -> Result<Option<AuditRecord>> {
-        query_one(
-            &self.conn(),
-            &schema::select_audit_last_of_action(),
-            params![tenant, action.code(), outcome.code()],
-            |r| audit_from(r),
-        )
-    }
-
-    fn search_audit(&self, tenant: &str, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
-        query_all(
-            &self.conn(),
-            &schema::search_audit(),
-            rusqlite::params_from_iter(search_values(tenant, q)),
-            |r| audit_from(r),
-        )
-    }
-}
-
-impl JtiRegistry for SqliteSecurityStore {
-    fn record_jti(
-        &self,
-        tenant: &str,
-        client_id: &str,
-        jti: &str,
-        expires_at: DateTime<Utc>,
-    ) -> Result<bool> {
-        let c = self.conn();
-        // An assertion expires at most 5 minutes after it is presented, so ids
-        // expiring well before this one belong to assertions refused by `exp`.
-        c.execute(schema::DELETE_EXPIRED_JTI, params![ts(expires_at) - 1800])?;
-        Ok(c.execute(
-            schema::INSERT_JTI,
-            params![tenant, client_id, jti, ts(expires_at)],
-        )? == 1)
     }
 }
