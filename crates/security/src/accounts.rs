@@ -348,16 +348,7 @@ impl<S: SecurityStore> Accounts<S> {
         self.store.create_user(&user)?;
         self.store
             .add_password_history(&user.tenant, &user.user_id, &hash, now)?;
-        self.log(
-            now,
-            &user.tenant,
-            &actor.name(),
-            actor.role(),
-            AuditAction::UserAdmin,
-            AuditOutcome::Success,
-            None,
-            json!({"op": "add", "user": user.username, "role": user.role.code(), "admin": user.is_admin}),
-        )?;
+        self.log_admin(&actor, &user.tenant, now, json!({"op": "add", "user": user.username, "role": user.role.code(), "admin": user.is_admin}))?;
         Ok(CreatedUser {
             user,
             one_time_password: generated.then_some(pw),
@@ -385,14 +376,10 @@ impl<S: SecurityStore> Accounts<S> {
         if status == AccountStatus::Disabled {
             self.store.delete_user_sessions(tenant, &u.user_id)?;
         }
-        self.log(
-            now,
+        self.log_admin(
+            &actor,
             tenant,
-            &actor.name(),
-            actor.role(),
-            AuditAction::UserAdmin,
-            AuditOutcome::Success,
-            None,
+            now,
             json!({"op": status.code(), "user": u.username, "reason": reason}),
         )?;
         Ok(u)
@@ -442,16 +429,7 @@ impl<S: SecurityStore> Accounts<S> {
         let mut u = self.user_by_name(tenant, username)?;
         u.expires_at = expires_at;
         self.store.update_user(&u)?;
-        self.log(
-            now,
-            tenant,
-            &actor.name(),
-            actor.role(),
-            AuditAction::UserAdmin,
-            AuditOutcome::Success,
-            None,
-            json!({"op": "expiry", "user": u.username, "expires_at": expires_at.map(|t| t.to_rfc3339())}),
-        )?;
+        self.log_admin(&actor, tenant, now, json!({"op": "expiry", "user": u.username, "expires_at": expires_at.map(|t| t.to_rfc3339())}))?;
         Ok(u)
     }
 
@@ -472,16 +450,7 @@ impl<S: SecurityStore> Accounts<S> {
         u.is_admin = is_admin;
         self.store.update_user(&u)?;
         self.store.delete_user_sessions(tenant, &u.user_id)?;
-        self.log(
-            now,
-            tenant,
-            &actor.name(),
-            actor.role(),
-            AuditAction::UserAdmin,
-            AuditOutcome::Success,
-            None,
-            json!({"op": "role", "user": u.username, "from": [before.0.code(), before.1], "to": [role.code(), is_admin]}),
-        )?;
+        self.log_admin(&actor, tenant, now, json!({"op": "role", "user": u.username, "from": [before.0.code(), before.1], "to": [role.code(), is_admin]}))?;
         Ok(u)
     }
 
@@ -549,6 +518,26 @@ impl<S: SecurityStore> Accounts<S> {
             user_id: user_id.to_string(),
             second_factor,
         }
+    }
+
+    /// Logs a successful administrative action on accounts.
+    fn log_admin(
+        &self,
+        actor: &Actor<'_>,
+        tenant: &str,
+        now: DateTime<Utc>,
+        details: serde_json::Value,
+    ) -> Result<AuditRecord> {
+        self.log(
+            now,
+            tenant,
+            &actor.name(),
+            actor.role(),
+            AuditAction::UserAdmin,
+            AuditOutcome::Success,
+            None,
+            details,
+        )
     }
 
     /// Counts a failed factor and locks the account with the growing delay.
