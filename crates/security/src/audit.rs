@@ -590,6 +590,75 @@ pub fn to_fhir_audit_event(rec: &AuditRecord) -> Value {
     Value::Object(ev)
 }
 
+/// A FHIR `searchset` Bundle of AuditEvents for an `/AuditEvent` search.
+/// `base` is the FHIR base URL used for `fullUrl`.
+pub fn to_fhir_bundle(records: &[AuditRecord], base: &str) -> Value {
+    let entries: Vec<Value> = records
+        .iter()
+        .map(|r| {
+            let ev = to_fhir_audit_event(r);
+            json!({
+                "fullUrl": format!("{}/AuditEvent/{}", base.trim_end_matches('/'), ev["id"].as_str().unwrap_or_default()),
+                "resource": ev,
+                "search": {"mode": "match"},
+            })
+        })
+        .collect();
+    json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": records.len(),
+        "entry": entries,
+    })
+}
+
+/// Export for review: one AuditEvent per line (FHIR NDJSON), in chain order.
+pub fn to_ndjson(records: &[AuditRecord]) -> String {
+    let mut out = String::new();
+    for r in records {
+        out.push_str(&to_fhir_audit_event(r).to_string());
+        out.push('\n');
+    }
+    out
+}
+
+impl ChainHead {
+    /// The checkpoint of the newest record of a chain.
+    pub fn of(record: &AuditRecord) -> ChainHead {
+        ChainHead {
+            tenant: record.entry.tenant.clone(),
+            seq: record.entry.seq,
+            hash: record.hash.clone(),
+        }
+    }
+
+    /// One line to print or send off-host: `iryo-audit-head <tenant> <seq> <hash>`.
+    pub fn to_line(&self) -> String {
+        format!("iryo-audit-head {} {} {}", self.tenant, self.seq, self.hash)
+    }
+
+    /// Parses [`Self::to_line`].
+    pub fn parse_line(line: &str) -> Result<ChainHead, SecurityError> {
+        let bad = || {
+            SecurityError::invalid(
+                "チェックポイントの形式が正しくありません",
+                "malformed audit checkpoint line",
+            )
+        };
+        let mut it = line.split_whitespace();
+        if it.next() != Some("iryo-audit-head") {
+            return Err(bad());
+        }
+        let tenant = it.next().ok_or_else(bad)?.to_string();
+        let seq = it.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        let hash = it.next().ok_or_else(bad)?.to_string();
+        if it.next().is_some() || hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        Ok(ChainHead { tenant, seq, hash })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -751,6 +820,36 @@ mod tests {
                 kind: BreakKind::Inserted
             })
         );
+    }
+
+    #[test]
+    fn bundle_ndjson_and_head_lines() {
+        let c = chain(3);
+        let b = to_fhir_bundle(&c, "https://iryo.example.jp/fhir/");
+        assert_eq!(b["type"], "searchset");
+        assert_eq!(b["total"], 3);
+        assert_eq!(
+            b["entry"][1]["fullUrl"],
+            "https://iryo.example.jp/fhir/AuditEvent/clinic-a-2"
+        );
+        let nd = to_ndjson(&c);
+        assert_eq!(nd.lines().count(), 3);
+        for l in nd.lines() {
+            let v: Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["resourceType"], "AuditEvent");
+        }
+        let h = ChainHead::of(&c[2]);
+        assert_eq!(ChainHead::parse_line(&h.to_line()).unwrap(), h);
+        verify_against_head(&c, &ChainHead::parse_line(&h.to_line()).unwrap()).unwrap();
+        for bad in [
+            "",
+            "iryo-audit-head a 1",
+            "iryo-audit-head a x 00",
+            "other a 1 00",
+            &format!("{} extra", h.to_line()),
+        ] {
+            assert!(ChainHead::parse_line(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
