@@ -116,12 +116,7 @@ fn infer_type(v: &Value) -> &str {
             }
         }
         Value::String(_) => "string",
-        Value::Object(o) => {
-            if let Some(Value::String(rt)) = o.get("resourceType") {
-                return rt;
-            }
-            "Element"
-        }
+        Value::Object(_) => crate::value::resource_type(v).unwrap_or("Element"),
         _ => "Element",
     }
 }

@@ -266,7 +266,7 @@ impl Expression {
         ctx: &Context<'a>,
         input: &'a Value,
     ) -> Result<Vec<Item<'a>>, EvalError> {
-        let item = if input.get("resourceType").is_some() {
+        let item = if value::resource_type(input).is_some() {
             Item::resource(input)
         } else {
             Item::node(input, "Element")

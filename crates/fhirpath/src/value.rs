@@ -50,6 +50,16 @@ impl fmt::Display for Quantity {
     }
 }
 
+/// The `resourceType` of a JSON object (checked first as the first key, where
+/// FHIR JSON puts it, before a hashed lookup).
+pub(crate) fn resource_type(v: &Value) -> Option<&str> {
+    let o = v.as_object()?;
+    match o.iter().next() {
+        Some((k, Value::String(t))) if k == "resourceType" => Some(t),
+        _ => o.get("resourceType").and_then(Value::as_str),
+    }
+}
+
 /// Null JSON value used for primitive elements that only carry extensions.
 pub(crate) static NULL: Value = Value::Null;
 
@@ -130,10 +140,7 @@ pub(crate) fn quantity_from_json(v: &Value) -> Option<Quantity> {
 impl<'a> Item<'a> {
     /// A node for a whole resource (type taken from `resourceType`).
     pub fn resource(value: &'a Value) -> Item<'a> {
-        let t = value
-            .get("resourceType")
-            .and_then(Value::as_str)
-            .unwrap_or("Resource");
+        let t = resource_type(value).unwrap_or("Resource");
         Item::Node {
             value,
             type_code: Cow::Borrowed(t),
