@@ -35,6 +35,7 @@
 
 pub mod calc;
 pub mod error;
+pub mod fhir;
 pub mod master;
 pub mod num;
 pub mod uke;
