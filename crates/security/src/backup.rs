@@ -417,6 +417,17 @@ pub fn encrypt_dir(
     key: &[u8; KEY_LEN],
     now: DateTime<Utc>,
 ) -> Result<Manifest> {
+    let src_abs = fs::canonicalize(src)?;
+    let dest_dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if fs::canonicalize(dest_dir).is_ok_and(|d| d.starts_with(&src_abs)) {
+        return Err(SecurityError::invalid(
+            "バックアップの保存先をバックアップ対象の中に置くことはできません",
+            "the backup container must not be inside the directory being backed up",
+        ));
+    }
     let mut files = Vec::new();
     collect_files(src, Path::new(""), &mut files)?;
     let tmp = dest.with_extension(format!("partial-{}", crate::random_token(6)));

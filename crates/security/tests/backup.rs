@@ -196,6 +196,16 @@ fn tampered_truncated_and_wrong_key_refused_before_writing() {
 }
 
 #[test]
+fn container_inside_source_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    sample_tree(&src);
+    let e = encrypt_dir(&src, &src.join("db/x.ibk"), &[1u8; 32], now()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Invalid);
+    assert!(!src.join("db/x.ibk").exists());
+}
+
+#[test]
 fn symlinks_refused() {
     #[cfg(unix)]
     {
