@@ -281,15 +281,15 @@ impl PartialDateTime {
         let mut v = *self;
         match unit {
             CalUnit::Year => {
-                v.year = i32::try_from(v.year as i64 + amount).ok()?;
+                v.year = i32::try_from((v.year as i64).checked_add(amount)?).ok()?;
                 v.day = v.day.min(days_in_month(v.year, v.month));
             }
             CalUnit::Month => {
                 if v.precision < Precision::Month {
                     // Year precision: whole years only.
-                    v.year = i32::try_from(v.year as i64 + amount / 12).ok()?;
+                    v.year = i32::try_from((v.year as i64).checked_add(amount / 12)?).ok()?;
                 } else {
-                    let total = v.year as i64 * 12 + (v.month as i64 - 1) + amount;
+                    let total = (v.year as i64 * 12 + (v.month as i64 - 1)).checked_add(amount)?;
                     v.year = i32::try_from(total.div_euclid(12)).ok()?;
                     v.month = (total.rem_euclid(12) + 1) as u8;
                     v.day = v.day.min(days_in_month(v.year, v.month));
@@ -309,7 +309,9 @@ impl PartialDateTime {
                     _ => 1,
                 };
                 let ms = ms / step_ms * step_ms;
-                let n = v.naive()?.checked_add_signed(Duration::milliseconds(ms))?;
+                let n = v
+                    .naive()?
+                    .checked_add_signed(Duration::try_milliseconds(ms)?)?;
                 if !(1..=9999).contains(&n.year()) {
                     return None;
                 }

@@ -268,6 +268,10 @@ fn pathological_inputs_are_rejected_or_bounded() {
         "79228162514264337593543950335.0 * 10".to_string(),
         "1e5".to_string(),
         "'\u{0}'.length()".to_string(),
+        "@2000-01-01T00:00:00 + (-9223372036854775807 - 1) 'ms'".to_string(),
+        "@2000-01-01T00:00:00 + 9223372036854775807 'ms'".to_string(),
+        "@2000-01-01 + 9223372036854775807 years".to_string(),
+        "@T10:00 + (-9223372036854775807 - 1) 'ms'".to_string(),
     ];
     for src in &cases {
         // run on a thread with the default 2 MiB test stack
