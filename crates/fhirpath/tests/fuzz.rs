@@ -284,3 +284,72 @@ fn pathological_inputs_are_rejected_or_bounded() {
         assert!(h.join().is_ok(), "panic on {:?}", &src[..src.len().min(60)]);
     }
 }
+
+fn mutate_json(rng: &mut Rng, v: &mut Value, depth: usize) {
+    let junk = |rng: &mut Rng| -> Value {
+        match rng.below(10) {
+            0 => Value::Null,
+            1 => Value::Bool(true),
+            2 => serde_json::from_str("1.50").unwrap(),
+            3 => Value::String("2024-13-45T99:99".into()),
+            4 => Value::Array(vec![Value::Null]),
+            5 => serde_json::json!({"extension": [{"url": 5}]}),
+            6 => serde_json::json!([{"value": "x"}, 3, null]),
+            7 => serde_json::from_str("123456789012345678901234567890").unwrap(),
+            8 => serde_json::json!({"resourceType": 7}),
+            _ => Value::String("山田".into()),
+        }
+    };
+    match v {
+        Value::Object(o) => {
+            let keys: Vec<String> = o.keys().cloned().collect();
+            for k in keys {
+                match rng.below(12) {
+                    0 => {
+                        o.insert(k.clone(), junk(rng));
+                    }
+                    1 => {
+                        o.insert(format!("_{k}"), junk(rng));
+                    }
+                    _ => {
+                        if depth < 20 {
+                            if let Some(x) = o.get_mut(&k) {
+                                mutate_json(rng, x, depth + 1);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Value::Array(a) => {
+            for x in a.iter_mut() {
+                if rng.below(8) == 0 {
+                    *x = junk(rng);
+                } else if depth < 20 {
+                    mutate_json(rng, x, depth + 1);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn malformed_resources_never_panic() {
+    let corpus = corpus();
+    let exprs: Vec<_> = corpus.iter().filter_map(|s| parse(s).ok()).collect();
+    let inputs = inputs();
+    let mut rng = Rng(0xDEAD_BEEF);
+    for _ in 0..300 {
+        let mut res = inputs[rng.below(inputs.len())].clone();
+        mutate_json(&mut rng, &mut res, 0);
+        for _ in 0..60 {
+            let e = &exprs[rng.below(exprs.len())];
+            let r = std::panic::catch_unwind(|| {
+                let ctx = Context::new(&res);
+                let _ = e.evaluate(&ctx, &res);
+            });
+            assert!(r.is_ok(), "panic on {} with {}", e.source(), res);
+        }
+    }
+}
