@@ -30,6 +30,13 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Make N copies of gzip'd NDJSON transaction bundles with fresh UUIDs (for the 10x data set).
+    Replicate {
+        #[arg(long, default_value_t = 10)]
+        times: usize,
+        input: std::path::PathBuf,
+        output: std::path::PathBuf,
+    },
     /// Typical searches, each run `iterations` times, one client.
     Search {
         #[arg(long, default_value = "http://127.0.0.1:8080/fhir")]
@@ -141,6 +148,11 @@ async fn main() -> anyhow::Result<()> {
                 pct(&all, 0.99)
             );
         }
+        Cmd::Replicate {
+            times,
+            input,
+            output,
+        } => replicate(times, &input, &output)?,
         Cmd::Search { base, iterations } => {
             check_loopback(&base)?;
             // pick real values from the data
@@ -238,4 +250,93 @@ fn enc(s: &str) -> String {
         }
     }
     o
+}
+
+fn is_uuid_at(b: &[u8], i: usize) -> bool {
+    const SHAPE: [usize; 5] = [8, 4, 4, 4, 12];
+    let mut p = i;
+    for (k, n) in SHAPE.iter().enumerate() {
+        for _ in 0..*n {
+            if p >= b.len() || !b[p].is_ascii_hexdigit() {
+                return false;
+            }
+            p += 1;
+        }
+        if k < 4 {
+            if p >= b.len() || b[p] != b'-' {
+                return false;
+            }
+            p += 1;
+        }
+    }
+    true
+}
+
+/// Rewrite every UUID in `line` to a new one derived from it and the copy number.
+fn rewrite_uuids(line: &str, copy: usize) -> String {
+    let b = line.as_bytes();
+    let mut out = String::with_capacity(line.len());
+    let mut i = 0;
+    while i < b.len() {
+        if (i == 0 || !b[i - 1].is_ascii_hexdigit()) && is_uuid_at(b, i) {
+            let u = &line[i..i + 36];
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ copy as u64;
+            for c in u.bytes() {
+                h ^= c as u64;
+                h = h.wrapping_mul(0x100_0000_01b3);
+            }
+            let h2 = h.rotate_left(29).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            out.push_str(&format!(
+                "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+                h >> 32,
+                (h >> 16) & 0xffff,
+                h & 0xfff,
+                h2 >> 52,
+                h2 & 0xffff_ffff_ffff
+            ));
+            i += 36;
+        } else {
+            let ch = line[i..].chars().next().unwrap_or(' ');
+            out.push(ch);
+            i += ch.len_utf8();
+        }
+    }
+    out
+}
+
+fn replicate(
+    times: usize,
+    input: &std::path::Path,
+    output: &std::path::Path,
+) -> anyhow::Result<()> {
+    use std::io::{BufRead, Write};
+    let text = {
+        let f = std::fs::File::open(input)?;
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(f), &mut s)?;
+        s
+    };
+    let out = std::fs::File::create(output)?;
+    let mut gz =
+        flate2::write::GzEncoder::new(std::io::BufWriter::new(out), flate2::Compression::fast());
+    let mut n = 0;
+    for copy in 0..times {
+        for line in std::io::Cursor::new(&text).lines() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let l = if copy == 0 {
+                line
+            } else {
+                rewrite_uuids(&line, copy)
+            };
+            gz.write_all(l.as_bytes())?;
+            gz.write_all(b"\n")?;
+            n += 1;
+        }
+    }
+    gz.finish()?;
+    println!("wrote {n} bundles to {}", output.display());
+    Ok(())
 }
