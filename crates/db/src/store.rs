@@ -609,7 +609,6 @@ impl Store {
     /// Storage figures: (resources, versions, database bytes).
     pub async fn stats(&self) -> Result<(i64, i64, i64), DbError> {
         let pg = self.is_postgres();
-        let path = self.sqlite_path().map(Path::to_path_buf);
         self.read_with(move |c, _| {
             let n = c
                 .query_one("SELECT COUNT(*) FROM resource WHERE deleted = 0", &[])?
@@ -624,13 +623,14 @@ impl Store {
                     .map(|r| r[0].i())
                     .unwrap_or(0)
             } else {
-                let p = path.unwrap_or_default();
-                let f = |s: &str| {
-                    std::fs::metadata(format!("{}{s}", p.display()))
-                        .map(|m| m.len() as i64)
-                        .unwrap_or(0)
+                // logical size of the database (WAL frames included, free pages excluded)
+                let one = |c: &mut dyn Sql, sql: &str| -> Result<i64, DbError> {
+                    Ok(c.query_one(sql, &[])?.map(|r| r[0].i()).unwrap_or(0))
                 };
-                f("") + f("-wal")
+                let pages = one(c, "PRAGMA page_count")?;
+                let free = one(c, "PRAGMA freelist_count")?;
+                let size = one(c, "PRAGMA page_size")?;
+                (pages - free) * size
             };
             Ok((n, v, bytes))
         })

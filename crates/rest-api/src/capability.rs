@@ -3,8 +3,17 @@
 use iryo_fhir_spec::SearchParamType as K;
 use serde_json::{json, Value};
 
-/// Build the CapabilityStatement for a base URL.
+static STATEMENT: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| build(""));
+
+/// The CapabilityStatement for a base URL (built once, then copied with the base and date).
 pub fn capability_statement(base: &str) -> Value {
+    let mut v = STATEMENT.clone();
+    v["implementation"]["url"] = json!(base);
+    v["date"] = json!(crate::handlers::instant(iryo_db::now_ms()));
+    v
+}
+
+fn build(base: &str) -> Value {
     let model = iryo_search::model();
     let mut resources = vec![];
     for ty in model.resource_types() {

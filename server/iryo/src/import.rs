@@ -155,6 +155,15 @@ pub async fn run(
         "取り込み完了 (import done): {loaded} 件登録 (loaded), {rejected} 件拒否 (rejected), {secs:.1} 秒, {:.0} 件/秒",
         loaded as f64 / secs.max(0.001)
     );
+    if let Ok((n, versions, bytes)) = state.store.stats().await {
+        if n > 0 {
+            println!(
+                "保存領域 (store): {n} リソース, {versions} 版, {:.1} MiB, {:.0} バイト/リソース (bytes per resource)",
+                bytes as f64 / 1048576.0,
+                bytes as f64 / n as f64
+            );
+        }
+    }
     let reasons = summary.reasons.lock().unwrap_or_else(|e| e.into_inner());
     for r in reasons.iter() {
         println!("  拒否 (rejected): {r}");
