@@ -360,7 +360,7 @@ pub(crate) fn eval<'a>(ast: &Ast, env: &Env<'_, 'a>) -> R<'a> {
         Ast::Total => Ok(env.total.map(|t| t.to_vec()).unwrap_or_default()),
         Ast::Env(name) => env_var(name, env),
         Ast::Member(None, name) => {
-            let mut out = Vec::new();
+            let mut out = Vec::with_capacity(env.focus.len());
             let model = env.model();
             for it in env.focus {
                 // A type name as the first step selects the focus if it is of that type.
@@ -397,7 +397,7 @@ pub(crate) fn eval<'a>(ast: &Ast, env: &Env<'_, 'a>) -> R<'a> {
                 }
             }
             let base = eval(t, env)?;
-            let mut out = Vec::new();
+            let mut out = Vec::with_capacity(base.len());
             let model = env.model();
             for it in &base {
                 navigate(model, it, name, &mut out);
