@@ -446,3 +446,21 @@ fn aggregates_sum_min_max_avg() {
         .evaluate(&ctx, &e)
         .is_err());
 }
+
+/// JP-CLINS R1013 (JP_Patient_eCS `valid-value-insurance-patientIdentifier`), expression verbatim.
+#[test]
+fn jp_clins_insurance_member_id_rule() {
+    let src = r#"(identifier.where(system = 'http://jpfhir.jp/fhir/clins/Idsystem/JP_Insurance_memberID').count()=1 and identifier.where(system = 'http://jpfhir.jp/fhir/clins/Idsystem/JP_Insurance_memberID').value.matches('^[0-9]{8}:[^:^\\s^　]*:[^:^\\s^　]*:(.{0}|[0-9][0-9])$'))"#;
+    let expr = parse(src).unwrap();
+    let check = |v: &str| {
+        let p = json!({"resourceType": "Patient", "identifier": [{"system": "http://jpfhir.jp/fhir/clins/Idsystem/JP_Insurance_memberID", "value": v}]});
+        expr.evaluate_bool(&Context::new(&p), &p).unwrap()
+    };
+    assert_eq!(check("00012345:あいう:１８７:05"), Some(true));
+    assert_eq!(check("00012345::１８７:"), Some(true));
+    assert_eq!(check("0012345:a:b:05"), Some(false));
+    assert_eq!(check("00012345:a b:c:05"), Some(false));
+    assert_eq!(check("00012345:a　b:c:05"), Some(false));
+    assert_eq!(check("00012345:a:b:5"), Some(false));
+    assert_eq!(check("00012345:a:b"), Some(false));
+}
