@@ -15,7 +15,8 @@
 //! * [`session`]: opaque web sessions with idle/absolute timeouts and CSRF;
 //! * [`audit`]: a hash-chained access log rendered as FHIR AuditEvent (BALP);
 //! * [`backup`]: AES-256-GCM encrypted, authenticated backup containers;
-//! * [`store`]: persistence ([`store::SqliteSecurityStore`]);
+//! * [`store`]: persistence on SQLite ([`store::SqliteSecurityStore`]) or
+//!   PostgreSQL ([`store::PgSecurityStore`]), one SQL text for both;
 //! * [`accounts`]: account lifecycle and the login flow on top of the store;
 //! * [`report`]: the 令和7年度 checklist evidence report.
 //!

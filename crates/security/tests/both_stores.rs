@@ -293,10 +293,47 @@ fn store_conformance() {
         ))
         .unwrap();
         assert_eq!(s.verify_audit_chain("a").unwrap(), Ok(12), "{engine}");
+        // A batch (several tenants mixed) is one transaction and keeps the chains.
+        let batch: Vec<_> = (0..5)
+            .map(|i| {
+                NewAuditEntry::new(
+                    t0(),
+                    if i % 2 == 0 { "c" } else { "d" },
+                    "dr",
+                    AuditAction::Search,
+                    AuditOutcome::Success,
+                )
+            })
+            .collect();
+        let recs = s.append_audit_many(batch).unwrap();
         assert_eq!(
-            s.audit_tenants().unwrap(),
-            vec!["a".to_string(), "b".to_string()]
+            recs.iter().map(|r| r.entry.seq).collect::<Vec<_>>(),
+            vec![1, 1, 2, 2, 3]
         );
+        assert_eq!(s.verify_audit_chain("c").unwrap(), Ok(3));
+        assert_eq!(s.verify_audit_chain("d").unwrap(), Ok(2));
+        let mut bad = vec![NewAuditEntry::new(
+            t0(),
+            "c",
+            "dr",
+            AuditAction::Read,
+            AuditOutcome::Success,
+        )];
+        bad.push(NewAuditEntry::new(
+            t0(),
+            "c",
+            "dr",
+            AuditAction::Read,
+            AuditOutcome::Success,
+        ));
+        bad[1].details = serde_json::json!("not an object");
+        assert!(s.append_audit_many(bad).is_err());
+        assert_eq!(
+            s.verify_audit_chain("c").unwrap(),
+            Ok(3),
+            "nothing of a refused batch is written"
+        );
+        assert_eq!(s.audit_tenants().unwrap(), vec!["a", "b", "c", "d"]);
         let r = s.audit_range("a", 5, 3).unwrap();
         assert_eq!(
             r.iter().map(|x| x.entry.seq).collect::<Vec<_>>(),

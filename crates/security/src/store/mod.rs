@@ -240,6 +240,11 @@ pub trait SecurityStore: Send + Sync {
 
     /// Appends to the tenant's hash chain atomically; returns the sealed record.
     fn append_audit(&self, entry: NewAuditEntry) -> Result<AuditRecord>;
+    /// Appends several entries (e.g. one per resource a search returned) in
+    /// one transaction: all or none, one commit.
+    fn append_audit_many(&self, entries: Vec<NewAuditEntry>) -> Result<Vec<AuditRecord>> {
+        entries.into_iter().map(|e| self.append_audit(e)).collect()
+    }
     /// Entries with `seq >= from_seq`, in order, at most `limit`.
     fn audit_range(&self, tenant: &str, from_seq: u64, limit: u32) -> Result<Vec<AuditRecord>>;
     fn audit_head(&self, tenant: &str) -> Result<Option<AuditRecord>>;

@@ -325,19 +325,36 @@ impl<C: Conn> SecurityStore for SqlSecurityStore<C> {
     }
 
     fn append_audit(&self, e: NewAuditEntry) -> Result<AuditRecord> {
-        check_details(&e)?;
+        let mut v = self.append_audit_many(vec![e])?;
+        v.pop()
+            .ok_or_else(|| SecurityError::storage("audit append returned nothing"))
+    }
+
+    fn append_audit_many(&self, entries: Vec<NewAuditEntry>) -> Result<Vec<AuditRecord>> {
+        for e in &entries {
+            check_details(e)?;
+        }
         self.tx(|c| {
-            c.lock_audit_chain(&e.tenant)?;
-            let last = c
-                .rows(&schema::select_audit_last(), &[s(&e.tenant)], &|r| {
-                    audit_from(r)
-                })?
-                .into_iter()
-                .next();
-            let seq = last.as_ref().map(|l| l.entry.seq + 1).unwrap_or(1);
-            let rec = audit::seal(e.into_entry(seq), last.as_ref());
-            c.exec(schema::INSERT_AUDIT, &audit_values(&rec)?)?;
-            Ok(rec)
+            let mut out: Vec<AuditRecord> = Vec::with_capacity(entries.len());
+            for e in entries {
+                // The previous record of this tenant: from this batch, or the store.
+                let last = match out.iter().rev().find(|r| r.entry.tenant == e.tenant) {
+                    Some(r) => Some(r.clone()),
+                    None => {
+                        c.lock_audit_chain(&e.tenant)?;
+                        c.rows(&schema::select_audit_last(), &[s(&e.tenant)], &|r| {
+                            audit_from(r)
+                        })?
+                        .into_iter()
+                        .next()
+                    }
+                };
+                let seq = last.as_ref().map(|l| l.entry.seq + 1).unwrap_or(1);
+                let rec = audit::seal(e.into_entry(seq), last.as_ref());
+                c.exec(schema::INSERT_AUDIT, &audit_values(&rec)?)?;
+                out.push(rec);
+            }
+            Ok(out)
         })
     }
 
