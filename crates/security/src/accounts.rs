@@ -454,6 +454,34 @@ impl<S: SecurityStore> Accounts<S> {
         Ok(u)
     }
 
+    /// Clears a user's second factor (lost device) so that TOTP is enrolled
+    /// again at the next login; recovery codes are revoked and sessions end.
+    /// Administrators only; logged.
+    pub fn reset_totp(
+        &self,
+        actor: Actor<'_>,
+        tenant: &str,
+        username: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<UserRecord> {
+        actor.check(tenant)?;
+        let mut u = self.user_by_name(tenant, username)?;
+        u.totp_secret = None;
+        u.totp_enabled = false;
+        self.store.update_user(&u)?;
+        self.store
+            .replace_recovery_codes(tenant, &u.user_id, &[], now)?;
+        self.store.delete_user_sessions(tenant, &u.user_id)?;
+        self.log_admin(
+            &actor,
+            tenant,
+            now,
+            json!({"op": "reset-totp", "user": u.username, "reason": reason}),
+        )?;
+        Ok(u)
+    }
+
     /// Disables accounts not used for [`SecurityConfig::dormant_after`]
     /// (counting from creation when never used). Returns the user names.
     pub fn disable_dormant(&self, tenant: &str, now: DateTime<Utc>) -> Result<Vec<String>> {

@@ -278,6 +278,65 @@ pub fn authorize_admin(principal: &Principal, tenant: &str) -> Decision {
     }
 }
 
+/// The audit entry for an access decision: the interaction as action, the
+/// patient and resources touched, `denied` with the reason when refused, and
+/// the break-glass grant when it was needed. One entry per request; for
+/// searches pass every returned resource in `resources`.
+pub fn access_audit_entry(
+    principal: &Principal,
+    req: &AccessRequest<'_>,
+    decision: &Decision,
+    resources: Vec<String>,
+    source_ip: Option<&str>,
+) -> crate::store::NewAuditEntry {
+    use crate::audit::{AuditAction, AuditOutcome};
+    let action = match req.interaction {
+        Interaction::Read => AuditAction::Read,
+        Interaction::Search => AuditAction::Search,
+        Interaction::Create => AuditAction::Create,
+        Interaction::Update => AuditAction::Update,
+        Interaction::Delete => AuditAction::Delete,
+        Interaction::History => AuditAction::History,
+        Interaction::Export => AuditAction::Export,
+    };
+    let outcome = if decision.is_allowed() {
+        AuditOutcome::Success
+    } else {
+        AuditOutcome::Denied
+    };
+    let mut e =
+        crate::store::NewAuditEntry::new(req.now, req.tenant, &principal.subject, action, outcome);
+    e.role = principal.role.map(|r| r.code().to_string());
+    e.source_ip = source_ip.map(str::to_string);
+    e.patient = req.patient_compartment.map(str::to_string);
+    e.resources = resources;
+    let mut details = serde_json::Map::new();
+    details.insert("resource_type".into(), req.resource_type.into());
+    if principal.tenant != req.tenant {
+        details.insert("principal_tenant".into(), principal.tenant.clone().into());
+    }
+    match decision {
+        Decision::Deny(r) => {
+            details.insert("reason".into(), r.message_en().into());
+            details.insert(
+                "reason_code".into(),
+                serde_json::to_value(r).unwrap_or_default(),
+            );
+        }
+        Decision::Allow(g) => {
+            if let Some(bg) = &g.break_glass {
+                details.insert("break_glass".into(), bg.id.clone().into());
+                details.insert("reason".into(), bg.reason.clone().into());
+            }
+            if let Some(p) = &g.restrict_to_patient {
+                details.insert("restricted_to_patient".into(), p.clone().into());
+            }
+        }
+    }
+    e.details = serde_json::Value::Object(details);
+    e
+}
+
 /// Requests a break-glass grant. The reason is mandatory (at least 5
 /// characters), the duration is limited to [`BREAK_GLASS_MAX`], and only
 /// clinical professionals may break the glass. The caller must write the
@@ -553,6 +612,38 @@ mod tests {
             !authorize(&nurse, &req(Interaction::Delete, "Observation", Some("p9"))).is_allowed()
         );
         assert!(!authorize(&nurse, &req(Interaction::Read, "AuditEvent", None)).is_allowed());
+    }
+
+    #[test]
+    fn access_decisions_become_audit_entries() {
+        use crate::audit::{AuditAction, AuditOutcome};
+        let p = user(Role::MedicalClerk);
+        let mut r = req(Interaction::Read, "Observation", Some("p1"));
+        r.tenant = "clinic-b";
+        let d = authorize(&p, &r);
+        let e = access_audit_entry(
+            &p,
+            &r,
+            &d,
+            vec!["Observation/1".into()],
+            Some("198.51.100.2"),
+        );
+        assert_eq!(e.action, AuditAction::Read);
+        assert_eq!(e.outcome, AuditOutcome::Denied);
+        assert_eq!(e.tenant, "clinic-b");
+        assert_eq!(e.details["reason_code"], "wrong-tenant");
+        assert_eq!(e.details["principal_tenant"], "clinic-a");
+        let mut nurse = user(Role::Nurse);
+        nurse.break_glass = Some(
+            request_break_glass(&nurse, "急変のため対応", None, BREAK_GLASS_DEFAULT, now())
+                .unwrap(),
+        );
+        let r = req(Interaction::Create, "MedicationRequest", Some("p1"));
+        let d = authorize(&nurse, &r);
+        let e = access_audit_entry(&nurse, &r, &d, vec![], None);
+        assert_eq!(e.outcome, AuditOutcome::Success);
+        assert_eq!(e.details["reason"], "急変のため対応");
+        assert_eq!(e.patient.as_deref(), Some("p1"));
     }
 
     #[test]

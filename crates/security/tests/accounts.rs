@@ -880,3 +880,37 @@ fn second_factor_brute_force_locks_the_account() {
         0
     );
 }
+
+#[test]
+fn admin_resets_a_lost_second_factor() {
+    let a = service();
+    let admin = a.bootstrap_admin("t", t0()).unwrap().unwrap();
+    let otp = staff(&a, "t", "dr9", Role::Physician);
+    let (uid, _secret, recovery) =
+        first_login(&a, "t", "dr9", &otp, "isha-no-nagai-pasuwaado", t0());
+    let e = a
+        .reset_totp(
+            Actor::Host("op"),
+            "t",
+            "dr9",
+            "端末紛失",
+            t0() + Duration::minutes(1),
+        )
+        .unwrap();
+    assert!(!e.totp_enabled && e.totp_secret.is_none());
+    assert_eq!(a.store().remaining_recovery_codes("t", &uid).unwrap(), 0);
+    assert!(a
+        .use_recovery_code("t", &uid, &recovery[0], IP, t0() + Duration::minutes(2))
+        .is_err());
+    let r = a
+        .login_password(
+            "t",
+            "dr9",
+            "isha-no-nagai-pasuwaado",
+            IP,
+            t0() + Duration::minutes(3),
+        )
+        .unwrap();
+    assert_eq!(r.step, LoginStep::EnrolSecondFactor);
+    assert_eq!(admin.user.username, "admin");
+}
