@@ -314,8 +314,9 @@ impl LockoutPolicy {
             return Duration::zero();
         }
         let exp = (failures - self.threshold).min(20);
-        let d = self.base_delay * (1i32 << exp);
-        d.min(self.max_delay)
+        self.base_delay
+            .checked_mul(1i32 << exp)
+            .map_or(self.max_delay, |d| d.min(self.max_delay))
     }
 }
 
@@ -511,6 +512,13 @@ mod tests {
         assert_eq!(l.delay_after(8), Duration::seconds(240));
         assert_eq!(l.delay_after(100), Duration::hours(1));
         assert_eq!(l.delay_after(u32::MAX), Duration::hours(1));
+        // An extreme configuration does not overflow.
+        let huge = LockoutPolicy {
+            threshold: 0,
+            base_delay: Duration::days(1_000_000_000),
+            max_delay: Duration::days(1),
+        };
+        assert_eq!(huge.delay_after(30), Duration::days(1));
     }
 
     #[test]

@@ -201,7 +201,7 @@ pub fn security_report<S: SecurityStore + ?Sized>(
                 "アクセスログ{}件をハッシュチェーンで検証し改ざん・削除・挿入なし(最新 #{}、ハッシュ {}…)",
                 n,
                 h.entry.seq,
-                &h.hash[..16.min(h.hash.len())]
+                h.hash.chars().take(16).collect::<String>()
             ),
         ),
         (Ok(_), None) => (false, "アクセスログがまだありません".to_string()),

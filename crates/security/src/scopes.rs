@@ -202,7 +202,7 @@ impl Scope {
         };
         let mut constraints = Vec::new();
         if let Some(q) = query {
-            if query.is_some() && perm.chars().any(|c| !"cruds".contains(c)) {
+            if perm.chars().any(|c| !"cruds".contains(c)) {
                 return Err(bad(s, "search parameters need v2 permissions"));
             }
             for pair in q.split('&') {
