@@ -609,6 +609,28 @@ impl<S: SecurityStore> Accounts<S> {
         self.usable(u, now)
     }
 
+    /// Counts and logs a failed second factor.
+    fn second_factor_failed(
+        &self,
+        u: &UserRecord,
+        source_ip: &str,
+        now: DateTime<Utc>,
+        why: &str,
+    ) -> Result<()> {
+        self.register_failure(&u.tenant, &u.user_id, now)?;
+        self.log(
+            now,
+            &u.tenant,
+            &u.user_id,
+            Some(u.role.code().into()),
+            AuditAction::LoginFailed,
+            AuditOutcome::Denied,
+            Some(source_ip),
+            json!({ "reason": why }),
+        )?;
+        Ok(())
+    }
+
     /// Clears the failure counter after a successful second factor.
     fn clear_failures(&self, tenant: &str, user_id: &str) -> Result<()> {
         let mut u = self.user_by_id(tenant, user_id)?;
@@ -871,7 +893,6 @@ impl<S: SecurityStore> Accounts<S> {
         now: DateTime<Utc>,
     ) -> Result<LoginTicket> {
         let u = self.user_by_id(tenant, user_id)?;
-        let role = Some(u.role.code().to_string());
         self.second_factor_gate(&u, source_ip, now)?;
         let secret = match (self.open_totp(&u)?, u.totp_enabled) {
             (Some(s), true) => s,
@@ -894,17 +915,7 @@ impl<S: SecurityStore> Accounts<S> {
             }
         });
         if let Err(e) = r {
-            self.register_failure(tenant, user_id, now)?;
-            self.log(
-                now,
-                tenant,
-                user_id,
-                role,
-                AuditAction::LoginFailed,
-                AuditOutcome::Denied,
-                Some(source_ip),
-                json!({"reason": e.message_en}),
-            )?;
+            self.second_factor_failed(&u, source_ip, now, &e.message_en)?;
             return Err(e);
         }
         self.clear_failures(tenant, user_id)?;
@@ -928,17 +939,7 @@ impl<S: SecurityStore> Accounts<S> {
             .store
             .use_recovery_code(tenant, user_id, &totp::hash_recovery_code(code), now)?
         {
-            self.register_failure(tenant, user_id, now)?;
-            self.log(
-                now,
-                tenant,
-                user_id,
-                role,
-                AuditAction::LoginFailed,
-                AuditOutcome::Denied,
-                Some(source_ip),
-                json!({"reason": "bad recovery code"}),
-            )?;
+            self.second_factor_failed(&u, source_ip, now, "bad recovery code")?;
             return Err(SecurityError::new(
                 ErrorKind::Unauthenticated,
                 "リカバリーコードが正しくないか、既に使用されています",

@@ -105,16 +105,12 @@ impl AuditAction {
 impl FromStr for AuditAction {
     type Err = SecurityError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        AuditAction::ALL
-            .iter()
-            .copied()
-            .find(|a| a.code() == s)
-            .ok_or_else(|| {
-                SecurityError::invalid(
-                    format!("不明な監査操作です: {s}"),
-                    format!("unknown audit action: {s}"),
-                )
-            })
+        crate::parse_code(
+            &AuditAction::ALL,
+            AuditAction::code,
+            s,
+            ("監査操作", "audit action"),
+        )
     }
 }
 
@@ -142,15 +138,12 @@ impl AuditOutcome {
 impl FromStr for AuditOutcome {
     type Err = SecurityError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "success" => Ok(AuditOutcome::Success),
-            "denied" => Ok(AuditOutcome::Denied),
-            "error" => Ok(AuditOutcome::Error),
-            _ => Err(SecurityError::invalid(
-                format!("不明な結果です: {s}"),
-                format!("unknown outcome: {s}"),
-            )),
-        }
+        const ALL: [AuditOutcome; 3] = [
+            AuditOutcome::Success,
+            AuditOutcome::Denied,
+            AuditOutcome::Error,
+        ];
+        crate::parse_code(&ALL, AuditOutcome::code, s, ("結果", "outcome"))
     }
 }
 

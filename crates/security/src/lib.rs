@@ -79,6 +79,22 @@ pub(crate) fn sha256_hex(data: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(data))
 }
 
+/// Finds the value of `all` whose `code` is `s` (for `FromStr` of code
+/// enums); `what` names the kind in Japanese and English for the error.
+pub(crate) fn parse_code<T: Copy>(
+    all: &[T],
+    code: impl Fn(T) -> &'static str,
+    s: &str,
+    what: (&str, &str),
+) -> Result<T> {
+    all.iter().copied().find(|v| code(*v) == s).ok_or_else(|| {
+        SecurityError::invalid(
+            format!("不明な{}です: {s}", what.0),
+            format!("unknown {}: {s}", what.1),
+        )
+    })
+}
+
 /// Constant-time equality of two byte strings.
 pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {

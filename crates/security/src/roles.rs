@@ -189,16 +189,12 @@ impl Interaction {
 impl FromStr for Interaction {
     type Err = SecurityError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Interaction::ALL
-            .iter()
-            .copied()
-            .find(|i| i.code() == s)
-            .ok_or_else(|| {
-                SecurityError::invalid(
-                    format!("不明な操作です: {s}"),
-                    format!("unknown interaction: {s}"),
-                )
-            })
+        crate::parse_code(
+            &Interaction::ALL,
+            Interaction::code,
+            s,
+            ("操作", "interaction"),
+        )
     }
 }
 
