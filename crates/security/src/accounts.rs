@@ -510,6 +510,22 @@ impl<S: SecurityStore> Accounts<S> {
         Ok(done)
     }
 
+    /// Periodic job (e.g. hourly): disables dormant accounts in every tenant
+    /// and deletes expired sessions. Returns (tenant, user name) of the
+    /// accounts disabled and the number of sessions removed.
+    pub fn housekeeping(&self, now: DateTime<Utc>) -> Result<(Vec<(String, String)>, u64)> {
+        let mut disabled = Vec::new();
+        for t in self.store.list_tenants()? {
+            for u in self.disable_dormant(&t, now)? {
+                disabled.push((t.clone(), u));
+            }
+        }
+        let purged = self
+            .store
+            .purge_sessions(now, now - self.config.session.idle_timeout)?;
+        Ok((disabled, purged))
+    }
+
     /// Every account of the tenant with role, administrator rights, 2FA
     /// state and last login.
     pub fn account_report(

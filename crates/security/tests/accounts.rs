@@ -914,3 +914,33 @@ fn admin_resets_a_lost_second_factor() {
     assert_eq!(r.step, LoginStep::EnrolSecondFactor);
     assert_eq!(admin.user.username, "admin");
 }
+
+#[test]
+fn housekeeping_sweeps_all_tenants() {
+    let a = service();
+    staff(&a, "clinic-a", "old1", Role::Nurse);
+    staff(&a, "clinic-b", "old2", Role::Physician);
+    let otp = staff(&a, "clinic-b", "fresh", Role::Nurse);
+    let (_uid, _, _) = first_login(
+        &a,
+        "clinic-b",
+        "fresh",
+        &otp,
+        "kangoshi-no-nagai-pw",
+        t0() + Duration::days(80),
+    );
+    let (mut disabled, purged) = a.housekeeping(t0() + Duration::days(91)).unwrap();
+    disabled.sort();
+    assert_eq!(
+        disabled,
+        vec![
+            ("clinic-a".to_string(), "old1".to_string()),
+            ("clinic-b".to_string(), "old2".to_string())
+        ]
+    );
+    // The session of "fresh" (started on day 80) is long idle.
+    assert_eq!(purged, 1);
+    let (again, purged) = a.housekeeping(t0() + Duration::days(91)).unwrap();
+    assert!(again.is_empty());
+    assert_eq!(purged, 0);
+}
