@@ -34,7 +34,7 @@ const RULES_EN: &[(&str, &str)] = &[
     ("R1113", "Patient names (kanji and kana) must not contain full-width spaces; separate family and given names by nothing or a half-width space."),
     ("R5020", "Exactly one of the MHLW usage code (e-prescription) or the dummy usage code must be used."),
     ("R5021", "The MHLW usage code (e-prescription) and the dummy usage code must not be used together."),
-    ("R3010", "For CLINS, medicationCodeableConcept should contain a YJ code or a standardized drug ingredient code (規格別薬剤成分コード); other code systems may be added."),
+    ("R3010", "For CLINS, medicationCodeableConcept should contain a YJ code or a standardized per-strength drug ingredient code (Kikakubetsu Yakuzai Seibun); other code systems may be added."),
     ("valid-value-institutionNumberExtension", "The institution number (valueIdentifier.value) must be 10 digits: prefecture (2), category (1–3) and institution code (7)."),
     ("needs-performer-on-CLINS", "Note: a performer is required when this Observation is sent to CLINS as one of the 5 information items (no problem otherwise)."),
     ("warn-localCode-observation-laboresult", "Note: Observation.code.coding needs a local code when sent to CLINS as one of the 5 information items (no problem otherwise)."),
