@@ -1,0 +1,311 @@
+//! The HTTP face of the platform: `/clins/fhir/...` operations with bearer-token
+//! authentication (platform tokens signed by `iryo-security`'s [`TokenService`]).
+//!
+//! [`TokenService`]: iryo_security::token::TokenService
+
+use crate::checks::Issue;
+use crate::ids;
+use crate::service::{Actor, Binding, ClinsState, Refusal};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use iryo_security::audit::{AuditAction, AuditOutcome};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+/// The platform's routes under `/clins/fhir`; merge into the main app with
+/// `app.merge(iryo_clins::router(state))`.
+pub fn router(state: ClinsState) -> Router {
+    Router::new()
+        .route("/clins/fhir/$register", post(register))
+        .route("/clins/fhir/$withdraw", post(withdraw))
+        .route("/clins/fhir/$change", post(change))
+        .route("/clins/fhir/$consent", post(consent))
+        .route("/clins/fhir/$discharge", post(discharge))
+        .route("/clins/fhir/Patient/$clins-view", get(institution_view))
+        .route("/clins/fhir/$my-records", get(patient_view))
+        .route("/clins/fhir/$checkup-reports", get(insurer_view))
+        .route("/clins/fhir/$referrals", get(referrals))
+        .route("/clins/fhir/$referral", get(fetch_referral))
+        .route("/clins/fhir/$retention", post(retention))
+        .with_state(state)
+}
+
+fn fhir(status: u16, body: Value) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        code,
+        [("content-type", "application/fhir+json; charset=utf-8")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn done(r: Result<Value, Refusal>) -> Response {
+    match r {
+        Ok(v) => fhir(200, v),
+        Err(e) => fhir(e.status, e.outcome()),
+    }
+}
+
+fn unauthorized(en: &str) -> Refusal {
+    Refusal::new(
+        401,
+        Issue::error(
+            "CLINS-AUTH",
+            "",
+            "認証が必要です(有効なアクセストークンを指定してください)",
+            format!("authentication required: {en}"),
+        ),
+    )
+}
+
+/// The caller, from the bearer token; refusals are logged.
+async fn actor(state: &ClinsState, headers: &HeaderMap) -> Result<Actor, Response> {
+    let r = resolve(state, headers).await;
+    match r {
+        Ok(a) => Ok(a),
+        Err(e) => {
+            let anon = Actor::Operator {
+                subject: "anonymous".into(),
+            };
+            state
+                .log(
+                    &anon,
+                    AuditAction::Login,
+                    AuditOutcome::Denied,
+                    None,
+                    vec![],
+                    json!({"refused": e.issues.iter().map(|i| i.key.clone()).collect::<Vec<_>>(), "reason": e.issues[0].message_en}),
+                )
+                .await;
+            Err(fhir(e.status, e.outcome()))
+        }
+    }
+}
+
+async fn resolve(state: &ClinsState, headers: &HeaderMap) -> Result<Actor, Refusal> {
+    let token = headers
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .ok_or_else(|| unauthorized("missing bearer token"))?;
+    let claims = state
+        .inner
+        .tokens
+        .verify_claims(token.trim(), &state.inner.config.tenant, Utc::now())
+        .map_err(|e| unauthorized(&e.to_string()))?;
+    match claims.role.as_deref() {
+        Some("patient") => {
+            let raw = claims
+                .patient
+                .ok_or_else(|| unauthorized("patient token without patient key"))?;
+            let key = ids::normalize_patient_key(&raw).map_err(|(_, en)| unauthorized(&en))?;
+            Ok(Actor::Patient {
+                subject: claims.sub,
+                key,
+            })
+        }
+        Some("platform-operator") => Ok(Actor::Operator {
+            subject: claims.sub,
+        }),
+        _ => match state.binding(&claims.sub).await {
+            Some(Binding::Institution(number)) => Ok(Actor::Institution {
+                client: claims.sub,
+                number,
+            }),
+            Some(Binding::Insurer(number)) if claims.role.as_deref() == Some("insurer") => {
+                Ok(Actor::Insurer {
+                    client: claims.sub,
+                    number,
+                })
+            }
+            _ => Err(Refusal::new(
+                403,
+                Issue::error(
+                    "CLINS-UNBOUND-CLIENT",
+                    "",
+                    "このクライアントは医療機関番号・保険者番号に紐付けられていません",
+                    "this client is not bound to an institution or insurer number",
+                ),
+            )),
+        },
+    }
+}
+
+/// `valueString`/`valueIdentifier.value`/`valueBoolean` of a Parameters parameter.
+fn param<'a>(p: &'a Value, name: &str) -> Option<&'a Value> {
+    p["parameter"]
+        .as_array()?
+        .iter()
+        .find(|x| x["name"] == name)
+}
+
+fn param_str<'a>(p: &'a Value, name: &str) -> Option<&'a str> {
+    let x = param(p, name)?;
+    x["valueString"]
+        .as_str()
+        .or_else(|| x["valueIdentifier"]["value"].as_str())
+        .or_else(|| x["valueCode"].as_str())
+}
+
+fn missing(name: &str) -> Response {
+    let e = Refusal::new(
+        400,
+        Issue::error(
+            "CLINS-PARAMETER",
+            name,
+            format!("パラメータ {name} がありません"),
+            format!("parameter {name} is missing"),
+        ),
+    );
+    fhir(400, e.outcome())
+}
+
+async fn register(State(s): State<ClinsState>, h: HeaderMap, body: Json<Value>) -> Response {
+    let a = match actor(&s, &h).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    done(s.register(&a, body.0).await)
+}
+
+async fn withdraw(State(s): State<ClinsState>, h: HeaderMap, body: Json<Value>) -> Response {
+    let a = match actor(&s, &h).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let (Some(pk), Some(id)) = (
+        param_str(&body, "patientKey"),
+        param_str(&body, "identifier"),
+    ) else {
+        return missing("patientKey, identifier");
+    };
+    done(s.withdraw(&a, pk, id).await)
+}
+
+async fn change(State(s): State<ClinsState>, h: HeaderMap, body: Json<Value>) -> Response {
+    let a = match actor(&s, &h).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let (Some(pk), Some(id), Some(b)) = (
+        param_str(&body, "patientKey"),
+        param_str(&body, "identifier"),
+        param(&body, "resource").map(|p| p["resource"].clone()),
+    ) else {
+        return missing("patientKey, identifier, resource");
+    };
+    done(s.change(&a, Some((pk, id)), b).await)
+}
+
+async fn consent(State(s): State<ClinsState>, h: HeaderMap, body: Json<Value>) -> Response {
+    let a = match actor(&s, &h).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let Some(pk) = param_str(&body, "patientKey") else {
+        return missing("patientKey");
+    };
+    let inpatient = param(&body, "inpatient")
+        .and_then(|p| p["valueBoolean"].as_bool())
+        .unwrap_or(false);
+    done(s.record_consent(&a, pk, inpatient, Utc::now()).await)
+}
+
+async fn discharge(State(s): State<ClinsState>, h: HeaderMap, body: Json<Value>) -> Response {
+    let a = match actor(&s, &h).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let Some(pk) = param_str(&body, "patientKey") else {
+        return missing("patientKey");
+    };
+    done(s.discharge(&a, pk, Utc::now()).await)
+}
+
+async fn institution_view(
+    State(s): State<ClinsState>,
+    h: HeaderMap,
+    q: Query<HashMap<String, String>>,
+) -> Response {
+    let a = match actor(&s, &h).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let Some(pk) = q.get("patientKey") else {
+        return missing("patientKey");
+    };
+    done(s.institution_view(&a, pk, Utc::now()).await)
+}
+
+async fn patient_view(State(s): State<ClinsState>, h: HeaderMap) -> Response {
+    let a = match actor(&s, &h).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    done(s.patient_view(&a, Utc::now()).await)
+}
+
+async fn insurer_view(State(s): State<ClinsState>, h: HeaderMap) -> Response {
+    let a = match actor(&s, &h).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    done(s.insurer_view(&a).await)
+}
+
+async fn referrals(State(s): State<ClinsState>, h: HeaderMap) -> Response {
+    let a = match actor(&s, &h).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    done(s.referrals(&a, Utc::now()).await)
+}
+
+async fn fetch_referral(
+    State(s): State<ClinsState>,
+    h: HeaderMap,
+    q: Query<HashMap<String, String>>,
+) -> Response {
+    let a = match actor(&s, &h).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let Some(id) = q.get("identifier") else {
+        return missing("identifier");
+    };
+    done(s.fetch_referral(&a, id, Utc::now()).await)
+}
+
+async fn retention(State(s): State<ClinsState>, h: HeaderMap) -> Response {
+    let a = match actor(&s, &h).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    if !matches!(a, Actor::Operator { .. }) {
+        return fhir(
+            403,
+            Refusal::new(
+                403,
+                Issue::error(
+                    "CLINS-FORBIDDEN",
+                    "",
+                    "保存期間処理は運用者だけが実行できます",
+                    "only the platform operator may run retention",
+                ),
+            )
+            .outcome(),
+        );
+    }
+    done(s.run_retention(Utc::now()).await.map(|r| {
+        json!({"resourceType": "Parameters", "parameter": [
+            {"name": "removed", "valueInteger": r.removed_units.len()},
+            {"name": "trimmed", "valueInteger": r.trimmed_units.len()},
+            {"name": "referrals", "valueInteger": r.removed_referrals.len()},
+        ]})
+    }))
+}

@@ -1,0 +1,295 @@
+//! Building the views from stored report units (jp-clins.md §7): viewing windows, flags
+//! (UNDELIVERED, UNINFORMED, LTS), source institution of every item, insurer item rules.
+
+use crate::checks::Kind;
+use crate::ids::{self, PatientKey};
+use crate::service::{ensure_institution, tag_of, T_KIND, T_REGISTERED, T_SOURCE};
+use chrono::{DateTime, NaiveDate, Utc};
+use serde_json::{json, Value};
+
+/// Extension marking an UNINFORMED (未告知) diagnosis with its date, in institution views.
+pub const UNINFORMED_EXT: &str = "urn:iryo:clins:uninformed-date";
+const DAY_MS: i64 = 86_400_000;
+
+/// Milliseconds of a FHIR date/dateTime (partial dates at their start; local offset honoured).
+pub fn date_ms(s: &str) -> Option<i64> {
+    if s.len() > 10 {
+        return DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|d| d.timestamp_millis());
+    }
+    let padded = match s.len() {
+        4 => format!("{s}-01-01"),
+        7 => format!("{s}-01"),
+        10 => s.to_string(),
+        _ => return None,
+    };
+    NaiveDate::parse_from_str(&padded, "%Y-%m-%d")
+        .ok()?
+        .and_hms_opt(0, 0, 0)
+        .map(|d| d.and_utc().timestamp_millis())
+}
+
+fn flags(r: &Value) -> Vec<&str> {
+    r.pointer("/meta/tag")
+        .and_then(Value::as_array)
+        .map(|t| {
+            t.iter()
+                .filter(|t| t["system"] == ids::INDICATION_SYSTEM)
+                .filter_map(|t| t["code"].as_str())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The Patient of a stored unit.
+pub fn patient_of(unit: &Value) -> Value {
+    unit["entry"]
+        .as_array()
+        .and_then(|e| {
+            e.iter()
+                .map(|e| &e["resource"])
+                .find(|r| r["resourceType"] == "Patient")
+        })
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// The normalized patient key of a stored unit.
+pub fn patient_key_of(unit: &Value) -> Option<PatientKey> {
+    patient_of(unit)["identifier"]
+        .as_array()?
+        .iter()
+        .find(|i| i["system"] == ids::MEMBER_ID_SYSTEM)
+        .and_then(|i| i["value"].as_str())
+        .and_then(|v| ids::normalize_patient_key(v).ok())
+}
+
+/// A stored unit without the platform's index tags.
+pub fn clean_unit(unit: &Value) -> Value {
+    let mut u = unit.clone();
+    if let Some(tags) = u.pointer_mut("/meta/tag").and_then(Value::as_array_mut) {
+        tags.retain(|t| {
+            !t["system"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("urn:iryo:clins:"))
+        });
+    }
+    u
+}
+
+fn item_date(r: &Value) -> Option<i64> {
+    ["effectiveDateTime", "authoredOn", "issued", "recordedDate"]
+        .iter()
+        .find_map(|k| r[*k].as_str().and_then(date_ms))
+        .or_else(|| {
+            r.pointer("/effectivePeriod/start")?
+                .as_str()
+                .and_then(date_ms)
+        })
+}
+
+fn is_infection(r: &Value) -> bool {
+    r.pointer("/code/coding")
+        .and_then(Value::as_array)
+        .is_some_and(|c| {
+            c.iter().any(|c| {
+                c["system"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("InfectionLabo"))
+            })
+        })
+}
+
+struct Report<'a> {
+    date: i64,
+    items: Vec<(&'a Value, &'a Value)>,
+}
+
+/// Keep reports dated within `window_ms` of `now`, or among the 3 latest.
+fn windowed<'a>(
+    mut reports: Vec<Report<'a>>,
+    now: i64,
+    window_ms: i64,
+) -> Vec<(&'a Value, &'a Value)> {
+    reports.sort_by(|a, b| b.date.cmp(&a.date));
+    reports
+        .into_iter()
+        .enumerate()
+        .filter(|(n, r)| *n < 3 || r.date >= now - window_ms)
+        .flat_map(|(_, r)| r.items)
+        .collect()
+}
+
+/// The 6情報 view of a patient: one collection Bundle, Patient first, then every item shown
+/// to this audience with `meta.source` = its institution. `for_patient`: UNINFORMED hidden;
+/// otherwise UNINFORMED items are marked with their date. UNDELIVERED items are never shown.
+pub fn six_info(key: &PatientKey, units: &[Value], now: DateTime<Utc>, for_patient: bool) -> Value {
+    let now_ms = now.timestamp_millis();
+    let five_years = 5 * 365 * DAY_MS + DAY_MS;
+    let mut plain: Vec<(&Value, &Value)> = vec![];
+    let (mut labs, mut infections, mut rx) = (vec![], vec![], vec![]);
+    let mut latest_patient: Option<(&str, Value)> = None;
+    for u in units {
+        let Some(kind) = tag_of(u, T_KIND).and_then(Kind::from_code) else {
+            continue;
+        };
+        let reg = tag_of(u, T_REGISTERED).unwrap_or("");
+        if latest_patient.as_ref().is_none_or(|(r, _)| *r < reg) {
+            latest_patient = Some((reg, patient_of(u)));
+        }
+        let items = u["entry"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        let items = items
+            .iter()
+            .map(|e| &e["resource"])
+            .filter(|r| r["resourceType"] != "Patient" && !flags(r).contains(&"UNDELIVERED"));
+        match kind {
+            Kind::Condition | Kind::AllergyIntolerance => {
+                for r in items {
+                    let ended = r["abatementDateTime"].as_str().and_then(date_ms);
+                    if ended.is_none_or(|e| e >= now_ms - five_years) {
+                        plain.push((u, r));
+                    }
+                }
+            }
+            Kind::Observation => {
+                let (inf, lab): (Vec<&Value>, Vec<&Value>) = items.partition(|r| is_infection(r));
+                for (list, out) in [(lab, &mut labs), (inf, &mut infections)] {
+                    if !list.is_empty() {
+                        let date = list.iter().filter_map(|r| item_date(r)).max().unwrap_or(0);
+                        out.push(Report {
+                            date,
+                            items: list.into_iter().map(|r| (u, r)).collect(),
+                        });
+                    }
+                }
+            }
+            Kind::Prescription => {
+                let list: Vec<&Value> = items.collect();
+                let date = list.iter().filter_map(|r| item_date(r)).max().unwrap_or(0);
+                rx.push(Report {
+                    date,
+                    items: list.into_iter().map(|r| (u, r)).collect(),
+                });
+            }
+            Kind::Referral | Kind::DischargeSummary | Kind::Checkup => {}
+        }
+    }
+    plain.extend(windowed(labs, now_ms, 365 * DAY_MS));
+    plain.extend(windowed(infections, now_ms, 365 * DAY_MS));
+    plain.extend(windowed(rx, now_ms, 100 * DAY_MS));
+
+    let mut patient = latest_patient.map(|(_, p)| p).unwrap_or_else(|| {
+        json!({"resourceType": "Patient", "identifier": [{"system": ids::MEMBER_ID_SYSTEM, "value": key.as_str()}]})
+    });
+    patient["id"] = json!("patient");
+    let mut entries = vec![json!({"fullUrl": "urn:iryo-clins:patient", "resource": patient})];
+    for (n, (u, r)) in plain.into_iter().enumerate() {
+        let fl = flags(r);
+        if for_patient && fl.contains(&"UNINFORMED") {
+            continue;
+        }
+        let source = tag_of(u, T_SOURCE).unwrap_or("");
+        let mut item = r.clone();
+        if !item["meta"].is_object() {
+            item["meta"] = json!({});
+        }
+        item["meta"]["source"] = json!(format!("{}#{source}", ids::INSTITUTION_SYSTEM));
+        ensure_institution(&mut item, source);
+        for k in ["subject", "patient"] {
+            if item[k].is_object() {
+                item[k] = json!({"reference": "urn:iryo-clins:patient"});
+            }
+        }
+        if fl.contains(&"UNINFORMED") {
+            let date = ["recordedDate", "onsetDateTime"]
+                .iter()
+                .find_map(|k| item[*k].as_str().map(str::to_string))
+                .unwrap_or_else(|| tag_of(u, T_REGISTERED).unwrap_or("").to_string());
+            let ext = json!({"url": UNINFORMED_EXT, "valueDateTime": date});
+            match item["extension"].as_array_mut() {
+                Some(a) => a.push(ext),
+                None => item["extension"] = json!([ext]),
+            }
+        }
+        entries.push(json!({"fullUrl": format!("urn:iryo-clins:item:{n}"), "resource": item}));
+    }
+    json!({
+        "resourceType": "Bundle",
+        "type": "collection",
+        "timestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "entry": entries,
+    })
+}
+
+/// Event codes of checkups run by the insurer itself (特定健康診査, 広域連合の保健事業).
+const INSURER_RUN_EVENTS: &[&str] = &["010", "020"];
+/// Sections holding 特定健診 items (検査, 問診).
+const TOKUTEI_SECTIONS: &[&str] = &["01011", "01012"];
+
+/// A checkup report as an insurer receives it: insurer-run checkups in full; other checkups
+/// (事業者健診 …) reduced to the Observations of the 特定健診 sections.
+pub fn checkup_for_insurer(unit: &Value) -> Value {
+    let mut u = clean_unit(unit);
+    let comp = u
+        .pointer("/entry/0/resource")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let event_codes: Vec<&str> = comp["event"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|e| e["code"].as_array().into_iter().flatten())
+        .flat_map(|c| c["coding"].as_array().into_iter().flatten())
+        .filter_map(|c| c["code"].as_str())
+        .collect();
+    if event_codes.iter().any(|c| INSURER_RUN_EVENTS.contains(c)) {
+        return u;
+    }
+    let mut allowed: Vec<String> = vec![];
+    fn walk(secs: &Value, allowed: &mut Vec<String>) {
+        for s in secs.as_array().into_iter().flatten() {
+            let code = s.pointer("/code/coding/0/code").and_then(Value::as_str);
+            if code.is_some_and(|c| TOKUTEI_SECTIONS.contains(&c)) {
+                for e in s["entry"].as_array().into_iter().flatten() {
+                    if let Some(r) = e["reference"].as_str() {
+                        allowed.push(r.to_string());
+                    }
+                }
+            }
+            walk(&s["section"], allowed);
+        }
+    }
+    walk(&comp["section"], &mut allowed);
+    if let Some(entries) = u["entry"].as_array_mut() {
+        entries.retain(|e| {
+            e["resource"]["resourceType"] != "Observation"
+                || e["fullUrl"]
+                    .as_str()
+                    .is_some_and(|f| allowed.iter().any(|a| a == f))
+        });
+    }
+    u
+}
+
+/// A unit past retention reduced to its LTS items; `None` when nothing is to be kept.
+pub fn keep_lts(unit: &Value) -> Option<Value> {
+    let entries = unit["entry"].as_array()?;
+    let lts: Vec<Value> = entries
+        .iter()
+        .filter(|e| flags(&e["resource"]).contains(&"LTS"))
+        .cloned()
+        .collect();
+    if lts.is_empty() {
+        return None;
+    }
+    let mut u = unit.clone();
+    let kept: Vec<Value> = entries
+        .iter()
+        .filter(|e| e["resource"]["resourceType"] == "Patient")
+        .cloned()
+        .chain(lts)
+        .collect();
+    u["entry"] = Value::Array(kept);
+    Some(u)
+}
