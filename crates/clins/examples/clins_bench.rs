@@ -1,0 +1,172 @@
+//! Benchmark of the platform (run with `cargo run --release -p iryo-clins --example clins_bench`):
+//! 1. `$register` of 50-resource JP_Bundle_CLINS Observation Bundles, profile validation
+//!    included, with 8 concurrent senders: units per second;
+//! 2. institution view of one patient with 5 years of data from 5 institutions: p50/p99.
+//!
+//! Runs on an embedded SQLite store in a temporary directory; the service is called directly
+//! (no HTTP), the access log is written as in production.
+
+use chrono::{Duration, Utc};
+use iryo_clins::{Actor, ClinsConfig, ClinsState};
+use iryo_security::store::{SecurityStore, SqliteSecurityStore};
+use iryo_security::token::TokenService;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Instant;
+
+const INSTITUTIONS: [&str; 5] = [
+    "1318814790",
+    "1311234567",
+    "1319876543",
+    "2712345678",
+    "0113456789",
+];
+
+fn fixture(name: &str) -> Value {
+    let p = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(p).expect("fixture")).expect("json")
+}
+
+fn set_institution(r: &mut Value, inst: &str) {
+    for x in r["extension"].as_array_mut().into_iter().flatten() {
+        if x["url"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("JP_eCS_InstitutionNumber"))
+        {
+            x["valueIdentifier"]["value"] = json!(inst);
+        }
+    }
+}
+
+/// A JP_Bundle_CLINS with the Patient and `n` Observations (copies of the official examples).
+fn obs_bundle(base: &Value, inst: &str, local: &str, pk: &str, n: usize, date: &str) -> Value {
+    let mut b = base.clone();
+    b["identifier"]["value"] = json!(format!("{inst}^2025^{local}"));
+    let src: Vec<Value> = base["entry"].as_array().unwrap()[1..].to_vec();
+    let mut entries = vec![base["entry"][0].clone()];
+    entries[0]["resource"]["identifier"][1]["value"] = json!(pk);
+    for i in 0..n {
+        let mut e = src[i % src.len()].clone();
+        e["fullUrl"] = json!(format!("urn:uuid:{}", uuid_like(local, i)));
+        set_institution(&mut e["resource"], inst);
+        e["resource"]["effectiveDateTime"] = json!(date);
+        entries.push(e);
+    }
+    b["entry"] = Value::Array(entries);
+    b
+}
+
+fn uuid_like(seed: &str, i: usize) -> String {
+    let h = iryo_clins::ids::hash_hex(&format!("{seed}/{i}"), 32);
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
+}
+
+fn inst_actor(n: &str) -> Actor {
+    Actor::Institution {
+        client: format!("client-{n}"),
+        number: n.into(),
+    }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = iryo_db::Store::open(&dir.path().display().to_string())
+        .await
+        .unwrap();
+    let audit: Arc<dyn SecurityStore> =
+        Arc::new(SqliteSecurityStore::open(&dir.path().join("audit.db")).unwrap());
+    let tokens = TokenService::new([1; 32], "https://bench", "https://bench/clins/fhir");
+    let state = ClinsState::new(store, tokens, audit, ClinsConfig::default())
+        .await
+        .unwrap();
+    let base = fixture("Bundle-Bundle-CLINS-Observations-Example-01.json");
+
+    // 1. register throughput
+    let total = 400usize;
+    let senders = 8usize;
+    let bundles: Vec<Value> = (0..total)
+        .map(|i| {
+            obs_bundle(
+                &base,
+                INSTITUTIONS[i % 5],
+                &format!("bench-{i}"),
+                &format!("00012345::{}:01", 1000 + i),
+                49,
+                "2025-06-01",
+            )
+        })
+        .collect();
+    // warm the validator's profile cache
+    state
+        .register(&inst_actor(INSTITUTIONS[0]), bundles[0].clone())
+        .await
+        .expect("warm-up register");
+    let bundles = Arc::new(bundles);
+    let t = Instant::now();
+    let mut tasks = vec![];
+    for s in 0..senders {
+        let (state, bundles) = (state.clone(), bundles.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in (s..total).step_by(senders).skip(usize::from(s == 0)) {
+                let b = bundles[i].clone();
+                let inst = INSTITUTIONS[i % 5];
+                if let Err(e) = state.register(&inst_actor(inst), b).await {
+                    panic!("register failed: {}", e.outcome());
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "$register, 50-resource Bundles with validation, {senders} senders: {} in {secs:.2} s = {:.0}/s",
+        total - 1,
+        (total - 1) as f64 / secs
+    );
+
+    // 2. institution view: 5 years, 5 institutions (monthly lab reports of 4 items, a
+    // 10-item Condition list and a 5-item Allergy list each)
+    let pk = "06123456:記号:12345:01";
+    let now = Utc::now();
+    for inst in INSTITUTIONS {
+        for m in 0..60 {
+            let date = (now - Duration::days(30 * m))
+                .format("%Y-%m-%d")
+                .to_string();
+            let b = obs_bundle(&base, inst, &format!("v-{m}"), pk, 4, &date);
+            state.register(&inst_actor(inst), b).await.unwrap();
+        }
+    }
+    state
+        .record_consent(&inst_actor(INSTITUTIONS[0]), pk, false, now)
+        .await
+        .unwrap();
+    let mut times = vec![];
+    let mut entries = 0;
+    for _ in 0..300 {
+        let t = Instant::now();
+        let v = state
+            .institution_view(&inst_actor(INSTITUTIONS[0]), pk, Utc::now())
+            .await
+            .unwrap();
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        entries = v["entry"].as_array().map_or(0, Vec::len);
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
+    println!(
+        "institution view (300 units from 5 institutions over 5 years, {entries} entries shown): p50 {:.2} ms, p99 {:.2} ms",
+        pct(0.50),
+        pct(0.99)
+    );
+}
