@@ -6,7 +6,8 @@
 use crate::checks::Issue;
 use crate::ids;
 use crate::service::{Actor, Binding, ClinsState, Refusal};
-use axum::extract::{Query, State};
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -63,7 +64,17 @@ fn unauthorized(en: &str) -> Refusal {
     )
 }
 
-/// The caller, from the bearer token; refusals are logged.
+/// The authenticated caller of a handler, from the bearer token; refusals are logged.
+struct Caller(Actor);
+
+impl FromRequestParts<ClinsState> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ClinsState) -> Result<Self, Response> {
+        actor(state, &parts.headers).await.map(Caller)
+    }
+}
+
 async fn actor(state: &ClinsState, headers: &HeaderMap) -> Result<Actor, Response> {
     let r = resolve(state, headers).await;
     match r {
@@ -165,19 +176,11 @@ fn missing(name: &str) -> Response {
     fhir(400, e.outcome())
 }
 
-async fn register(State(s): State<ClinsState>, h: HeaderMap, body: Json<Value>) -> Response {
-    let a = match actor(&s, &h).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+async fn register(State(s): State<ClinsState>, Caller(a): Caller, body: Json<Value>) -> Response {
     done(s.register(&a, body.0).await)
 }
 
-async fn withdraw(State(s): State<ClinsState>, h: HeaderMap, body: Json<Value>) -> Response {
-    let a = match actor(&s, &h).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+async fn withdraw(State(s): State<ClinsState>, Caller(a): Caller, body: Json<Value>) -> Response {
     let (Some(pk), Some(id)) = (
         param_str(&body, "patientKey"),
         param_str(&body, "identifier"),
@@ -187,11 +190,7 @@ async fn withdraw(State(s): State<ClinsState>, h: HeaderMap, body: Json<Value>) 
     done(s.withdraw(&a, pk, id).await)
 }
 
-async fn change(State(s): State<ClinsState>, h: HeaderMap, body: Json<Value>) -> Response {
-    let a = match actor(&s, &h).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+async fn change(State(s): State<ClinsState>, Caller(a): Caller, body: Json<Value>) -> Response {
     let (Some(pk), Some(id), Some(b)) = (
         param_str(&body, "patientKey"),
         param_str(&body, "identifier"),
@@ -202,11 +201,7 @@ async fn change(State(s): State<ClinsState>, h: HeaderMap, body: Json<Value>) ->
     done(s.change(&a, Some((pk, id)), b).await)
 }
 
-async fn consent(State(s): State<ClinsState>, h: HeaderMap, body: Json<Value>) -> Response {
-    let a = match actor(&s, &h).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+async fn consent(State(s): State<ClinsState>, Caller(a): Caller, body: Json<Value>) -> Response {
     let Some(pk) = param_str(&body, "patientKey") else {
         return missing("patientKey");
     };
@@ -216,11 +211,7 @@ async fn consent(State(s): State<ClinsState>, h: HeaderMap, body: Json<Value>) -
     done(s.record_consent(&a, pk, inpatient, Utc::now()).await)
 }
 
-async fn discharge(State(s): State<ClinsState>, h: HeaderMap, body: Json<Value>) -> Response {
-    let a = match actor(&s, &h).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+async fn discharge(State(s): State<ClinsState>, Caller(a): Caller, body: Json<Value>) -> Response {
     let Some(pk) = param_str(&body, "patientKey") else {
         return missing("patientKey");
     };
@@ -229,63 +220,39 @@ async fn discharge(State(s): State<ClinsState>, h: HeaderMap, body: Json<Value>)
 
 async fn institution_view(
     State(s): State<ClinsState>,
-    h: HeaderMap,
+    Caller(a): Caller,
     q: Query<HashMap<String, String>>,
 ) -> Response {
-    let a = match actor(&s, &h).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
     let Some(pk) = q.get("patientKey") else {
         return missing("patientKey");
     };
     done(s.institution_view(&a, pk, Utc::now()).await)
 }
 
-async fn patient_view(State(s): State<ClinsState>, h: HeaderMap) -> Response {
-    let a = match actor(&s, &h).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+async fn patient_view(State(s): State<ClinsState>, Caller(a): Caller) -> Response {
     done(s.patient_view(&a, Utc::now()).await)
 }
 
-async fn insurer_view(State(s): State<ClinsState>, h: HeaderMap) -> Response {
-    let a = match actor(&s, &h).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+async fn insurer_view(State(s): State<ClinsState>, Caller(a): Caller) -> Response {
     done(s.insurer_view(&a).await)
 }
 
-async fn referrals(State(s): State<ClinsState>, h: HeaderMap) -> Response {
-    let a = match actor(&s, &h).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+async fn referrals(State(s): State<ClinsState>, Caller(a): Caller) -> Response {
     done(s.referrals(&a, Utc::now()).await)
 }
 
 async fn fetch_referral(
     State(s): State<ClinsState>,
-    h: HeaderMap,
+    Caller(a): Caller,
     q: Query<HashMap<String, String>>,
 ) -> Response {
-    let a = match actor(&s, &h).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
     let Some(id) = q.get("identifier") else {
         return missing("identifier");
     };
     done(s.fetch_referral(&a, id, Utc::now()).await)
 }
 
-async fn retention(State(s): State<ClinsState>, h: HeaderMap) -> Response {
-    let a = match actor(&s, &h).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+async fn retention(State(s): State<ClinsState>, Caller(a): Caller) -> Response {
     if !matches!(a, Actor::Operator { .. }) {
         return fhir(
             403,

@@ -477,12 +477,11 @@ impl ClinsState {
             }
         }
         if sub.kind.full_list() {
-            let qs = format!(
-                "_tag={}&_tag={}&_tag={}&_elements=id&_count=1000",
-                enc(&format!("{T_PATIENT}|{}", key.hash())),
-                enc(&format!("{T_SOURCE}|{inst}")),
-                enc(&format!("{T_KIND}|{}", sub.kind.code())),
-            );
+            let qs = tag_query(&[
+                (T_PATIENT, &key.hash()),
+                (T_SOURCE, &inst),
+                (T_KIND, sub.kind.code()),
+            ]);
             for old in self.find("Bundle", &qs).await? {
                 if let Some(id) = old["id"].as_str().filter(|id| *id != unit_id) {
                     ops.push(WriteOp::Delete {
@@ -789,11 +788,8 @@ impl ClinsState {
 
     /// All report units of a patient.
     pub(crate) async fn units_of(&self, key: &PatientKey) -> Result<Vec<Value>, Refusal> {
-        let qs = format!(
-            "_tag={}&_count=1000",
-            enc(&format!("{T_PATIENT}|{}", key.hash()))
-        );
-        self.find("Bundle", &qs).await
+        self.find("Bundle", &tag_query(&[(T_PATIENT, &key.hash())]))
+            .await
     }
 
     // ------------------------------------------------------------------ views
@@ -891,28 +887,27 @@ impl ClinsState {
             );
             return Err(self.refuse(actor, AuditAction::Search, None, e).await);
         };
-        let qs = format!(
-            "_tag={}&_tag={}&_count=1000",
-            enc(&format!("{T_INSURER}|{number}")),
-            enc(&format!("{T_KIND}|{}", Kind::Checkup.code())),
-        );
+        let qs = tag_query(&[(T_INSURER, number.as_str()), (T_KIND, Kind::Checkup.code())]);
         let units = self.find("Bundle", &qs).await?;
         let entries: Vec<Value> = units
             .iter()
             .map(|u| json!({"fullUrl": format!("urn:iryo-clins:{}", u["id"].as_str().unwrap_or("")), "resource": views::checkup_for_insurer(u)}))
             .collect();
+        Ok(self.searchset(actor, "$checkup-reports", entries).await)
+    }
+
+    /// A searchset Bundle of `entries`, logged as a search by `actor`.
+    async fn searchset(&self, actor: &Actor, operation: &str, entries: Vec<Value>) -> Value {
         self.log(
             actor,
             AuditAction::Search,
             AuditOutcome::Success,
             None,
             vec![],
-            json!({"operation": "$checkup-reports", "count": entries.len()}),
+            json!({"operation": operation, "count": entries.len()}),
         )
         .await;
-        Ok(
-            json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries}),
-        )
+        json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries})
     }
 
     // ------------------------------------------------------------------ referrals
@@ -933,11 +928,7 @@ impl ClinsState {
             Ok(i) => i,
             Err(e) => return Err(self.refuse(actor, AuditAction::Search, None, e).await),
         };
-        let qs = format!(
-            "_tag={}&_tag={}&_count=1000",
-            enc(&format!("{T_DEST}|{inst}")),
-            enc(&format!("{T_KIND}|{}", Kind::Referral.code())),
-        );
+        let qs = tag_query(&[(T_DEST, inst.as_str()), (T_KIND, Kind::Referral.code())]);
         let mut entries = vec![];
         for u in self.find("Bundle", &qs).await? {
             if self.referral_allowed(&u, &inst, now).await {
@@ -953,18 +944,7 @@ impl ClinsState {
                 }));
             }
         }
-        self.log(
-            actor,
-            AuditAction::Search,
-            AuditOutcome::Success,
-            None,
-            vec![],
-            json!({"operation": "$referrals", "count": entries.len()}),
-        )
-        .await;
-        Ok(
-            json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries}),
-        )
+        Ok(self.searchset(actor, "$referrals", entries).await)
     }
 
     /// Fetch one referral addressed to the caller (marks it fetched, for retention).
@@ -1064,10 +1044,7 @@ impl ClinsState {
                 }
             }
         }
-        let qs = format!(
-            "_tag={}&_count=1000",
-            enc(&format!("{T_KIND}|{}", Kind::Referral.code()))
-        );
+        let qs = tag_query(&[(T_KIND, Kind::Referral.code())]);
         let ref_cutoff = (now - self.inner.config.referral_retention).timestamp_millis();
         for u in self.find("Bundle", &qs).await? {
             let fetched = tag_of(&u, T_FETCHED).and_then(views::date_ms);
@@ -1129,6 +1106,16 @@ impl ClinsState {
             }
         })
     }
+}
+
+/// `_tag=…&_tag=…` (all must match), up to 1000 per page.
+fn tag_query(tags: &[(&str, &str)]) -> String {
+    let mut q: Vec<String> = tags
+        .iter()
+        .map(|(system, code)| format!("_tag={}", enc(&format!("{system}|{code}"))))
+        .collect();
+    q.push("_count=1000".into());
+    q.join("&")
 }
 
 fn consent_id(key: &PatientKey, inst: &str) -> String {
