@@ -349,6 +349,36 @@ fn referral(from: &str, to: &str, local: &str, pk: &str, agreed: bool) -> Value 
     b
 }
 
+/// Attach a 退院時サマリー (a document Bundle with one discharge prescription) to a referral,
+/// referenced from the Composition's 添付情報 section 210.
+fn with_discharge_summary(mut referral: Value) -> Value {
+    let mut rx = fixture("MedicationRequest-Example-JP-MedReq-PO-TID-2days.json");
+    rx["authoredOn"] = json!(Utc::now().format("%Y-%m-%d").to_string());
+    let summary = json!({
+        "resourceType": "Bundle", "type": "document",
+        "identifier": {"system": "http://jpfhir.jp/fhir/clins/bundle-identifier", "value": "1318814790^2025^dis-1"},
+        "timestamp": "2025-06-01T10:00:00+09:00",
+        "entry": [
+            {"fullUrl": "urn:uuid:7a1d0c55-1111-4c2a-9d3e-000000000003", "resource": {
+                "resourceType": "Composition", "status": "final", "title": "退院時サマリー",
+                "type": {"coding": [{"system": "http://jpfhir.jp/fhir/Common/CodeSystem/doc-typecodes", "code": "18842-5"}]},
+                "date": "2025-06-01", "author": [{"display": "退院時主治医"}],
+                "section": [{"title": "退院時投薬指示", "entry": [{"reference": "urn:uuid:7a1d0c55-1111-4c2a-9d3e-000000000002"}]}]}},
+            {"fullUrl": "urn:uuid:7a1d0c55-1111-4c2a-9d3e-000000000002", "resource": rx}]});
+    let url = "urn:uuid:7a1d0c55-1111-4c2a-9d3e-000000000001";
+    referral["entry"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"fullUrl": url, "resource": summary}));
+    referral["entry"][0]["resource"]["section"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"title": "添付情報",
+            "code": {"coding": [{"system": "http://jpfhir.jp/fhir/clins/CodeSystem/document-section", "code": "210", "display": "添付情報セクション"}]},
+            "entry": [{"reference": url}]}));
+    referral
+}
+
 fn entries_of<'a>(view: &'a Value, ty: &str) -> Vec<&'a Value> {
     view["entry"]
         .as_array()
@@ -623,7 +653,8 @@ async fn refusals_carry_keys_and_store_nothing() {
 #[tokio::test]
 async fn referrals_reach_only_their_destination_with_prescriptions() {
     for env in envs().await {
-        let (s, oo) = env.register(A, &referral(A, B, "ref-1", PK_A, true)).await;
+        let ref1 = with_discharge_summary(referral(A, B, "ref-1", PK_A, true));
+        let (s, oo) = env.register(A, &ref1).await;
         assert_eq!(s, 200, "{}: {oo}", env.engine);
         let (s, oo) = env.register(A, &referral(A, B, "ref-2", PK_A, false)).await;
         assert_eq!(s, 200, "{oo}");
@@ -642,6 +673,12 @@ async fn referrals_reach_only_their_destination_with_prescriptions() {
             .await;
         assert_eq!(s, 200, "{doc}");
         assert_eq!(doc["type"], "document");
+        let attached = doc["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["resource"]["resourceType"] == "Bundle");
+        assert!(attached, "the 退院時サマリー travels with the referral");
         let (s, oo) = env
             .get(
                 &env.inst(B),
@@ -671,7 +708,7 @@ async fn referrals_reach_only_their_destination_with_prescriptions() {
         assert_eq!(list["total"], 2);
         let (_, v) = env.view(B, PK_B).await;
         let rx = entries_of(&v, "MedicationRequest");
-        assert_eq!(rx.len(), 2, "{v}");
+        assert_eq!(rx.len(), 3, "2 referrals + the attached summary: {v}");
         assert!(rx[0]["meta"]["source"].as_str().unwrap().ends_with(A));
         // referral retention: removed some days after fetch, the unfetched one stays
         let rep = env
