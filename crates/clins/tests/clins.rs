@@ -919,3 +919,67 @@ impl Env {
         self.state.store().clone()
     }
 }
+
+#[tokio::test]
+async fn consent_lasts_24_hours_outpatient_and_until_discharge_inpatient() {
+    for env in envs().await {
+        env.ok(A, &obs_bundle(A, "c", PK_A, &today())).await;
+        let key = iryo_clins::ids::normalize_patient_key(PK_A).unwrap();
+        env.consent(B, PK_A, false).await;
+        let now = Utc::now();
+        assert!(env.state.has_consent(&key, B, now).await.unwrap());
+        assert!(!env
+            .state
+            .has_consent(&key, B, now + Duration::hours(25))
+            .await
+            .unwrap());
+        assert!(!env.state.has_consent(&key, A, now).await.unwrap());
+
+        env.consent(A, PK_A, true).await;
+        assert!(env
+            .state
+            .has_consent(&key, A, now + Duration::days(30))
+            .await
+            .unwrap());
+        assert_eq!(env.view(A, PK_A).await.0, 200);
+        let p = json!({"resourceType": "Parameters", "parameter": [{"name": "patientKey", "valueString": PK_A}]});
+        let (s, _) = env.post(&env.inst(A), "$discharge", &p).await;
+        assert_eq!(s, 200);
+        let (s, oo) = env.view(A, PK_A).await;
+        assert_eq!((s, keys(&oo)), (403, vec!["CLINS-NO-CONSENT".to_string()]));
+        // B's outpatient consent is untouched by A's discharge
+        assert_eq!(env.view(B, PK_A).await.0, 200);
+        // discharge without a consent
+        let p = json!({"resourceType": "Parameters", "parameter": [{"name": "patientKey", "valueString": OTHER_PK}]});
+        assert_eq!(env.post(&env.inst(B), "$discharge", &p).await.0, 404);
+    }
+}
+
+#[tokio::test]
+async fn conditions_ended_more_than_five_years_ago_are_not_shown() {
+    for env in envs().await {
+        env.consent(B, PK_A, false).await;
+        let mut b = list_bundle(
+            A,
+            "old",
+            PK_A,
+            "Condition",
+            &[("虫垂炎", &[]), ("骨折", &[])],
+        );
+        let long_ago = (Utc::now() - Duration::days(6 * 365))
+            .format("%Y-%m-%d")
+            .to_string();
+        b["entry"][1]["resource"]["abatementDateTime"] = json!(long_ago);
+        b["entry"][1]["resource"]["clinicalStatus"]["coding"][0]["code"] = json!("resolved");
+        b["entry"][1]["resource"]["clinicalStatus"]["coding"][0]["display"] = json!("Resolved");
+        env.ok(A, &b).await;
+        let (_, v) = env.view(B, PK_A).await;
+        let texts: Vec<&str> = entries_of(&v, "Condition")
+            .iter()
+            .filter_map(|c| c["code"]["text"].as_str())
+            .collect();
+        assert_eq!(texts, vec!["骨折"]);
+        // A registered it; A without consent still sees nothing
+        assert_eq!(env.view(A, PK_A).await.0, 403);
+    }
+}
