@@ -6,12 +6,13 @@
 use crate::checks::Issue;
 use crate::ids;
 use crate::service::{Actor, Binding, ClinsState, Refusal};
-use axum::extract::{FromRequestParts, Query, State};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use chrono::Utc;
 use iryo_security::audit::{AuditAction, AuditOutcome};
 use serde_json::{json, Value};
@@ -32,7 +33,44 @@ pub fn router(state: ClinsState) -> Router {
         .route("/clins/fhir/$referrals", get(referrals))
         .route("/clins/fhir/$referral", get(fetch_referral))
         .route("/clins/fhir/$retention", post(retention))
+        // a transmission may be up to 10 MB (jp-clins.md §2, TG-11822/34)
+        .layer(DefaultBodyLimit::max(10 * 1024 * 1024 + 64 * 1024))
         .with_state(state)
+}
+
+/// A JSON request body (`application/fhir+json` or `application/json`); a body that is not
+/// JSON is answered with an OperationOutcome.
+struct FhirJson(Value);
+
+impl FromRequest<ClinsState> for FhirJson {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &ClinsState) -> Result<Self, Response> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            let r = Refusal::new(
+                413,
+                Issue::error(
+                    "CLINS-BODY",
+                    "",
+                    "要求本文を読み取れません(10MB以内にしてください)",
+                    format!("cannot read the request body: {e}"),
+                ),
+            );
+            fhir(r.status, r.outcome())
+        })?;
+        serde_json::from_slice(&bytes).map(FhirJson).map_err(|e| {
+            let r = Refusal::new(
+                400,
+                Issue::error(
+                    "CLINS-PARSE",
+                    "",
+                    format!("JSONとして解析できません: {e}"),
+                    format!("the body is not valid JSON: {e}"),
+                ),
+            );
+            fhir(r.status, r.outcome())
+        })
+    }
 }
 
 fn fhir(status: u16, body: Value) -> Response {
@@ -176,11 +214,19 @@ fn missing(name: &str) -> Response {
     fhir(400, e.outcome())
 }
 
-async fn register(State(s): State<ClinsState>, Caller(a): Caller, body: Json<Value>) -> Response {
-    done(s.register(&a, body.0).await)
+async fn register(
+    State(s): State<ClinsState>,
+    Caller(a): Caller,
+    FhirJson(body): FhirJson,
+) -> Response {
+    done(s.register(&a, body).await)
 }
 
-async fn withdraw(State(s): State<ClinsState>, Caller(a): Caller, body: Json<Value>) -> Response {
+async fn withdraw(
+    State(s): State<ClinsState>,
+    Caller(a): Caller,
+    FhirJson(body): FhirJson,
+) -> Response {
     let (Some(pk), Some(id)) = (
         param_str(&body, "patientKey"),
         param_str(&body, "identifier"),
@@ -190,7 +236,11 @@ async fn withdraw(State(s): State<ClinsState>, Caller(a): Caller, body: Json<Val
     done(s.withdraw(&a, pk, id).await)
 }
 
-async fn change(State(s): State<ClinsState>, Caller(a): Caller, body: Json<Value>) -> Response {
+async fn change(
+    State(s): State<ClinsState>,
+    Caller(a): Caller,
+    FhirJson(body): FhirJson,
+) -> Response {
     let (Some(pk), Some(id), Some(b)) = (
         param_str(&body, "patientKey"),
         param_str(&body, "identifier"),
@@ -201,7 +251,11 @@ async fn change(State(s): State<ClinsState>, Caller(a): Caller, body: Json<Value
     done(s.change(&a, Some((pk, id)), b).await)
 }
 
-async fn consent(State(s): State<ClinsState>, Caller(a): Caller, body: Json<Value>) -> Response {
+async fn consent(
+    State(s): State<ClinsState>,
+    Caller(a): Caller,
+    FhirJson(body): FhirJson,
+) -> Response {
     let Some(pk) = param_str(&body, "patientKey") else {
         return missing("patientKey");
     };
@@ -211,7 +265,11 @@ async fn consent(State(s): State<ClinsState>, Caller(a): Caller, body: Json<Valu
     done(s.record_consent(&a, pk, inpatient, Utc::now()).await)
 }
 
-async fn discharge(State(s): State<ClinsState>, Caller(a): Caller, body: Json<Value>) -> Response {
+async fn discharge(
+    State(s): State<ClinsState>,
+    Caller(a): Caller,
+    FhirJson(body): FhirJson,
+) -> Response {
     let Some(pk) = param_str(&body, "patientKey") else {
         return missing("patientKey");
     };

@@ -461,6 +461,30 @@ async fn register_links_patients_and_views_need_consent() {
         assert_eq!(entries_of(&other, "Condition").len(), 0);
         assert_eq!(entries_of(&other, "Observation").len(), 4);
 
+        // FHIR media type accepted; a body that is not JSON gets an OperationOutcome
+        let r = env
+            .http
+            .post(format!("{}/clins/fhir/$register", env.base))
+            .bearer_auth(env.inst(A))
+            .header("content-type", "application/fhir+json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400);
+        let oo: Value = r.json().await.unwrap();
+        assert_eq!(keys(&oo), vec!["CLINS-PARSE"]);
+        let r = env
+            .http
+            .post(format!("{}/clins/fhir/$register", env.base))
+            .bearer_auth(env.inst(A))
+            .header("content-type", "application/fhir+json")
+            .body(obs_bundle(A, "fhir-json", PK_A, &today()).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+
         // unauthenticated and unbound clients
         let (s, _) = env.get("garbage", "$my-records").await;
         assert_eq!(s, 401);
