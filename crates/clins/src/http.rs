@@ -201,7 +201,8 @@ fn param_str<'a>(p: &'a Value, name: &str) -> Option<&'a str> {
         .or_else(|| x["valueCode"].as_str())
 }
 
-fn missing(name: &str) -> Response {
+/// A refused request for a missing parameter (logged like every refusal).
+async fn missing(s: &ClinsState, a: &Actor, name: &str) -> Response {
     let e = Refusal::new(
         400,
         Issue::error(
@@ -211,6 +212,7 @@ fn missing(name: &str) -> Response {
             format!("parameter {name} is missing"),
         ),
     );
+    let e = s.refuse(a, AuditAction::Read, None, e).await;
     fhir(400, e.outcome())
 }
 
@@ -231,7 +233,7 @@ async fn withdraw(
         param_str(&body, "patientKey"),
         param_str(&body, "identifier"),
     ) else {
-        return missing("patientKey, identifier");
+        return missing(&s, &a, "patientKey, identifier").await;
     };
     done(s.withdraw(&a, pk, id).await)
 }
@@ -246,7 +248,7 @@ async fn change(
         param_str(&body, "identifier"),
         param(&body, "resource").map(|p| p["resource"].clone()),
     ) else {
-        return missing("patientKey, identifier, resource");
+        return missing(&s, &a, "patientKey, identifier, resource").await;
     };
     done(s.change(&a, Some((pk, id)), b).await)
 }
@@ -257,7 +259,7 @@ async fn consent(
     FhirJson(body): FhirJson,
 ) -> Response {
     let Some(pk) = param_str(&body, "patientKey") else {
-        return missing("patientKey");
+        return missing(&s, &a, "patientKey").await;
     };
     let inpatient = param(&body, "inpatient")
         .and_then(|p| p["valueBoolean"].as_bool())
@@ -271,7 +273,7 @@ async fn discharge(
     FhirJson(body): FhirJson,
 ) -> Response {
     let Some(pk) = param_str(&body, "patientKey") else {
-        return missing("patientKey");
+        return missing(&s, &a, "patientKey").await;
     };
     done(s.discharge(&a, pk, Utc::now()).await)
 }
@@ -282,7 +284,7 @@ async fn institution_view(
     q: Query<HashMap<String, String>>,
 ) -> Response {
     let Some(pk) = q.get("patientKey") else {
-        return missing("patientKey");
+        return missing(&s, &a, "patientKey").await;
     };
     done(s.institution_view(&a, pk, Utc::now()).await)
 }
@@ -305,7 +307,7 @@ async fn fetch_referral(
     q: Query<HashMap<String, String>>,
 ) -> Response {
     let Some(id) = q.get("identifier") else {
-        return missing("identifier");
+        return missing(&s, &a, "identifier").await;
     };
     done(s.fetch_referral(&a, id, Utc::now()).await)
 }

@@ -309,7 +309,7 @@ impl ClinsState {
         }
     }
 
-    async fn refuse(
+    pub(crate) async fn refuse(
         &self,
         actor: &Actor,
         action: AuditAction,

@@ -561,6 +561,16 @@ async fn withdraw_only_by_owner_and_change_is_atomic() {
             entries_of(&env.view(B, PK_B).await.1, "Observation").len(),
             4
         );
+        // parameters missing
+        let (s, oo) = env
+            .post(
+                &env.inst(A),
+                "$withdraw",
+                &json!({"resourceType": "Parameters"}),
+            )
+            .await;
+        assert_eq!((s, keys(&oo)), (400, vec!["CLINS-PARAMETER".to_string()]));
+        assert!(env.refusals_logged("CLINS-PARAMETER") >= 1);
         // wrong patient: not found
         let (s, _) = env
             .post(&env.inst(A), "$withdraw", &wd(&id, OTHER_PK))
