@@ -5,7 +5,7 @@
 //! by tenant (Citus `create_distributed_table(…, 'tenant')`) without change.
 
 /// Current schema version, kept in `meta`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const TABLES: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -71,7 +71,6 @@ CREATE TABLE IF NOT EXISTS sp_reference (
   target_type BIGINT NOT NULL, target_id TEXT @C NOT NULL, rid BIGINT NOT NULL,
   PRIMARY KEY (tenant, type, param, target_type, target_id, rid)
 ) @WR;
-CREATE INDEX IF NOT EXISTS sp_reference_target ON sp_reference (tenant, target_type, target_id);
 CREATE TABLE IF NOT EXISTS sp_uri (
   tenant BIGINT NOT NULL, type BIGINT NOT NULL, param BIGINT NOT NULL,
   value TEXT @C NOT NULL, rid BIGINT NOT NULL,

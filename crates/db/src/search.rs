@@ -359,8 +359,9 @@ fn value_cond(
             let norm = normalize_string(s);
             match m {
                 Modifier::Exact => {
+                    // `exact` is stored empty when it equals `norm`
                     let (a, b) = (q.bind(P::T(norm)), q.bind(P::T(s.clone())));
-                    format!("(s.norm = {a} AND s.exact = {b})")
+                    format!("(s.norm = {a} AND (s.exact = {b} OR (s.exact = '' AND s.norm = {b})))")
                 }
                 Modifier::Contains => {
                     let a = q.bind(P::T(format!("%{}%", like_escape(&norm))));

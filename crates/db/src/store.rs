@@ -2,7 +2,7 @@
 
 use crate::search::{self, SearchPage, SearchRequest};
 use crate::sql::{Lite, Pg, Sql, P, V};
-use crate::write::{self, Alloc, Prepared, WriteCtx, WriteOp, WriteOutcome};
+use crate::write::{self, Alloc, WriteCtx, WriteOp, WriteOutcome};
 use crate::{now_ms, schema, DbError};
 use iryo_search::Extractor;
 use parking_lot::{Mutex, RwLock};
@@ -39,22 +39,61 @@ pub fn type_name(code: i64) -> Option<&'static str> {
 
 // ------------------------------------------------------------------ body codec
 
-/// Resource bodies are stored as `[format byte][zstd frame]`; format 1 = zstd without dictionary.
-pub struct BodyCodec {
-    level: i32,
+/// The zstd dictionary for resource bodies (format 2), trained by `iryo-bench train-dict` on
+/// JP Core / clinosim resources and the R4 examples (not on the Synthea benchmark data).
+static DICT_V1: &[u8] = include_bytes!("../data/body-dict-v1.zstd");
+
+static ENC_DICT: LazyLock<zstd::dict::EncoderDictionary<'static>> =
+    LazyLock::new(|| zstd::dict::EncoderDictionary::copy(DICT_V1, 3));
+static DEC_DICT: LazyLock<zstd::dict::DecoderDictionary<'static>> =
+    LazyLock::new(|| zstd::dict::DecoderDictionary::copy(DICT_V1));
+
+thread_local! {
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
 }
+
+/// Resource bodies are stored as `[format byte][zstd frame]`:
+/// format 1 = zstd without dictionary, format 2 = zstd with dictionary v1 (written now).
+pub struct BodyCodec;
 
 impl BodyCodec {
     pub fn encode(&self, json: &[u8]) -> Result<Vec<u8>, DbError> {
-        let mut out = Vec::with_capacity(json.len() / 3 + 8);
-        out.push(1u8);
-        let z = zstd::bulk::compress(json, self.level)?;
-        out.extend_from_slice(&z);
-        Ok(out)
+        COMPRESSOR.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.is_none() {
+                *c = Some(zstd::bulk::Compressor::with_prepared_dictionary(&ENC_DICT)?);
+            }
+            let comp = c
+                .as_mut()
+                .ok_or_else(|| DbError::Other("compressor".into()))?;
+            let z = comp.compress(json)?;
+            let mut out = Vec::with_capacity(z.len() + 1);
+            out.push(2u8);
+            out.extend_from_slice(&z);
+            Ok(out)
+        })
     }
     pub fn decode(&self, blob: &[u8]) -> Result<Vec<u8>, DbError> {
         match blob.split_first() {
             Some((1, z)) => Ok(zstd::stream::decode_all(z)?),
+            Some((2, z)) => DECOMPRESSOR.with(|d| {
+                let mut d = d.borrow_mut();
+                if d.is_none() {
+                    *d = Some(zstd::bulk::Decompressor::with_prepared_dictionary(
+                        &DEC_DICT,
+                    )?);
+                }
+                let dec = d
+                    .as_mut()
+                    .ok_or_else(|| DbError::Other("decompressor".into()))?;
+                let cap = zstd::zstd_safe::get_frame_content_size(z)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(16 << 20)
+                    .min(256 << 20) as usize;
+                Ok(dec.decompress(z, cap)?)
+            }),
             _ => Err(DbError::Other("unknown body format".into())),
         }
     }
@@ -266,7 +305,7 @@ impl Store {
             inner: Arc::new(Inner {
                 engine,
                 extractor: Extractor::new(iryo_search::model()),
-                codec: BodyCodec { level: 3 },
+                codec: BodyCodec,
                 tenants: RwLock::new(HashMap::new()),
             }),
         })
@@ -509,20 +548,14 @@ impl Store {
     ) -> Result<Vec<WriteOutcome>, DbError> {
         // Index extraction of the new versions runs here, in parallel with the writer.
         let this = self.clone();
+        let now = now_ms();
         let prepared = tokio::task::spawn_blocking(move || {
             ops.into_iter()
-                .map(|op| {
-                    let entries = match &op {
-                        WriteOp::Put { resource, .. } => this.inner.extractor.extract(resource),
-                        WriteOp::Delete { .. } => vec![],
-                    };
-                    Prepared { op, entries }
-                })
-                .collect::<Vec<_>>()
+                .map(|op| write::prepare(op, &this.inner.extractor, &this.inner.codec, now))
+                .collect::<Result<Vec<_>, DbError>>()
         })
         .await
-        .map_err(|e| DbError::Other(e.to_string()))?;
-        let now = now_ms();
+        .map_err(|e| DbError::Other(e.to_string()))??;
         self.write_with(move |c, alloc, ctx| {
             let wctx = WriteCtx {
                 extractor: ctx.extractor,

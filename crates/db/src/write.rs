@@ -56,10 +56,45 @@ pub struct WriteOutcome {
     pub body: Option<Arc<Vec<u8>>>,
 }
 
-/// A write with its index entries extracted (outside the writer, in parallel).
+/// A write with its index entries extracted and, when its version can be foreseen, its body
+/// already serialized and compressed — outside the writer, in parallel with it.
 pub(crate) struct Prepared {
     pub op: WriteOp,
     pub entries: Vec<IndexEntry>,
+    /// (assumed version, stored JSON, compressed body)
+    pub body: Option<(i64, Arc<Vec<u8>>, Vec<u8>)>,
+}
+
+/// Extract index entries and pre-encode the body for the version the write will most likely get
+/// (1 for a new resource, If-Match + 1 for a conditional update). The writer checks the guess.
+pub(crate) fn prepare(
+    op: WriteOp,
+    extractor: &Extractor,
+    codec: &BodyCodec,
+    now: i64,
+) -> Result<Prepared, DbError> {
+    match &op {
+        WriteOp::Put {
+            resource, if_match, ..
+        } => {
+            let entries = extractor.extract(resource);
+            let version = if_match.map(|v| v + 1).unwrap_or(1);
+            let lu = iryo_search::date::format_instant(now);
+            let json = serde_json::to_vec(&with_meta(resource.clone(), version, &lu))
+                .map_err(|e| DbError::Other(e.to_string()))?;
+            let body = codec.encode(&json)?;
+            Ok(Prepared {
+                op,
+                entries,
+                body: Some((version, Arc::new(json), body)),
+            })
+        }
+        WriteOp::Delete { .. } => Ok(Prepared {
+            op,
+            entries: vec![],
+            body: None,
+        }),
+    }
 }
 
 /// Allocation of resource keys and transaction numbers.
@@ -174,10 +209,16 @@ pub(crate) fn apply(
                     None => (alloc.rid(c)?, 1),
                 };
                 let created = !matches!(cur, Some((_, _, false)));
-                let resource = with_meta(resource, version, &lu);
-                let json =
-                    serde_json::to_vec(&resource).map_err(|e| DbError::Other(e.to_string()))?;
-                let body = ctx.codec.encode(&json)?;
+                let (json, body) = match p.body {
+                    Some((v, json, body)) if v == version => (json, body),
+                    _ => {
+                        let resource = with_meta(resource, version, &lu);
+                        let json = serde_json::to_vec(&resource)
+                            .map_err(|e| DbError::Other(e.to_string()))?;
+                        let body = ctx.codec.encode(&json)?;
+                        (Arc::new(json), body)
+                    }
+                };
                 c.execute(
                     "INSERT INTO resource_version (tenant, rid, version, type, tx, last_updated, op, body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                     &[P::I(tenant), P::I(rid), P::I(version), P::I(tcode), P::I(tx), P::I(now), P::I(if created { 0 } else { 1 }), P::B(body)],
@@ -191,7 +232,7 @@ pub(crate) fn apply(
                     last_updated: now,
                     created,
                     deleted: false,
-                    body: Some(Arc::new(json)),
+                    body: Some(json),
                 });
             }
             WriteOp::Delete { .. } => match cur {
@@ -276,33 +317,38 @@ pub(crate) fn load_body(
     Ok(serde_json::from_slice(&json).ok())
 }
 
-/// The SQL and parameters that insert (or delete) one index entry.
-fn entry_sql(tenant: i64, tcode: i64, rid: i64, e: &IndexEntry, delete: bool) -> (String, Vec<P>) {
-    let pk = param_key(&e.param);
-    let mut p = vec![P::I(tenant), P::I(tcode), P::I(pk)];
-    let (table, cols): (&str, &[&str]) = match &e.value {
+/// The index table, its columns after (tenant, type), and the values of one index entry.
+/// In `sp_string`, `exact` is stored empty when it equals `norm` (most values): fewer bytes.
+fn entry_row(rid: i64, e: &IndexEntry) -> (&'static str, &'static [&'static str], Vec<P>) {
+    let pk = P::I(param_key(&e.param));
+    match &e.value {
         IndexValue::String { norm, exact } => {
-            p.push(P::T(norm.clone()));
-            p.push(P::I(rid));
-            if !delete {
-                p.push(P::T(exact.clone()));
-            }
-            ("sp_string", &["norm", "rid", "exact"])
+            let exact = if exact == norm {
+                String::new()
+            } else {
+                exact.clone()
+            };
+            (
+                "sp_string",
+                &["param", "norm", "rid", "exact"],
+                vec![pk, P::T(norm.clone()), P::I(rid), P::T(exact)],
+            )
         }
-        IndexValue::Token { system, code } => {
-            p.push(P::T(code.clone()));
-            p.push(P::T(system.clone()));
-            p.push(P::I(rid));
-            ("sp_token", &["code", "system", "rid"])
-        }
-        IndexValue::Date { lo, hi } => {
-            p.extend([P::I(*lo), P::I(*hi), P::I(rid)]);
-            ("sp_date", &["lo", "hi", "rid"])
-        }
-        IndexValue::Number { lo, hi } => {
-            p.extend([P::F(*lo), P::F(*hi), P::I(rid)]);
-            ("sp_number", &["lo", "hi", "rid"])
-        }
+        IndexValue::Token { system, code } => (
+            "sp_token",
+            &["param", "code", "system", "rid"],
+            vec![pk, P::T(code.clone()), P::T(system.clone()), P::I(rid)],
+        ),
+        IndexValue::Date { lo, hi } => (
+            "sp_date",
+            &["param", "lo", "hi", "rid"],
+            vec![pk, P::I(*lo), P::I(*hi), P::I(rid)],
+        ),
+        IndexValue::Number { lo, hi } => (
+            "sp_number",
+            &["param", "lo", "hi", "rid"],
+            vec![pk, P::F(*lo), P::F(*hi), P::I(rid)],
+        ),
         IndexValue::Quantity {
             system,
             code,
@@ -311,58 +357,40 @@ fn entry_sql(tenant: i64, tcode: i64, rid: i64, e: &IndexEntry, delete: bool) ->
             hi,
         } => {
             let code = if code.is_empty() { unit } else { code };
-            p.extend([
-                P::T(code.clone()),
-                P::T(system.clone()),
-                P::F(*lo),
-                P::F(*hi),
-                P::I(rid),
-            ]);
-            ("sp_quantity", &["code", "system", "lo", "hi", "rid"])
+            (
+                "sp_quantity",
+                &["param", "code", "system", "lo", "hi", "rid"],
+                vec![
+                    pk,
+                    P::T(code.clone()),
+                    P::T(system.clone()),
+                    P::F(*lo),
+                    P::F(*hi),
+                    P::I(rid),
+                ],
+            )
         }
         IndexValue::Reference { ty, id } => {
-            p.push(P::I(if ty.is_empty() {
+            let tc = if ty.is_empty() {
                 0
             } else {
                 type_code(ty).unwrap_or(-1)
-            }));
-            p.push(P::T(id.clone()));
-            p.push(P::I(rid));
-            ("sp_reference", &["target_type", "target_id", "rid"])
+            };
+            (
+                "sp_reference",
+                &["param", "target_type", "target_id", "rid"],
+                vec![pk, P::I(tc), P::T(id.clone()), P::I(rid)],
+            )
         }
-        IndexValue::Uri { value } => {
-            p.push(P::T(value.clone()));
-            p.push(P::I(rid));
-            ("sp_uri", &["value", "rid"])
-        }
-    };
-    let sql = if delete {
-        let cols = if table == "sp_string" {
-            &cols[..2]
-        } else {
-            cols
-        };
-        let mut s = format!("DELETE FROM {table} WHERE tenant = $1 AND type = $2 AND param = $3");
-        for (i, c) in cols.iter().enumerate() {
-            s.push_str(&format!(" AND {c} = ${}", i + 4));
-        }
-        s
-    } else {
-        let mut s = format!("INSERT INTO {table} (tenant, type, param");
-        for c in cols {
-            s.push_str(", ");
-            s.push_str(c);
-        }
-        s.push_str(") VALUES ($1, $2, $3");
-        for i in 0..cols.len() {
-            s.push_str(&format!(", ${}", i + 4));
-        }
-        s.push_str(") ON CONFLICT DO NOTHING");
-        s
-    };
-    (sql, p)
+        IndexValue::Uri { value } => (
+            "sp_uri",
+            &["param", "value", "rid"],
+            vec![pk, P::T(value.clone()), P::I(rid)],
+        ),
+    }
 }
 
+/// Insert index rows: one multi-row INSERT per index table.
 pub(crate) fn insert_entries(
     c: &mut dyn Sql,
     tenant: i64,
@@ -370,9 +398,32 @@ pub(crate) fn insert_entries(
     rid: i64,
     entries: &[IndexEntry],
 ) -> Result<(), DbError> {
+    let mut by_table: Vec<(&'static str, &'static [&'static str], Vec<Vec<P>>)> = vec![];
     for e in entries {
-        let (sql, p) = entry_sql(tenant, tcode, rid, e, false);
-        c.execute(&sql, &p)?;
+        let (table, cols, vals) = entry_row(rid, e);
+        match by_table.iter_mut().find(|(t, _, _)| *t == table) {
+            Some((_, _, rows)) => rows.push(vals),
+            None => by_table.push((table, cols, vec![vals])),
+        }
+    }
+    for (table, cols, rows) in by_table {
+        for chunk in rows.chunks(64) {
+            let mut sql = format!(
+                "INSERT INTO {table} (tenant, type, {}) VALUES ",
+                cols.join(", ")
+            );
+            let mut p: Vec<P> = vec![P::I(tenant), P::I(tcode)];
+            for (i, row) in chunk.iter().enumerate() {
+                sql.push_str(if i > 0 { ", ($1, $2" } else { "($1, $2" });
+                for v in row {
+                    p.push(v.clone());
+                    sql.push_str(&format!(", ${}", p.len()));
+                }
+                sql.push(')');
+            }
+            sql.push_str(" ON CONFLICT DO NOTHING");
+            c.execute(&sql, &p)?;
+        }
     }
     Ok(())
 }
@@ -385,7 +436,15 @@ fn delete_entries(
     entries: &[IndexEntry],
 ) -> Result<(), DbError> {
     for e in entries {
-        let (sql, p) = entry_sql(tenant, tcode, rid, e, true);
+        let (table, cols, vals) = entry_row(rid, e);
+        // the primary key: every column but sp_string's non-key `exact`
+        let n = if table == "sp_string" { 3 } else { cols.len() };
+        let mut sql = format!("DELETE FROM {table} WHERE tenant = $1 AND type = $2");
+        let mut p = vec![P::I(tenant), P::I(tcode)];
+        for (col, v) in cols.iter().zip(vals).take(n) {
+            p.push(v);
+            sql.push_str(&format!(" AND {col} = ${}", p.len()));
+        }
         c.execute(&sql, &p)?;
     }
     Ok(())

@@ -462,7 +462,16 @@ async fn transaction(st: &AppState, ctx: &Ctx, bundle: Value) -> Result<Value, F
                     }
                 }
                 res["id"] = Value::String(id);
-                check_resource(&res, Some(&r.ty)).map_err(|e| entry_err(i, e))?;
+                // the whole Bundle passed the structural check before; only the type must match the URL
+                if res.get("resourceType").and_then(Value::as_str) != Some(r.ty.as_str()) {
+                    return Err(entry_err(
+                        i,
+                        FhirError::bad_request(
+                            format!("resource の型が request.url の {} と一致しません", r.ty),
+                            format!("resource type does not match request.url type {}", r.ty),
+                        ),
+                    ));
+                }
                 planned[i] = Some(Planned::Write {
                     op_index: ops.len(),
                     created_hint: r.method == "POST",
@@ -699,7 +708,10 @@ async fn batch(st: &AppState, ctx: &Ctx, bundle: Value) -> Value {
         // each entry is a one-entry transaction (no cross-entry references in a batch)
         let single = json!({"resourceType": "Bundle", "type": "transaction", "entry": [e]});
         let r = match parse_req(i, e) {
-            Ok(_) => transaction(st, ctx, single).await,
+            Ok(_) => match check_resource(&single, Some("Bundle")) {
+                Ok(()) => transaction(st, ctx, single).await,
+                Err(e) => Err(entry_err(0, e)),
+            },
             Err(err) => Err(err),
         };
         match r {

@@ -37,6 +37,14 @@ enum Cmd {
         input: std::path::PathBuf,
         output: std::path::PathBuf,
     },
+    /// Train the zstd dictionary for stored resource bodies from NDJSON(.gz)/JSON resources.
+    TrainDict {
+        #[arg(long, default_value_t = 65536)]
+        size: usize,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        inputs: Vec<std::path::PathBuf>,
+    },
     /// Typical searches, each run `iterations` times, one client.
     Search {
         #[arg(long, default_value = "http://127.0.0.1:8080/fhir")]
@@ -148,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
                 pct(&all, 0.99)
             );
         }
+        Cmd::TrainDict { size, out, inputs } => train_dict(size, &out, &inputs)?,
         Cmd::Replicate {
             times,
             input,
@@ -338,5 +347,75 @@ fn replicate(
     }
     gz.finish()?;
     println!("wrote {n} bundles to {}", output.display());
+    Ok(())
+}
+
+fn collect_samples(p: &std::path::Path, out: &mut Vec<Vec<u8>>) -> anyhow::Result<()> {
+    use std::io::Read;
+    if p.is_dir() {
+        let mut v: Vec<_> = std::fs::read_dir(p)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        v.sort();
+        for e in v {
+            collect_samples(&e, out)?;
+        }
+        return Ok(());
+    }
+    let name = p.display().to_string();
+    if !(name.ends_with(".json") || name.ends_with(".ndjson") || name.ends_with(".ndjson.gz")) {
+        return Ok(());
+    }
+    let mut text = String::new();
+    let f = std::fs::File::open(p)?;
+    if name.ends_with(".gz") {
+        flate2::read::GzDecoder::new(f).read_to_string(&mut text)?;
+    } else {
+        std::io::BufReader::new(f).read_to_string(&mut text)?;
+    }
+    let docs: Vec<Value> = if name.contains(".ndjson") {
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    } else {
+        serde_json::from_str(&text).ok().into_iter().collect()
+    };
+    for d in docs {
+        // stored bodies are single resources: split Bundles into their entries
+        if let Some(entries) = d.get("entry").and_then(Value::as_array) {
+            for e in entries {
+                if let Some(r) = e.get("resource") {
+                    out.push(serde_json::to_vec(r)?);
+                }
+            }
+        }
+        out.push(serde_json::to_vec(&d)?);
+    }
+    Ok(())
+}
+
+fn train_dict(
+    size: usize,
+    out: &std::path::Path,
+    inputs: &[std::path::PathBuf],
+) -> anyhow::Result<()> {
+    let mut samples = vec![];
+    for p in inputs {
+        collect_samples(p, &mut samples)?;
+    }
+    // keep the training set bounded and varied
+    samples.retain(|s| s.len() < 64 * 1024);
+    if samples.len() > 40_000 {
+        let step = samples.len() / 40_000 + 1;
+        samples = samples.into_iter().step_by(step).collect();
+    }
+    let dict = zstd::dict::from_samples(&samples, size)?;
+    std::fs::write(out, &dict)?;
+    println!(
+        "trained a {} byte dictionary from {} samples -> {}",
+        dict.len(),
+        samples.len(),
+        out.display()
+    );
     Ok(())
 }
