@@ -31,7 +31,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The model (剤, 診療識別, dated masters) is explained in `crates/fee/FEE.md`.
+//! The model (剤, 診療識別, dated masters) is explained in `docs/FEE.md`.
 
 pub mod calc;
 pub mod error;

@@ -379,3 +379,27 @@ fn cancelled_and_not_billable_resources_are_skipped() {
     assert_eq!(v[0].procedures.len(), 5);
     assert!(v[0].prescription.is_none());
 }
+
+#[test]
+fn the_full_example_in_docs_maps_to_the_out_of_house_visit() {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/FEE.md"))
+            .unwrap();
+    let section = doc.split("### Full example").nth(1).unwrap();
+    let block = section
+        .split("```json\n")
+        .nth(1)
+        .unwrap()
+        .split("\n```")
+        .next()
+        .unwrap();
+    let bundle: Value = serde_json::from_str(block).unwrap();
+    let visits = visits_from_bundle(&bundle).unwrap();
+    assert_eq!(visits.len(), 1);
+    let mut want = request("visit_out_of_house.json").visit;
+    want.history.clear();
+    assert_eq!(
+        serde_json::to_value(&visits[0]).unwrap(),
+        serde_json::to_value(&want).unwrap()
+    );
+}

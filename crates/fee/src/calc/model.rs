@@ -1,5 +1,5 @@
 //! Input and output of the calculation: a visit in, billed lines with reasons out.
-//! JSON shapes are documented in `crates/fee/FEE.md` and `crates/fee/examples/*.json`.
+//! JSON shapes are documented in `docs/FEE.md` and `crates/fee/examples/*.json`.
 
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
@@ -86,7 +86,7 @@ pub struct Insurance {
     /// 被保険者 (本人) or 家族.
     #[serde(default = "yes")]
     pub is_insured_person: bool,
-    /// 負担割合 in percent (10, 20, 30). When absent it is derived from age (see FEE.md).
+    /// 負担割合 in percent (10, 20, 30). When absent it is derived from age (see docs/FEE.md).
     #[serde(default)]
     pub burden_percent: Option<u8>,
     /// 公費 combined with the insurance (at most one is supported for the copay).
