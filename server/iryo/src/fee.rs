@@ -358,15 +358,7 @@ fn calc(
             }
         }
     }
-    let errors: Vec<String> = results
-        .iter()
-        .flat_map(|r| {
-            r.messages
-                .iter()
-                .filter(|m| m.level == iryo_fee::calc::model::Level::Error)
-                .map(move |m| format!("{}: {} / {}", r.visit_id, m.message_ja, m.message_en))
-        })
-        .collect();
+    let errors = error_lines(&results);
     if !errors.is_empty() {
         bail!(
             "算定できない項目があります / the calculation reported errors:\n  {}",
@@ -374,6 +366,24 @@ fn calc(
         );
     }
     Ok(())
+}
+
+/// Every `error` message of the results, one line each: visit, date, Japanese / English.
+fn error_lines(results: &[VisitResult]) -> Vec<String> {
+    results
+        .iter()
+        .flat_map(|r| {
+            r.messages
+                .iter()
+                .filter(|m| m.level == iryo_fee::calc::model::Level::Error)
+                .map(move |m| {
+                    format!(
+                        "{} ({}): {} / {}",
+                        r.visit_id, r.date, m.message_ja, m.message_en
+                    )
+                })
+        })
+        .collect()
 }
 
 fn yen(v: i64) -> String {
@@ -614,21 +624,7 @@ fn write_receipts(
         );
     }
     let monthly = iryo_fee::monthly_receipts(masters, facility, claim, &visits).map_err(fee_err)?;
-    let errors: Vec<String> = monthly
-        .results
-        .iter()
-        .flat_map(|r| {
-            r.messages
-                .iter()
-                .filter(|m| m.level == iryo_fee::calc::model::Level::Error)
-                .map(move |m| {
-                    format!(
-                        "Encounter/{} ({}): {} / {}",
-                        r.visit_id, r.date, m.message_ja, m.message_en
-                    )
-                })
-        })
-        .collect();
+    let errors = error_lines(&monthly.results);
     if !errors.is_empty() {
         bail!(
             "算定エラーのある受診があるため、レセプトを書き出しません / receipts not written, visits have calculation errors:\n  {}",

@@ -288,6 +288,10 @@ fn clinic_resources() -> Vec<Value> {
         .iter()
         .map(|e| e["resource"].clone())
         .collect();
+    // p-003 is insured by a 国保 (6-digit 保険者番号, kind inferred from it)
+    let cov = res.iter_mut().find(|r| r["id"] == "cov-003").unwrap();
+    cov.as_object_mut().unwrap().remove("type");
+    cov["payor"][0]["identifier"]["value"] = json!("138057");
     let enc = res.iter().find(|r| r["id"] == "v-0001").unwrap().clone();
     for (id, start) in [
         ("v-0002", "2024-07-15T09:30:00+09:00"),
@@ -357,20 +361,25 @@ fn receipt_reads_the_month_from_the_store_and_writes_uke() {
     assert_eq!(visits.len(), 3);
     let claim = chrono::NaiveDate::from_ymd_opt(2024, 8, 1).unwrap();
     let want = iryo_fee::monthly_receipts(&store, &facility(), claim, &visits).unwrap();
-    assert_eq!(want.files.len(), 1, "all three visits are 社保");
+    assert_eq!(want.files.len(), 2, "p-001 社保, p-003 国保");
     assert_eq!(want.files[0].0, Payer::Shaho);
+    assert_eq!(want.files[1].0, Payer::Kokuho);
     let bytes = std::fs::read(outdir.join("shaho/RECEIPTC.UKE")).unwrap();
     assert_eq!(
         bytes, want.files[0].1,
         "the CLI writes what the library builds"
     );
-    assert!(!outdir.join("kokuho").exists());
+    let kokuho = std::fs::read(outdir.join("kokuho/RECEIPTC.UKE")).unwrap();
+    assert_eq!(kokuho, want.files[1].1);
 
-    // parse it back: two patients, totals add up
+    // parse them back: one patient each, totals add up
     let uke = UkeFile::parse(&bytes).unwrap();
-    assert_eq!(uke.receipts.len(), 2);
+    let uke_k = UkeFile::parse(&kokuho).unwrap();
+    assert_eq!((uke.receipts.len(), uke_k.receipts.len()), (1, 1));
+    assert_eq!(uke_k.receipts[0].re.chart_number, "p-003");
+    assert_eq!(uke_k.receipts[0].ho.as_ref().unwrap().insurer, "138057");
     let total: i64 = want.results.iter().map(|r| r.total_points).sum();
-    assert_eq!(uke.total_points, total);
+    assert_eq!(uke.total_points + uke_k.total_points, total);
     assert!(t.contains(&format!("合計 {total} 点")), "{t}");
     let p1 = uke
         .receipts
@@ -412,4 +421,66 @@ fn receipt_reads_the_month_from_the_store_and_writes_uke() {
     // the default tenant has none of clinic-a's data
     let o = run(&["--month", "2024-07"]);
     assert!(!o.status.success());
+}
+
+#[test]
+fn receipt_pages_through_many_encounters() {
+    // 450 patients with one 再診 each: more than two search pages of 200
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("data").to_str().unwrap().to_string();
+    import_into(&d);
+    let b = read_json(&example("fhir_visit_bundle.json"));
+    let find = |id: &str| {
+        b["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["resource"].clone())
+            .find(|r| r["id"] == id)
+            .unwrap()
+    };
+    let (pat, cov, enc) = (find("p-001"), find("cov-001"), find("v-0001"));
+    let mut ops = Vec::new();
+    for n in 0..450 {
+        let (p, c, e) = (format!("pp-{n}"), format!("cc-{n}"), format!("ee-{n}"));
+        let mut x = pat.clone();
+        x["id"] = json!(p);
+        ops.push(iryo_db::WriteOp::put(x));
+        let mut x = cov.clone();
+        x["id"] = json!(c);
+        x["beneficiary"]["reference"] = json!(format!("Patient/{p}"));
+        ops.push(iryo_db::WriteOp::put(x));
+        let mut x = enc.clone();
+        x["id"] = json!(e);
+        x["subject"]["reference"] = json!(format!("Patient/{p}"));
+        x.as_object_mut().unwrap().remove("diagnosis");
+        x["period"] = json!({"start": format!("2024-07-{:02}T10:00:00+09:00", n % 28 + 1)});
+        ops.push(iryo_db::WriteOp::put(x));
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = iryo_db::Store::open(&d).await.unwrap();
+        store.write(1, ops).await.unwrap();
+    });
+    let fac = write_facility(tmp.path());
+    let outdir = tmp.path().join("out");
+    let o = iryo(&[
+        "fee",
+        "receipt",
+        "--month",
+        "2024-07",
+        "--data",
+        &d,
+        "--facility",
+        &fac,
+        "--out",
+        outdir.to_str().unwrap(),
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("受診 450 件"), "{t}");
+    let uke = UkeFile::parse(&std::fs::read(outdir.join("shaho/RECEIPTC.UKE")).unwrap()).unwrap();
+    assert_eq!(uke.receipts.len(), 450);
+    // each is a 再診料 75 + 外来管理加算 52 = 127点 (R6 values of the fixture masters)
+    assert_eq!(uke.total_points, 450 * 127);
 }
