@@ -1,0 +1,60 @@
+//! Timing: first validation of a JP-CLINS Bundle (profiles loaded lazily, included), then the
+//! steady state for a ~50-resource 5情報 Bundle, single-threaded.
+//! `cargo run --release -p iryo-validator --example bench`
+use iryo_validator::Validator;
+use serde_json::{json, Value};
+use std::time::Instant;
+
+fn main() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/Bundle-Bundle-CLINS-Observations-Example-01.json"
+    );
+    let bundle: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
+    let v = Validator::new();
+    let t = Instant::now();
+    let out = v.validate(&bundle, &[]);
+    println!(
+        "first validation incl. loading: {:?} ({} errors)",
+        t.elapsed(),
+        out.errors().count()
+    );
+
+    // 49 Observations + the Patient: the 4 Observations repeated with fresh fullUrls.
+    let mut big = bundle.clone();
+    let entries = bundle["entry"].as_array().expect("entries");
+    let mut list = vec![entries[0].clone()];
+    for i in 0..49 {
+        let mut e = entries[1 + i % (entries.len() - 1)].clone();
+        e["fullUrl"] = json!(format!("urn:uuid:00000000-0000-4000-8000-{:012}", i));
+        list.push(e);
+    }
+    big["entry"] = Value::Array(list);
+    let out = v.validate(&big, &[]);
+    println!(
+        "50-entry bundle: {} errors, {} issues",
+        out.errors().count(),
+        out.issues.len()
+    );
+    let n = 50;
+    let mut times = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let _ = v.validate(&big, &[]);
+        times.push(t.elapsed());
+    }
+    times.sort();
+    println!(
+        "steady state, 50-resource Bundle: median {:?}, min {:?}, max {:?}",
+        times[n / 2],
+        times[0],
+        times[n - 1]
+    );
+    let t = Instant::now();
+    let k = v.preload();
+    println!(
+        "preload of all {k} JP StructureDefinitions (after the above): {:?}",
+        t.elapsed()
+    );
+}
