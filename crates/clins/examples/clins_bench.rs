@@ -89,6 +89,43 @@ async fn main() {
         .unwrap();
     let base = fixture("Bundle-Bundle-CLINS-Observations-Example-01.json");
 
+    // 0. where the time goes: profile validation alone, one access-log append alone
+    let one = obs_bundle(
+        &base,
+        INSTITUTIONS[0],
+        "probe",
+        "00012345::1:01",
+        49,
+        "2025-06-01",
+    );
+    let validator = iryo_validator::Validator::new();
+    let _ = validator.validate(&one, &[]);
+    let t = Instant::now();
+    for _ in 0..20 {
+        let out = validator.validate(&one, &[]);
+        assert!(!out.has_errors());
+    }
+    println!(
+        "validation of one 50-resource Bundle: {:.1} ms",
+        t.elapsed().as_secs_f64() * 1000.0 / 20.0
+    );
+    let probe_audit = SqliteSecurityStore::open(&dir.path().join("probe.db")).unwrap();
+    let t = Instant::now();
+    for _ in 0..20 {
+        let e = iryo_security::store::NewAuditEntry::new(
+            Utc::now(),
+            "probe",
+            "probe",
+            iryo_security::audit::AuditAction::Read,
+            iryo_security::audit::AuditOutcome::Success,
+        );
+        probe_audit.append_audit(e).unwrap();
+    }
+    println!(
+        "one access-log append (SQLite file): {:.1} ms",
+        t.elapsed().as_secs_f64() * 1000.0 / 20.0
+    );
+
     // 1. register throughput
     let total = 400usize;
     let senders = 8usize;
@@ -151,6 +188,42 @@ async fn main() {
         .record_consent(&inst_actor(INSTITUTIONS[0]), pk, false, now)
         .await
         .unwrap();
+    let t = Instant::now();
+    let q = iryo_search::query::parse_query(
+        iryo_search::model(),
+        Some("Bundle"),
+        &format!(
+            "_tag=urn:iryo:clins:patient|{}&_count=1000",
+            iryo_clins::ids::normalize_patient_key(pk).unwrap().hash()
+        ),
+        iryo_search::query::Handling::Strict,
+    )
+    .unwrap();
+    let tenant = state
+        .store()
+        .tenant_id("clins-platform")
+        .await
+        .unwrap()
+        .unwrap();
+    for _ in 0..20 {
+        let page = state
+            .store()
+            .search(
+                tenant,
+                iryo_db::SearchRequest {
+                    query: q.clone(),
+                    page_token: None,
+                    base_url: "urn:x".into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.matches.len(), 300);
+    }
+    println!(
+        "store search of the patient's 300 units: {:.1} ms",
+        t.elapsed().as_secs_f64() * 1000.0 / 20.0
+    );
     let mut times = vec![];
     let mut entries = 0;
     for _ in 0..300 {

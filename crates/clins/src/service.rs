@@ -142,6 +142,8 @@ pub(crate) struct Inner {
     pub audit: Arc<dyn SecurityStore>,
     pub validator: Option<Arc<Validator>>,
     clients: RwLock<HashMap<String, Binding>>,
+    /// Parsed stored units by id, with their version (views parse nothing already seen).
+    parsed: parking_lot::Mutex<HashMap<String, (i64, Arc<Value>)>>,
 }
 
 /// The service state shared by all requests; cheap to clone.
@@ -208,6 +210,7 @@ impl ClinsState {
                 audit,
                 validator,
                 clients: RwLock::new(HashMap::new()),
+                parsed: parking_lot::Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -330,7 +333,7 @@ impl ClinsState {
     }
 
     /// Search the platform tenant; follows pages up to `limit` matches.
-    pub(crate) async fn find(&self, ty: &str, qs: &str) -> Result<Vec<Value>, Refusal> {
+    pub(crate) async fn find(&self, ty: &str, qs: &str) -> Result<Vec<Arc<Value>>, Refusal> {
         let query = parse_query(iryo_search::model(), Some(ty), qs, Handling::Strict)
             .map_err(|e| Refusal::internal(format!("{e:?}")))?;
         let mut req = SearchRequest {
@@ -346,7 +349,7 @@ impl ClinsState {
                 .search(self.inner.tenant, req.clone())
                 .await
                 .map_err(Refusal::internal)?;
-            out.extend(page.matches.iter().filter_map(parse_stored));
+            out.extend(page.matches.iter().filter_map(|r| self.parsed(r)));
             if !page.has_next || out.len() >= 100_000 {
                 break;
             }
@@ -354,6 +357,23 @@ impl ClinsState {
             req.query.offset = page.offset + page.count;
         }
         Ok(out)
+    }
+
+    /// The parsed JSON of a stored resource, from the cache when this version was seen.
+    fn parsed(&self, r: &StoredResource) -> Option<Arc<Value>> {
+        const MAX_CACHED: usize = 4096;
+        if let Some((v, json)) = self.inner.parsed.lock().get(&r.id) {
+            if *v == r.version {
+                return Some(json.clone());
+            }
+        }
+        let json = Arc::new(parse_stored(r)?);
+        let mut cache = self.inner.parsed.lock();
+        if cache.len() >= MAX_CACHED {
+            cache.clear();
+        }
+        cache.insert(r.id.clone(), (r.version, json.clone()));
+        Some(json)
     }
 
     async fn read_unit(&self, id: &str) -> Result<Option<Value>, Refusal> {
@@ -787,7 +807,7 @@ impl ClinsState {
     }
 
     /// All report units of a patient.
-    pub(crate) async fn units_of(&self, key: &PatientKey) -> Result<Vec<Value>, Refusal> {
+    pub(crate) async fn units_of(&self, key: &PatientKey) -> Result<Vec<Arc<Value>>, Refusal> {
         self.find("Bundle", &tag_query(&[(T_PATIENT, &key.hash())]))
             .await
     }
@@ -1029,7 +1049,7 @@ impl ClinsState {
             }
             match views::keep_lts(&u) {
                 Some(trimmed) => {
-                    if trimmed != u {
+                    if trimmed != *u {
                         report.trimmed_units.push(id.to_string());
                         ops.push(WriteOp::put(trimmed));
                     }

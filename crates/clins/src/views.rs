@@ -124,13 +124,18 @@ fn windowed<'a>(
 /// The 6情報 view of a patient: one collection Bundle, Patient first, then every item shown
 /// to this audience with `meta.source` = its institution. `for_patient`: UNINFORMED hidden;
 /// otherwise UNINFORMED items are marked with their date. UNDELIVERED items are never shown.
-pub fn six_info(key: &PatientKey, units: &[Value], now: DateTime<Utc>, for_patient: bool) -> Value {
+pub fn six_info(
+    key: &PatientKey,
+    units: &[std::sync::Arc<Value>],
+    now: DateTime<Utc>,
+    for_patient: bool,
+) -> Value {
     let now_ms = now.timestamp_millis();
     let five_years = 5 * 365 * DAY_MS + DAY_MS;
     let mut plain: Vec<(&Value, &Value)> = vec![];
     let (mut labs, mut infections, mut rx) = (vec![], vec![], vec![]);
     let mut latest_patient: Option<(&str, Value)> = None;
-    for u in units {
+    for u in units.iter().map(|u| &**u) {
         let Some(kind) = tag_of(u, T_KIND).and_then(Kind::from_code) else {
             continue;
         };
