@@ -874,11 +874,12 @@ impl ClinsState {
         };
         let units = self.units_of(key).await?;
         let mut b = views::six_info(key, &units, now, true);
-        for u in &units {
-            if tag_of(u, T_KIND) == Some(Kind::Checkup.code()) {
-                let entries = b["entry"].as_array_mut().expect("view entries");
-                entries.push(json!({"fullUrl": format!("urn:iryo-clins:{}", u["id"].as_str().unwrap_or("")), "resource": views::clean_unit(u)}));
-            }
+        let checkups = units
+            .iter()
+            .filter(|u| tag_of(u, T_KIND) == Some(Kind::Checkup.code()))
+            .map(|u| json!({"fullUrl": format!("urn:iryo-clins:{}", u["id"].as_str().unwrap_or("")), "resource": views::clean_unit(u)}));
+        if let Some(entries) = b["entry"].as_array_mut() {
+            entries.extend(checkups);
         }
         self.log(
             actor,
@@ -959,7 +960,7 @@ impl ClinsState {
                         "code": {"text": "診療情報提供書"},
                         "identifier": [u["identifier"].clone()],
                         "author": {"identifier": {"system": ids::INSTITUTION_SYSTEM, "value": tag_of(&u, T_SOURCE)}},
-                        "created": tag_of(&u, T_REGISTERED).map(|t| &t[..10]),
+                        "created": tag_of(&u, T_REGISTERED).and_then(|t| t.get(..10)),
                     }
                 }));
             }
