@@ -172,6 +172,7 @@ fn member_ids(patient: &Value) -> Vec<&str> {
 }
 
 /// Check a patient key given on its own (withdraw, consent, views): R1013 when invalid.
+#[allow(clippy::result_large_err)] // an Issue is the natural error; it is built once per request
 pub fn patient_key(raw: &str, expr: &str) -> Result<PatientKey, Issue> {
     ids::normalize_patient_key(raw).map_err(|(ja, en)| Issue::error("R1013", expr, ja, en))
 }

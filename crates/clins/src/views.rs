@@ -112,7 +112,7 @@ fn windowed<'a>(
     now: i64,
     window_ms: i64,
 ) -> Vec<(&'a Value, &'a Value)> {
-    reports.sort_by(|a, b| b.date.cmp(&a.date));
+    reports.sort_by_key(|r| std::cmp::Reverse(r.date));
     reports
         .into_iter()
         .enumerate()
