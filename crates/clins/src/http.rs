@@ -314,19 +314,17 @@ async fn fetch_referral(
 
 async fn retention(State(s): State<ClinsState>, Caller(a): Caller) -> Response {
     if !matches!(a, Actor::Operator { .. }) {
-        return fhir(
+        let e = Refusal::new(
             403,
-            Refusal::new(
-                403,
-                Issue::error(
-                    "CLINS-FORBIDDEN",
-                    "",
-                    "保存期間処理は運用者だけが実行できます",
-                    "only the platform operator may run retention",
-                ),
-            )
-            .outcome(),
+            Issue::error(
+                "CLINS-FORBIDDEN",
+                "",
+                "保存期間処理は運用者だけが実行できます",
+                "only the platform operator may run retention",
+            ),
         );
+        let e = s.refuse(&a, AuditAction::Delete, None, e).await;
+        return fhir(e.status, e.outcome());
     }
     done(s.run_retention(Utc::now()).await.map(|r| {
         json!({"resourceType": "Parameters", "parameter": [

@@ -827,7 +827,13 @@ async fn retention_keeps_lts_and_logs() {
         );
         env.ok(A, &b).await;
         env.ok(B, &obs_bundle(B, "o", PK_B, &today())).await;
-        // nothing is due now
+        // only the operator runs it over HTTP; nothing is due now
+        let (s, oo) = env.post(&env.inst(A), "$retention", &json!({})).await;
+        assert_eq!((s, keys(&oo)), (403, vec!["CLINS-FORBIDDEN".to_string()]));
+        let op = env.token("ops", Some(Role::PlatformOperator), None);
+        let (s, out) = env.post(&op, "$retention", &json!({})).await;
+        assert_eq!(s, 200, "{out}");
+        assert_eq!(out["parameter"][0]["valueInteger"], 0);
         let rep = env.state.run_retention(Utc::now()).await.unwrap();
         assert!(rep.removed_units.is_empty() && rep.trimmed_units.is_empty());
         let later = Utc::now() + Duration::days(5 * 365 + 10);
