@@ -1,7 +1,7 @@
 //! 共通算定モジュール: 医科 outpatient fee calculation from the official 支払基金 masters,
 //! patient copay and UKE (レセプト電算) receipts.
 //!
-//! Three entry points, one per CLI subcommand the server exposes:
+//! Entry points (the `iryo fee` subcommands call them):
 //!
 //! * [`import_masters`] — `iryo fee masters import DIR`: reads the 基本マスター (医科診療行為 `s_`,
 //!   医薬品 `y_`, 特定器材 `t_`, コメント `c_`, 傷病名 `b_`, 修飾語 `z_`; CP932 CSV, plain or zipped)
@@ -13,6 +13,9 @@
 //!   points and the copay (1点 = 10円, 四捨五入 to 10 yen).
 //! * [`monthly_receipts`] / [`uke::UkeFile`] — `iryo fee receipt`: the month's UKE file in CP932,
 //!   and a parser of it.
+//! * [`fhir::visits_from_bundle`] / [`fhir::visits_from_resources`] — FHIR R4 Encounter, Patient,
+//!   Coverage, ChargeItem, MedicationRequest and Condition resources → [`VisitInput`]s (the
+//!   convention is in `docs/FEE.md`, "FHIR mapping").
 //!
 //! ```no_run
 //! use std::path::Path;

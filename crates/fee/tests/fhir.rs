@@ -257,9 +257,12 @@ fn resources_list_gives_the_same_visits() {
     );
 }
 
+/// (resource id, how to break it, what the error must say)
+type BadCase = (&'static str, Box<dyn Fn(&mut Value)>, &'static str);
+
 #[test]
 fn bad_resources_are_errors_naming_the_element() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+    let cases: Vec<BadCase> = vec![
         (
             "p-001",
             Box::new(|r| {
