@@ -311,40 +311,59 @@ fn clinic_resources() -> Vec<Value> {
     res
 }
 
-#[test]
-fn receipt_reads_the_month_from_the_store_and_writes_uke() {
+/// A temp data directory with the fixture masters, a FHIR store holding `resources` in
+/// `tenant` (created unless `default`), a facility file and an output directory.
+struct Clinic {
+    _tmp: tempfile::TempDir,
+    data: String,
+    facility: String,
+    out: PathBuf,
+}
+
+fn clinic_with(resources: Vec<Value>, tenant: &str) -> Clinic {
     let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path().join("data");
-    let d = d.to_str().unwrap().to_string();
-    import_into(&d);
-    let resources = clinic_resources();
+    let data = tmp.path().join("data").to_str().unwrap().to_string();
+    import_into(&data);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let store = iryo_db::Store::open(&d).await.unwrap();
-        let t = store.tenant_create("clinic-a").await.unwrap();
-        let ops = resources
-            .iter()
-            .cloned()
-            .map(iryo_db::WriteOp::put)
-            .collect();
-        store.write(t.id, ops).await.unwrap();
+        let store = iryo_db::Store::open(&data).await.unwrap();
+        let id = match tenant {
+            "default" => 1,
+            t => store.tenant_create(t).await.unwrap().id,
+        };
+        let ops = resources.into_iter().map(iryo_db::WriteOp::put).collect();
+        store.write(id, ops).await.unwrap();
     });
-    let fac = write_facility(tmp.path());
-    let outdir = tmp.path().join("out");
-    let o = iryo(&[
+    Clinic {
+        facility: write_facility(tmp.path()),
+        out: tmp.path().join("out"),
+        data,
+        _tmp: tmp,
+    }
+}
+
+/// `iryo fee receipt` on the clinic's store, with `extra` arguments.
+fn receipt(c: &Clinic, extra: &[&str]) -> Output {
+    let mut a = vec![
         "fee",
         "receipt",
-        "--month",
-        "2024-07",
-        "--tenant",
-        "clinic-a",
         "--data",
-        &d,
+        &c.data,
         "--facility",
-        &fac,
+        &c.facility,
         "--out",
-        outdir.to_str().unwrap(),
-    ]);
+    ];
+    a.push(c.out.to_str().unwrap());
+    a.extend_from_slice(extra);
+    iryo(&a)
+}
+
+#[test]
+fn receipt_reads_the_month_from_the_store_and_writes_uke() {
+    let resources = clinic_resources();
+    let c = clinic_with(resources.clone(), "clinic-a");
+    let (d, outdir) = (&c.data, &c.out);
+    let o = receipt(&c, &["--month", "2024-07", "--tenant", "clinic-a"]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("受診 3 件"), "{t}");
@@ -403,32 +422,23 @@ fn receipt_reads_the_month_from_the_store_and_writes_uke() {
     );
 
     // no visits in September; unknown tenant; bad month
-    let run = |extra: &[&str]| {
-        let mut a = vec!["fee", "receipt", "--data", &d, "--facility", &fac, "--out"];
-        a.push(outdir.to_str().unwrap());
-        a.extend_from_slice(extra);
-        iryo(&a)
-    };
-    let o = run(&["--month", "2024-09", "--tenant", "clinic-a"]);
+    let o = receipt(&c, &["--month", "2024-09", "--tenant", "clinic-a"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("外来受診がありません"), "{}", text(&o));
-    let o = run(&["--month", "2024-07", "--tenant", "nope"]);
+    let o = receipt(&c, &["--month", "2024-07", "--tenant", "nope"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("nope"));
-    let o = run(&["--month", "2024-13", "--tenant", "clinic-a"]);
+    let o = receipt(&c, &["--month", "2024-13", "--tenant", "clinic-a"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("YYYY-MM"));
     // the default tenant has none of clinic-a's data
-    let o = run(&["--month", "2024-07"]);
+    let o = receipt(&c, &["--month", "2024-07"]);
     assert!(!o.status.success());
 }
 
 #[test]
 fn receipt_pages_through_many_encounters() {
     // 450 patients with one 再診 each: more than two search pages of 200
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path().join("data").to_str().unwrap().to_string();
-    import_into(&d);
     let b = read_json(&example("fhir_visit_bundle.json"));
     let find = |id: &str| {
         b["entry"]
@@ -440,46 +450,29 @@ fn receipt_pages_through_many_encounters() {
             .unwrap()
     };
     let (pat, cov, enc) = (find("p-001"), find("cov-001"), find("v-0001"));
-    let mut ops = Vec::new();
+    let mut list = Vec::new();
     for n in 0..450 {
         let (p, c, e) = (format!("pp-{n}"), format!("cc-{n}"), format!("ee-{n}"));
         let mut x = pat.clone();
         x["id"] = json!(p);
-        ops.push(iryo_db::WriteOp::put(x));
+        list.push(x);
         let mut x = cov.clone();
         x["id"] = json!(c);
         x["beneficiary"]["reference"] = json!(format!("Patient/{p}"));
-        ops.push(iryo_db::WriteOp::put(x));
+        list.push(x);
         let mut x = enc.clone();
         x["id"] = json!(e);
         x["subject"]["reference"] = json!(format!("Patient/{p}"));
         x.as_object_mut().unwrap().remove("diagnosis");
         x["period"] = json!({"start": format!("2024-07-{:02}T10:00:00+09:00", n % 28 + 1)});
-        ops.push(iryo_db::WriteOp::put(x));
+        list.push(x);
     }
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let store = iryo_db::Store::open(&d).await.unwrap();
-        store.write(1, ops).await.unwrap();
-    });
-    let fac = write_facility(tmp.path());
-    let outdir = tmp.path().join("out");
-    let o = iryo(&[
-        "fee",
-        "receipt",
-        "--month",
-        "2024-07",
-        "--data",
-        &d,
-        "--facility",
-        &fac,
-        "--out",
-        outdir.to_str().unwrap(),
-    ]);
+    let c = clinic_with(list, "default");
+    let o = receipt(&c, &["--month", "2024-07"]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("受診 450 件"), "{t}");
-    let uke = UkeFile::parse(&std::fs::read(outdir.join("shaho/RECEIPTC.UKE")).unwrap()).unwrap();
+    let uke = UkeFile::parse(&std::fs::read(c.out.join("shaho/RECEIPTC.UKE")).unwrap()).unwrap();
     assert_eq!(uke.receipts.len(), 450);
     // each is a 再診料 75 + 外来管理加算 52 = 127点 (R6 values of the fixture masters)
     assert_eq!(uke.total_points, 450 * 127);
