@@ -37,6 +37,8 @@ pub(crate) struct Walk<'a, 'v> {
     /// `%rootResource` for invariants: the container of a contained resource, else the
     /// resource itself.
     cur_root: &'v Value,
+    /// How many leading issues come from the structural check.
+    structural: usize,
 }
 
 /// `resolve()` inside a Bundle: entries by fullUrl.
@@ -220,6 +222,7 @@ impl<'a, 'v> Walk<'a, 'v> {
             depth: 0,
             only_base: false,
             cur_root: root,
+            structural: 0,
         }
     }
 
@@ -235,6 +238,7 @@ impl<'a, 'v> Walk<'a, 'v> {
                 message_en: i.message_en,
             });
         }
+        self.structural = self.issues.len();
         let Some(rt) = root.get("resourceType").and_then(Value::as_str) else {
             return;
         };
@@ -247,19 +251,35 @@ impl<'a, 'v> Walk<'a, 'v> {
 
     pub(crate) fn finish(mut self) -> Vec<ValidationIssue> {
         // Same problem reported by two profiles (or by the structural check and a profile): once.
+        // A missing element found by the structural check is not reported again by a profile
+        // (slice cardinality, which names the slice `path:slice`, still is).
+        let structural: std::collections::HashSet<String> = self.issues[..self.structural]
+            .iter()
+            .filter(|i| i.code == "required")
+            .map(|i| i.expression.clone())
+            .collect();
         let mut seen = std::collections::HashSet::new();
+        let mut index = 0usize;
         self.issues.retain(|i| {
-            let k = if i.code == "required" {
-                (i.expression.clone(), i.code, None, String::new())
-            } else {
-                (
-                    i.expression.clone(),
-                    i.code,
-                    i.key.clone(),
-                    i.message_en.clone(),
-                )
-            };
-            seen.insert(k)
+            index += 1;
+            if index > self.structural
+                && i.code == "required"
+                && structural.contains(&i.expression)
+                && !i
+                    .message_en
+                    .split(": minimum")
+                    .next()
+                    .unwrap_or("")
+                    .contains(':')
+            {
+                return false;
+            }
+            seen.insert((
+                i.expression.clone(),
+                i.code,
+                i.key.clone(),
+                i.message_en.clone(),
+            ))
         });
         self.issues
     }
@@ -490,32 +510,33 @@ impl<'a, 'v> Walk<'a, 'v> {
             let vals = self.collect(base, &g.name, obj, loc);
             let shown_loc = format!("{loc}.{}", g.name.trim_end_matches("[x]"));
             self.cardinality(base, None, vals.len(), &shown_loc);
-            let slicing = base.slicing.clone();
+            let slicing = base.slicing.as_ref();
             if g.slices.is_empty() {
                 for x in &vals {
                     self.element(prof, g.base, x.value, &x.type_code, &x.loc, resource);
                 }
                 continue;
             }
-            let discs = slicing
-                .as_ref()
-                .map(|s| s.discriminators.clone())
-                .filter(|d| !d.is_empty())
-                .unwrap_or_else(|| {
-                    if g.name.ends_with("[x]") {
+            let implicit;
+            let discs: &[(DiscKind, String)] = match slicing {
+                Some(s) if !s.discriminators.is_empty() => &s.discriminators,
+                _ => {
+                    implicit = if g.name.ends_with("[x]") {
                         vec![(DiscKind::Type, "$this".to_string())]
                     } else if g.name == "extension" || g.name == "modifierExtension" {
                         vec![(DiscKind::Value, "url".to_string())]
                     } else {
                         Vec::new()
-                    }
-                });
+                    };
+                    &implicit
+                }
+            };
             let mut matched: Vec<Option<usize>> = Vec::with_capacity(vals.len());
             for x in &vals {
                 let m = g
                     .slices
                     .iter()
-                    .position(|&s| self.slice_matches(prof, s, x, &discs, resource));
+                    .position(|&s| self.slice_matches(prof, s, x, discs, resource));
                 matched.push(m);
             }
             for (si, &s) in g.slices.iter().enumerate() {
@@ -523,7 +544,7 @@ impl<'a, 'v> Walk<'a, 'v> {
                 let se = &prof.elements[s];
                 self.cardinality(se, se.slice_name.as_deref(), n, &shown_loc);
             }
-            let rules = slicing.as_ref().map_or("open", |s| s.rules.as_str());
+            let rules = slicing.map_or("open", |s| s.rules.as_str());
             if rules == "closed" {
                 for (x, m) in vals.iter().zip(&matched) {
                     if m.is_none() {
@@ -543,8 +564,8 @@ impl<'a, 'v> Walk<'a, 'v> {
                     }
                 }
             }
-            if slicing.as_ref().is_some_and(|s| s.ordered) || rules == "openAtEnd" {
-                let ordered = slicing.as_ref().is_some_and(|s| s.ordered);
+            if slicing.is_some_and(|s| s.ordered) || rules == "openAtEnd" {
+                let ordered = slicing.is_some_and(|s| s.ordered);
                 let mut last = 0usize;
                 let mut seen_unmatched = false;
                 for (x, m) in vals.iter().zip(&matched) {
