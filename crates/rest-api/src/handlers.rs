@@ -209,7 +209,11 @@ fn percent_decode(s: &str) -> String {
 
 /// The axum fallback: every FHIR request comes through here.
 pub async fn handle(State(st): State<AppState>, req: Request) -> Response {
-    match handle_inner(st, req).await {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
+    match handle_inner(st, req, peer).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -243,9 +247,16 @@ fn check_auth(st: &AppState, headers: &HeaderMap) -> Result<(), FhirError> {
     }
 }
 
-async fn handle_inner(st: AppState, req: Request) -> Result<Response, FhirError> {
+async fn handle_inner(
+    st: AppState,
+    req: Request,
+    peer: Option<std::net::SocketAddr>,
+) -> Result<Response, FhirError> {
     let (parts, body) = req.into_parts();
-    check_auth(&st, &parts.headers)?;
+    crate::auth::check_header_size(&parts.headers)?;
+    if st.config.security.is_none() {
+        check_auth(&st, &parts.headers)?;
+    }
     let path = parts.uri.path().to_string();
     let raw_query = parts.uri.query().unwrap_or("").to_string();
     let segs: Vec<String> = path
@@ -349,6 +360,15 @@ async fn handle_inner(st: AppState, req: Request) -> Result<Response, FhirError>
     let headers = parts.headers.clone();
     let body = read_body(&st, body).await?;
     let segs: Vec<&str> = rest.iter().map(String::as_str).collect();
+    if let Some(sec) = &st.config.security {
+        if let Some(r) = secure(
+            &st, sec, &ctx, &method, &segs, &pairs, &headers, &body, peer,
+        )
+        .await?
+        {
+            return Ok(r);
+        }
+    }
     match (&method, segs.as_slice()) {
         (&Method::GET, ["metadata"]) => Ok(json_response(
             StatusCode::OK,
@@ -462,6 +482,136 @@ async fn handle_inner(st: AppState, req: Request) -> Result<Response, FhirError>
             format!("{method} {path} is not supported"),
         )),
     }
+}
+
+/// Authentication and access policy of one request ([`crate::auth`]). `Ok(Some(response))`
+/// when the request was answered here (the audit log, a compartment-limited search),
+/// `Ok(None)` to dispatch it normally.
+#[allow(clippy::too_many_arguments)]
+async fn secure(
+    st: &AppState,
+    sec: &crate::auth::Security,
+    ctx: &Ctx,
+    method: &Method,
+    segs: &[&str],
+    pairs: &[(String, String)],
+    headers: &HeaderMap,
+    body: &[u8],
+    peer: Option<std::net::SocketAddr>,
+) -> Result<Option<Response>, FhirError> {
+    use crate::auth;
+    let now = chrono::Utc::now();
+    let tenant = ctx.tenant_name.as_str();
+    // the CapabilityStatement is public (clients discover the security settings there)
+    let Some(mut accesses) = auth::route_accesses(method, segs, pairs) else {
+        return Ok(None);
+    };
+    let caller = auth::authenticate(sec, headers, tenant, peer, now)?;
+    if segs == ["AuditEvent"] && *method == Method::GET {
+        return auth::audit_search(sec, &caller, ctx, pairs, peer, now)
+            .await
+            .map(Some);
+    }
+    let patient = caller.patient().map(str::to_string);
+    if *method == Method::POST && segs.is_empty() {
+        if patient.is_some() {
+            auth::log_refusal(
+                sec,
+                &caller,
+                tenant,
+                "bundle by a patient-restricted caller",
+                peer,
+                now,
+            );
+            return Err(auth::outside_compartment("batch/transaction"));
+        }
+        let v = parse_resource(headers, body)?;
+        accesses = auth::bundle_accesses(&v);
+    }
+    if let Some(pid) = &patient {
+        if let Some(p) = auth::compartment_escape(pairs) {
+            auth::log_refusal(
+                sec,
+                &caller,
+                tenant,
+                &format!("compartment escape: {p}"),
+                peer,
+                now,
+            );
+            return Err(auth::outside_compartment(&p));
+        }
+        // instance access: in the compartment only if the compartment search finds it
+        for a in accesses.iter_mut() {
+            if let (Some(id), None) = (&a.id, &a.patient) {
+                if in_compartment(st, ctx, &a.resource_type, id, pid).await? {
+                    a.patient = Some(pid.clone());
+                }
+            }
+        }
+    }
+    let restrict = auth::check_accesses(sec, &caller, tenant, &accesses, peer, now)?;
+    let Some(pid) = restrict else {
+        return Ok(None);
+    };
+    // limited to one patient's compartment: only type-level searches can be narrowed
+    match (method.as_str(), segs) {
+        ("GET", [ty]) | ("POST", [ty, "_search"]) => {
+            check_type(ty)?;
+            let mut pairs = if *method == Method::POST {
+                form_pairs(headers, body, pairs)?
+            } else {
+                pairs.to_vec()
+            };
+            if *ty == "Patient" {
+                pairs.push(("_id".into(), pid));
+                search_type(st, ctx, ty, &pairs, None).await.map(Some)
+            } else {
+                search_type(st, ctx, ty, &pairs, Some(("Patient".into(), pid)))
+                    .await
+                    .map(Some)
+            }
+        }
+        ("GET", ["Patient", c, _]) if *c == pid => Ok(None),
+        _ => {
+            auth::log_refusal(
+                sec,
+                &caller,
+                tenant,
+                "type-level access outside a compartment search",
+                peer,
+                now,
+            );
+            Err(auth::outside_compartment(&segs.join("/")))
+        }
+    }
+}
+
+/// Whether `ty/id` is in the compartment of `Patient/pid` (or is that patient).
+async fn in_compartment(
+    st: &AppState,
+    ctx: &Ctx,
+    ty: &str,
+    id: &str,
+    pid: &str,
+) -> Result<bool, FhirError> {
+    if ty == "Patient" {
+        return Ok(id == pid);
+    }
+    if !iryo_fhir_spec::r4().is_resource_type(ty) || !is_valid_id(id) {
+        return Ok(false);
+    }
+    let pairs = vec![("_id".to_string(), id.to_string())];
+    let q = parse_pairs(iryo_search::model(), Some(ty), &pairs, Handling::Strict)?;
+    let req = SearchRequest {
+        query: q,
+        page_token: None,
+        base_url: ctx.base.clone(),
+    };
+    let page = st
+        .store
+        .search_compartment(ctx.tenant, ("Patient".into(), pid.into()), req)
+        .await?;
+    Ok(!page.matches.is_empty())
 }
 
 async fn read_body(st: &AppState, body: Body) -> Result<bytes::Bytes, FhirError> {

@@ -13,6 +13,7 @@
 //! # }
 //! ```
 
+pub mod auth;
 pub mod bundle;
 pub mod capability;
 pub mod error;
@@ -33,8 +34,12 @@ pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 pub struct Config {
     /// Largest accepted request body, in bytes (413 above it).
     pub max_body: usize,
-    /// When set, every request must carry `Authorization: Bearer <token>`.
+    /// When set (and `security` is not), every request must carry
+    /// `Authorization: Bearer <token>`. With `security` it is the static system token.
     pub api_token: Option<String>,
+    /// Authentication, access policy and audit ([`auth`]); `None` = open API (tests and
+    /// local development only).
+    pub security: Option<Arc<auth::Security>>,
     /// Public base URL (scheme://host[:port]) used in links instead of the Host header.
     pub public_base: Option<String>,
 }
@@ -45,6 +50,7 @@ impl Default for Config {
             max_body: 32 * 1024 * 1024,
             api_token: None,
             public_base: None,
+            security: None,
         }
     }
 }

@@ -1,6 +1,9 @@
-//! `iryo`: the one binary. Subcommands: `serve`, `import`, `tenant`.
+//! `iryo`: the one binary. Subcommands: `serve`, `import`, `tenant`, and the security
+//! commands `user`, `token`, `audit`, `security`, `backup`, `restore` (see docs/SECURITY.md).
 
+mod fee;
 mod import;
+mod security_cli;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
@@ -19,13 +22,13 @@ struct Cli {
 }
 
 #[derive(clap::Args, Clone)]
-struct StoreArgs {
+pub struct StoreArgs {
     /// Directory of the embedded SQLite store.
     #[arg(long, default_value = "./iryo-data", env = "IRYO_DATA")]
-    data: PathBuf,
+    pub data: PathBuf,
     /// Use PostgreSQL instead (postgres://user@host/db).
     #[arg(long, env = "IRYO_DATABASE")]
-    database: Option<String>,
+    pub database: Option<String>,
 }
 
 impl StoreArgs {
@@ -42,16 +45,22 @@ enum Cmd {
     /// Run the FHIR server.
     Serve {
         #[command(flatten)]
-        store: StoreArgs,
-        /// Address to listen on. Non-loopback addresses need --api-token-file.
+        sec: security_cli::SecArgs,
+        /// Address to listen on. Non-loopback addresses need --behind-proxy (a TLS proxy).
         #[arg(long, default_value = "127.0.0.1:8080", env = "IRYO_LISTEN")]
         listen: SocketAddr,
         /// Largest request body in bytes.
         #[arg(long, default_value_t = 32 * 1024 * 1024)]
         max_body: usize,
-        /// File holding a bearer token every request must present.
+        /// File holding a static system token (a backend client with system/*.cruds).
         #[arg(long, env = "IRYO_API_TOKEN_FILE")]
         api_token_file: Option<PathBuf>,
+        /// Development only: requests from loopback without a token are let through (logged).
+        #[arg(long)]
+        insecure_loopback: bool,
+        /// A TLS-terminating proxy is in front: allows a non-loopback address.
+        #[arg(long)]
+        behind_proxy: bool,
         /// Public base URL (scheme://host[:port]) used in links.
         #[arg(long)]
         public_base: Option<String>,
@@ -70,11 +79,18 @@ enum Cmd {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// 共通算定モジュール: fee masters, calculation, UKE receipts.
+    Fee {
+        #[command(subcommand)]
+        cmd: fee::FeeCmd,
+    },
     /// Manage tenants (one per institution).
     Tenant {
         #[command(subcommand)]
         cmd: TenantCmd,
     },
+    #[command(flatten)]
+    Sec(security_cli::SecCmd),
 }
 
 #[derive(Subcommand)]
@@ -113,12 +129,15 @@ fn main() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Serve {
-            store,
+            sec,
             listen,
             max_body,
             api_token_file,
             public_base,
+            insecure_loopback,
+            behind_proxy,
         } => {
+            let store = sec.store.clone();
             let api_token = match &api_token_file {
                 Some(p) => {
                     let t = std::fs::read_to_string(p)
@@ -131,41 +150,77 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            if !listen.ip().is_loopback() && api_token.is_none() {
+            if !listen.ip().is_loopback() && !behind_proxy {
                 bail!(
-                    "ループバック以外のアドレス {listen} で待ち受けるには認証が必要です（--api-token-file） / \
-                     listening on non-loopback {listen} requires authentication (--api-token-file)"
+                    "ループバック以外のアドレス {listen} で TLS なしに待ち受けることはできません（TLS 終端プロキシの背後なら --behind-proxy） / \
+                     refusing to serve non-loopback {listen} without TLS (use --behind-proxy behind a TLS-terminating proxy; \
+                     clients authenticate with access tokens or the --api-token-file system token)"
                 );
+            }
+            if insecure_loopback && !listen.ip().is_loopback() {
+                bail!("--insecure-loopback はループバックでのみ使えます / --insecure-loopback needs a loopback address");
             }
             let s = iryo_db::Store::open(&store.location())
                 .await
                 .context("opening the store")?;
+            // the security store, the first administrator, the audit writer
+            let sec2 = sec.clone();
+            let (handle, shared, first_admin) = tokio::task::spawn_blocking(move || {
+                let h = security_cli::SecurityHandle::open(&sec2)?;
+                let first = security_cli::bootstrap(&h, "default")?;
+                let shared = h.open_shared(&sec2)?;
+                anyhow::Ok((h, shared, first))
+            })
+            .await??;
+            if let Some((user, password)) = first_admin {
+                eprintln!(
+                    "\n初回起動: 管理者アカウントを作成しました / first start: administrator created\n  \
+                     利用者名 (user): {user}\n  初回パスワード (one-time password, shown once): {password}\n"
+                );
+            }
+            let security = iryo_rest_api::auth::Security {
+                tokens: handle.tokens(),
+                audit: iryo_rest_api::auth::AuditSink::start(shared.clone()),
+                store: shared,
+                static_token: api_token.clone(),
+                open_loopback: insecure_loopback,
+            };
             // load the R4 model before the first request
             let _ = iryo_fhir_spec::r4();
             let config = iryo_rest_api::Config {
                 max_body,
                 api_token,
                 public_base,
+                security: Some(std::sync::Arc::new(security)),
             };
             let app = iryo_rest_api::router(iryo_rest_api::AppState::new(s, config));
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
             eprintln!(
-                "iryo: FHIR R4 API at http://{listen}/fhir (store: {})",
+                "iryo: FHIR R4 API at http://{listen}/fhir (store: {}; authentication: {})",
                 if store.database.is_some() {
                     "PostgreSQL"
                 } else {
                     "SQLite"
+                },
+                if insecure_loopback {
+                    "OFF for loopback (--insecure-loopback)"
+                } else {
+                    "required"
                 }
             );
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = tokio::signal::ctrl_c().await;
-                })
-                .await?;
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
             Ok(())
         }
+        Cmd::Sec(cmd) => tokio::task::spawn_blocking(move || security_cli::run(cmd)).await?,
         Cmd::Import {
             store,
             tenant,
@@ -177,6 +232,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("opening the store")?;
             import::run(s, &tenant, concurrency.max(1), &paths).await
         }
+        Cmd::Fee { cmd } => fee::run(cmd).await,
         Cmd::Tenant { cmd } => match cmd {
             TenantCmd::Create { store, name } => {
                 let s = iryo_db::Store::open(&store.location())

@@ -1,0 +1,625 @@
+//! API authentication, access policy and audit trail of the REST layer (issue 4).
+//!
+//! When [`crate::Config::security`] is set, every request to the FHIR API must carry
+//! `Authorization: Bearer <token>`: an access token signed by [`TokenService`] (issued by
+//! `iryo token issue` or `POST /auth/token`), or the static system token of
+//! `--api-token-file` (kept for compatibility; it acts as a backend client with `system/*.cruds`).
+//! Each interaction is checked with [`authorize`]; every decision (allowed or refused) and
+//! every authentication failure is appended to the hash-chained audit log by a background
+//! writer that batches entries ([`AuditSink`]), so requests never wait for an fsync.
+//!
+//! Without `security` (the default [`crate::Config`]) the API is open: tests and local
+//! development on loopback only; `iryo serve` never runs a non-loopback address that way.
+
+use crate::error::FhirError;
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use chrono::{DateTime, Utc};
+use iryo_security::audit::{AuditAction, AuditOutcome};
+use iryo_security::authz::{access_audit_entry, authorize, AccessRequest, Decision, Principal};
+use iryo_security::roles::Interaction;
+use iryo_security::scopes::ScopeSet;
+use iryo_security::store::{NewAuditEntry, SecurityStore};
+use iryo_security::token::TokenService;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest number of audit entries written in one transaction.
+const AUDIT_BATCH: usize = 512;
+/// How long the writer waits for more entries before committing a batch.
+const AUDIT_LINGER: Duration = Duration::from_millis(3);
+
+enum AuditMsg {
+    Entry(Box<NewAuditEntry>),
+    Flush(mpsc::Sender<()>),
+}
+
+/// Feeds the audit writer thread. Cloning is cheap; the writer ends when every sink is dropped.
+#[derive(Clone)]
+pub struct AuditSink {
+    tx: mpsc::Sender<AuditMsg>,
+}
+
+impl AuditSink {
+    /// Starts the writer thread on `store`. Entries are committed in batches
+    /// ([`SecurityStore::append_audit_many`]) a few milliseconds after they arrive.
+    pub fn start(store: Arc<dyn SecurityStore>) -> AuditSink {
+        let (tx, rx) = mpsc::channel::<AuditMsg>();
+        std::thread::Builder::new()
+            .name("iryo-audit".into())
+            .spawn(move || audit_writer(store, rx))
+            .map_err(|e| tracing::error!("cannot start the audit writer: {e}"))
+            .ok();
+        AuditSink { tx }
+    }
+
+    /// Queues one entry.
+    pub fn send(&self, e: NewAuditEntry) {
+        if self.tx.send(AuditMsg::Entry(Box::new(e))).is_err() {
+            tracing::error!("audit writer stopped; entry lost");
+        }
+    }
+
+    /// Blocks until every entry queued before this call is committed.
+    pub fn flush(&self) {
+        let (tx, rx) = mpsc::channel();
+        if self.tx.send(AuditMsg::Flush(tx)).is_ok() {
+            let _ = rx.recv_timeout(Duration::from_secs(30));
+        }
+    }
+}
+
+fn audit_writer(store: Arc<dyn SecurityStore>, rx: mpsc::Receiver<AuditMsg>) {
+    let mut batch: Vec<NewAuditEntry> = Vec::new();
+    let mut waiters: Vec<mpsc::Sender<()>> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(m) = next.take() {
+            match m {
+                AuditMsg::Entry(e) => batch.push(*e),
+                AuditMsg::Flush(w) => waiters.push(w),
+            }
+            if batch.len() < AUDIT_BATCH {
+                next = rx.recv_timeout(AUDIT_LINGER).ok();
+            }
+        }
+        if !batch.is_empty() {
+            let entries = std::mem::take(&mut batch);
+            let n = entries.len();
+            if let Err(e) = store.append_audit_many(entries) {
+                tracing::error!("audit log write failed ({n} entries): {}", e.message_en);
+            }
+        }
+        for w in waiters.drain(..) {
+            let _ = w.send(());
+        }
+    }
+}
+
+/// The security part of the API configuration.
+pub struct Security {
+    pub tokens: TokenService,
+    pub store: Arc<dyn SecurityStore>,
+    pub audit: AuditSink,
+    /// The static token of `--api-token-file`: a backend client with `system/*.cruds`.
+    pub static_token: Option<String>,
+    /// Requests from a loopback peer without a token are let through (development only,
+    /// `--insecure-loopback`); they are still logged as `anonymous-loopback`.
+    pub open_loopback: bool,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Security")
+            .field("static_token", &self.static_token.is_some())
+            .field("open_loopback", &self.open_loopback)
+            .finish()
+    }
+}
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// Security is off, or a loopback peer in `--insecure-loopback` mode.
+    Open,
+    Principal(Principal),
+}
+
+impl Caller {
+    /// The patient whose compartment limits this caller (patient users, `patient/` scopes).
+    pub fn patient(&self) -> Option<&str> {
+        match self {
+            Caller::Principal(p) => p.patient.as_deref(),
+            Caller::Open => None,
+        }
+    }
+}
+
+/// Largest total size of the request headers (names + values), in bytes.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// 431 when the request headers are larger than [`MAX_HEADER_BYTES`].
+pub fn check_header_size(headers: &HeaderMap) -> Result<(), FhirError> {
+    let total: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if total > MAX_HEADER_BYTES {
+        return Err(FhirError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too-costly",
+            format!("リクエストヘッダーが上限 {MAX_HEADER_BYTES} バイトを超えています"),
+            format!("request headers exceed the limit of {MAX_HEADER_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// 401 (the OperationOutcome of an authentication failure).
+pub fn unauthorized(ja: &str, en: &str) -> FhirError {
+    FhirError::new(StatusCode::UNAUTHORIZED, "login", ja, en)
+}
+
+fn forbidden(ja: &str, en: &str) -> FhirError {
+    FhirError::new(StatusCode::FORBIDDEN, "forbidden", ja, en)
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The source address as logged.
+pub fn source_ip(peer: Option<SocketAddr>) -> Option<String> {
+    peer.map(|p| p.ip().to_string())
+}
+
+/// Finds the caller of a request to `tenant`. Failures are logged (`login-failed`).
+pub fn authenticate(
+    sec: &Security,
+    headers: &HeaderMap,
+    tenant: &str,
+    peer: Option<SocketAddr>,
+    now: DateTime<Utc>,
+) -> Result<Caller, FhirError> {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or(""));
+    let fail = |reason: &str, ja: &str, en: &str| {
+        let mut e = NewAuditEntry::new(
+            now,
+            tenant,
+            "anonymous",
+            AuditAction::LoginFailed,
+            AuditOutcome::Denied,
+        );
+        e.source_ip = source_ip(peer);
+        e.details = serde_json::json!({"reason": reason, "channel": "api"});
+        sec.audit.send(e);
+        unauthorized(ja, en)
+    };
+    let Some(auth) = auth else {
+        if sec.open_loopback && peer.is_some_and(|p| p.ip().is_loopback()) {
+            return Ok(Caller::Open);
+        }
+        return Err(fail(
+            "no token",
+            "認証が必要です（Authorization: Bearer）",
+            "authentication required (Authorization: Bearer)",
+        ));
+    };
+    let Some(token) = auth
+        .strip_prefix("Bearer ")
+        .or_else(|| auth.strip_prefix("bearer "))
+    else {
+        return Err(fail(
+            "not a bearer token",
+            "Authorization ヘッダーは Bearer 形式にしてください",
+            "the Authorization header must use the Bearer scheme",
+        ));
+    };
+    let token = token.trim();
+    if let Some(st) = &sec.static_token {
+        if ct_eq(st.as_bytes(), token.as_bytes()) {
+            return Ok(Caller::Principal(Principal {
+                tenant: tenant.to_string(),
+                subject: "system:api-token-file".into(),
+                role: None,
+                is_admin: false,
+                scopes: ScopeSet::parse("system/*.cruds").ok(),
+                patient: None,
+                break_glass: None,
+            }));
+        }
+    }
+    match sec.tokens.verify(token, tenant, now) {
+        Ok(p) => Ok(Caller::Principal(p)),
+        Err(e) => Err(fail(&e.message_en, &e.message_ja, &e.message_en)),
+    }
+}
+
+/// One access to check: what is done to which type, in which patient's compartment.
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub interaction: Interaction,
+    pub resource_type: String,
+    pub id: Option<String>,
+    /// The patient whose compartment the request names (`Patient/x`, `Patient/x/Observation`).
+    pub patient: Option<String>,
+}
+
+impl Access {
+    fn new(interaction: Interaction, ty: &str) -> Access {
+        Access {
+            interaction,
+            resource_type: ty.to_string(),
+            id: None,
+            patient: None,
+        }
+    }
+    fn with_id(mut self, id: &str) -> Access {
+        if self.resource_type == "Patient" {
+            self.patient = Some(id.to_string());
+        }
+        self.id = Some(id.to_string());
+        self
+    }
+}
+
+/// Representative types of every data category: an export or system-wide search without
+/// `_type` touches all of them, so the caller must be allowed on each.
+const ALL_CATEGORIES: [&str; 5] = [
+    "Patient",
+    "Observation",
+    "MedicationRequest",
+    "Coverage",
+    "Practitioner",
+];
+
+fn types_param(pairs: &[(String, String)]) -> Option<Vec<String>> {
+    pairs.iter().find(|(k, _)| k == "_type").map(|(_, v)| {
+        v.split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    })
+}
+
+fn all_types(interaction: Interaction, pairs: &[(String, String)]) -> Vec<Access> {
+    match types_param(pairs) {
+        Some(ts) if !ts.is_empty() => ts.iter().map(|t| Access::new(interaction, t)).collect(),
+        _ => ALL_CATEGORIES
+            .iter()
+            .map(|t| Access::new(interaction, t))
+            .collect(),
+    }
+}
+
+/// The accesses a routed request performs (`segs` after the FHIR base). `None` for
+/// requests that touch no data (`metadata`). Bundles are checked per entry by
+/// [`bundle_accesses`].
+pub fn route_accesses(
+    method: &Method,
+    segs: &[&str],
+    pairs: &[(String, String)],
+) -> Option<Vec<Access>> {
+    use Interaction::*;
+    let m = method.as_str();
+    let v = match (m, segs) {
+        ("GET", ["metadata"]) => return None,
+        ("POST", []) => Vec::new(),
+        ("GET", []) | ("POST", ["_search"]) => all_types(Search, pairs),
+        ("GET", ["_history"]) => all_types(History, pairs),
+        ("GET" | "POST", ["$export"]) => all_types(Export, pairs),
+        (_, ["_export", ..]) => vec![Access::new(Export, "Patient")],
+        ("GET" | "POST", ["Patient", "$export"]) | ("GET" | "POST", ["Group", _, "$export"]) => {
+            all_types(Export, pairs)
+        }
+        ("GET", [ty]) | ("POST", [ty, "_search"]) => vec![Access::new(Search, ty)],
+        ("POST", [ty]) => vec![Access::new(Create, ty)],
+        ("PUT", [ty]) => vec![Access::new(Update, ty), Access::new(Search, ty)],
+        ("PATCH", [ty]) => vec![Access::new(Update, ty), Access::new(Search, ty)],
+        ("DELETE", [ty]) => vec![Access::new(Delete, ty), Access::new(Search, ty)],
+        ("GET", [ty, "_history"]) => vec![Access::new(History, ty)],
+        ("GET" | "HEAD", [ty, id]) => vec![Access::new(Read, ty).with_id(id)],
+        ("PUT" | "PATCH", [ty, id]) => vec![Access::new(Update, ty).with_id(id)],
+        ("DELETE", [ty, id]) => vec![Access::new(Delete, ty).with_id(id)],
+        ("GET", [ty, id, "_history"]) => vec![Access::new(History, ty).with_id(id)],
+        ("GET", [ty, id, "_history", _]) => vec![Access::new(Read, ty).with_id(id)],
+        ("GET", [cty, cid, ty]) => {
+            let mut a = Access::new(Search, ty);
+            if *cty == "Patient" {
+                a.patient = Some(cid.to_string());
+            }
+            vec![a]
+        }
+        _ => Vec::new(),
+    };
+    Some(v)
+}
+
+/// The accesses of each entry of a batch/transaction Bundle.
+pub fn bundle_accesses(bundle: &Value) -> Vec<Access> {
+    use Interaction::{Create, Delete};
+    let mut out = Vec::new();
+    let entries = bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    for e in entries {
+        let req = e.get("request");
+        let method = req
+            .and_then(|r| r.get("method"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let url = req
+            .and_then(|r| r.get("url"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let (path, query) = url.split_once('?').unwrap_or((url, ""));
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let pairs = iryo_search::query::split_query(query);
+        let Ok(m) = Method::from_bytes(method.as_bytes()) else {
+            continue;
+        };
+        match route_accesses(&m, &segs, &pairs) {
+            Some(v) if !v.is_empty() => out.extend(v),
+            Some(_) => {
+                // unknown entry shapes: most restrictive reading (the handler refuses them)
+                let ty = e
+                    .get("resource")
+                    .and_then(|r| r.get("resourceType"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("Bundle");
+                out.push(Access::new(Create, ty));
+                out.push(Access::new(Delete, ty));
+            }
+            None => {}
+        }
+    }
+    out
+}
+
+/// Checks every access; logs each decision. Returns the patient the caller is restricted
+/// to (if any), or the first refusal as 403.
+pub fn check_accesses(
+    sec: &Security,
+    caller: &Caller,
+    tenant: &str,
+    accesses: &[Access],
+    peer: Option<SocketAddr>,
+    now: DateTime<Utc>,
+) -> Result<Option<String>, FhirError> {
+    let Caller::Principal(p) = caller else {
+        for a in accesses {
+            let mut e = NewAuditEntry::new(
+                now,
+                tenant,
+                "anonymous-loopback",
+                action_of(a.interaction),
+                AuditOutcome::Success,
+            );
+            e.source_ip = source_ip(peer);
+            e.patient = a.patient.clone();
+            e.resources = resource_refs(a);
+            sec.audit.send(e);
+        }
+        return Ok(None);
+    };
+    let mut restrict = None;
+    let mut refused = None;
+    let mut entries = Vec::with_capacity(accesses.len());
+    for a in accesses {
+        let req = AccessRequest {
+            tenant,
+            interaction: a.interaction,
+            resource_type: &a.resource_type,
+            patient_compartment: a.patient.as_deref(),
+            now,
+        };
+        let d = authorize(p, &req);
+        let ip = source_ip(peer);
+        entries.push(access_audit_entry(
+            p,
+            &req,
+            &d,
+            resource_refs(a),
+            ip.as_deref(),
+        ));
+        match d {
+            Decision::Allow(g) => {
+                if g.restrict_to_patient.is_some() {
+                    restrict = g.restrict_to_patient;
+                }
+            }
+            Decision::Deny(r) => {
+                if refused.is_none() {
+                    refused = Some(forbidden(r.message_ja(), r.message_en()));
+                }
+            }
+        }
+    }
+    for e in entries {
+        sec.audit.send(e);
+    }
+    match refused {
+        Some(e) => Err(e),
+        None => Ok(restrict),
+    }
+}
+
+fn resource_refs(a: &Access) -> Vec<String> {
+    match &a.id {
+        Some(id) => vec![format!("{}/{id}", a.resource_type)],
+        None => Vec::new(),
+    }
+}
+
+fn action_of(i: Interaction) -> AuditAction {
+    match i {
+        Interaction::Read => AuditAction::Read,
+        Interaction::Search => AuditAction::Search,
+        Interaction::Create => AuditAction::Create,
+        Interaction::Update => AuditAction::Update,
+        Interaction::Delete => AuditAction::Delete,
+        Interaction::History => AuditAction::History,
+        Interaction::Export => AuditAction::Export,
+    }
+}
+
+/// Logs a refusal decided by the REST layer itself (e.g. an include for a patient user).
+pub fn log_refusal(
+    sec: &Security,
+    caller: &Caller,
+    tenant: &str,
+    what: &str,
+    peer: Option<SocketAddr>,
+    now: DateTime<Utc>,
+) {
+    let (actor, role) = match caller {
+        Caller::Principal(p) => (p.subject.clone(), p.role.map(|r| r.code().to_string())),
+        Caller::Open => ("anonymous-loopback".to_string(), None),
+    };
+    let mut e = NewAuditEntry::new(
+        now,
+        tenant,
+        &actor,
+        AuditAction::Search,
+        AuditOutcome::Denied,
+    );
+    e.role = role;
+    e.source_ip = source_ip(peer);
+    e.patient = caller.patient().map(str::to_string);
+    e.details = serde_json::json!({"reason": what});
+    sec.audit.send(e);
+}
+
+/// Search parameters a patient-restricted caller may not use: they would reach resources
+/// outside the compartment (`_include`, `_revinclude`, `_has`, `_contained`).
+pub fn compartment_escape(pairs: &[(String, String)]) -> Option<String> {
+    pairs
+        .iter()
+        .map(|(k, _)| k)
+        .find(|k| {
+            k.starts_with("_include")
+                || k.starts_with("_revinclude")
+                || k.starts_with("_has")
+                || k.starts_with("_contained")
+        })
+        .cloned()
+}
+
+/// 403 for a compartment escape attempt.
+pub fn outside_compartment(what: &str) -> FhirError {
+    forbidden(
+        &format!("患者本人のコンパートメント外に及ぶ操作はできません（{what}）"),
+        &format!("not allowed outside the patient's own compartment ({what})"),
+    )
+}
+
+/// `GET [base]/AuditEvent?date=ge…&agent=…&patient=…&action=…&_count=…`: the tenant's audit
+/// log as BALP AuditEvents, for administrators (roles with read access to `AuditEvent`).
+pub async fn audit_search(
+    sec: &Security,
+    caller: &Caller,
+    ctx: &crate::handlers::Ctx,
+    pairs: &[(String, String)],
+    peer: Option<SocketAddr>,
+    now: DateTime<Utc>,
+) -> Result<axum::response::Response, FhirError> {
+    use axum::response::IntoResponse;
+    use iryo_security::store::AuditQuery;
+    let tenant = ctx.tenant_name.as_str();
+    let Caller::Principal(p) = caller else {
+        return Err(unauthorized(
+            "監査ログの閲覧には認証が必要です",
+            "reading the audit log requires authentication",
+        ));
+    };
+    let access = Access::new(Interaction::Search, "AuditEvent");
+    check_accesses(
+        sec,
+        caller,
+        tenant,
+        std::slice::from_ref(&access),
+        peer,
+        now,
+    )?;
+    if !p.is_admin && p.role.is_some_and(|r| r.is_clinical()) {
+        return Err(forbidden(
+            "監査ログは管理者のみ閲覧できます",
+            "only administrators may read the audit log",
+        ));
+    }
+    let mut q = AuditQuery::default();
+    for (k, v) in pairs {
+        let bad = || {
+            FhirError::bad_request(
+                format!("AuditEvent の検索条件 {k}={v} が正しくありません"),
+                format!("invalid AuditEvent search parameter {k}={v}"),
+            )
+        };
+        match k.as_str() {
+            "date" => {
+                let (prefix, rest) = match v.get(..2) {
+                    Some(p @ ("ge" | "gt" | "le" | "lt" | "eq")) => (p, &v[2..]),
+                    _ => ("eq", v.as_str()),
+                };
+                let r = iryo_search::date::parse_range(rest).ok_or_else(bad)?;
+                let lo = DateTime::<Utc>::from_timestamp_millis(r.lo).ok_or_else(bad)?;
+                let hi = DateTime::<Utc>::from_timestamp_millis(r.hi).ok_or_else(bad)?;
+                match prefix {
+                    "ge" | "gt" => q.from = Some(lo),
+                    "le" | "lt" => q.to = Some(hi),
+                    _ => {
+                        q.from = Some(lo);
+                        q.to = Some(hi);
+                    }
+                }
+            }
+            "agent" | "agent-name" => q.actor = Some(v.clone()),
+            "patient" | "entity" => {
+                q.patient = Some(v.strip_prefix("Patient/").unwrap_or(v).to_string())
+            }
+            "action" | "subtype" => q.action = Some(v.parse().map_err(|_| bad())?),
+            "_count" => q.limit = Some(v.parse().map_err(|_| bad())?),
+            "_format" | "_pretty" => {}
+            _ => return Err(bad()),
+        }
+    }
+    sec.audit.flush();
+    let store = sec.store.clone();
+    let t = tenant.to_string();
+    let records = tokio::task::spawn_blocking(move || store.search_audit(&t, &q))
+        .await
+        .map_err(|_| {
+            FhirError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "exception",
+                "内部エラー",
+                "internal error",
+            )
+        })?
+        .map_err(|e| {
+            FhirError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "exception",
+                e.message_ja,
+                e.message_en,
+            )
+        })?;
+    let b = iryo_security::audit::to_fhir_bundle(&records, &ctx.base);
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, crate::FHIR_JSON)],
+        crate::format::to_bytes(&b, ctx.pretty),
+    )
+        .into_response())
+}
+
+/// `iss` of the access tokens this server signs (shared by `iryo token issue` and the server).
+pub const TOKEN_ISSUER: &str = "iryo";
+/// `aud` of the access tokens: the FHIR API of this installation.
+pub const TOKEN_AUDIENCE: &str = "iryo-fhir-api";

@@ -1,0 +1,271 @@
+//! The security commands of the `iryo` binary: first administrator, users, tokens against a
+//! running server, audit verification, the checklist report, encrypted backup and restore.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+fn iryo(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_iryo"))
+        .args(args)
+        .output()
+        .expect("run iryo")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `iryo serve` and returns it with the lines it printed up to the "API at" line.
+fn serve(data: &str, port: u16) -> (Server, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iryo"))
+        .args([
+            "serve",
+            "--data",
+            data,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let err = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    while let Ok(l) = rx.recv_timeout(Duration::from_secs(60)) {
+        let done = l.contains("FHIR R4 API at");
+        lines.push(l);
+        if done {
+            break;
+        }
+    }
+    (Server(child), lines)
+}
+
+/// A raw HTTP/1.1 GET; returns the status code.
+fn http_get(port: u16, path: &str, token: Option<&str>) -> u16 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+#[test]
+fn users_tokens_audit_report_against_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("data").display().to_string();
+    let port = free_port();
+    let (srv, lines) = serve(&d, port);
+    let all = lines.join("\n");
+    assert!(all.contains("初回パスワード"), "{all}");
+    assert!(all.contains("admin"), "{all}");
+
+    // users are managed while the server runs
+    let o = iryo(&[
+        "user",
+        "add",
+        "--data",
+        &d,
+        "--username",
+        "doc",
+        "--name",
+        "医師 太郎",
+        "--role",
+        "physician",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("one-time password"));
+    let o = iryo(&[
+        "user",
+        "add",
+        "--data",
+        &d,
+        "--username",
+        "x",
+        "--name",
+        "x",
+        "--role",
+        "wizard",
+    ]);
+    assert!(!o.status.success());
+    let o = iryo(&["user", "list", "--data", &d]);
+    let t = text(&o);
+    assert!(
+        t.contains("doc") && t.contains("医師") && t.contains("admin"),
+        "{t}"
+    );
+
+    let o = iryo(&[
+        "token",
+        "issue",
+        "--data",
+        &d,
+        "--user",
+        "doc",
+        "--scopes",
+        "user/*.cruds",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let token = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert_eq!(token.split('.').count(), 3);
+    assert_eq!(http_get(port, "/fhir/Patient", Some(&token)), 200);
+    assert_eq!(http_get(port, "/fhir/Patient", None), 401);
+    assert_eq!(http_get(port, "/fhir/Patient", Some("not.a.token")), 401);
+    // metadata is public
+    assert_eq!(http_get(port, "/fhir/metadata", None), 200);
+    drop(srv);
+
+    let o = iryo(&["audit", "verify", "--data", &d]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("default: 正常"), "{}", text(&o));
+
+    let o = iryo(&["security", "report", "--data", &d, "--tenant", "default"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("はい") || t.contains("いいえ"), "{t}");
+
+    let o = iryo(&["user", "disable", "--data", &d, "--username", "doc"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = iryo(&[
+        "token",
+        "issue",
+        "--data",
+        &d,
+        "--user",
+        "doc",
+        "--scopes",
+        "user/*.rs",
+    ]);
+    assert!(!o.status.success(), "a disabled user gets no token");
+    let o = iryo(&[
+        "token",
+        "issue",
+        "--data",
+        &d,
+        "--user",
+        "doc",
+        "--scopes",
+        "user/*.rs",
+        "--lifetime",
+        "7200",
+    ]);
+    assert!(!o.status.success());
+}
+
+#[test]
+fn backup_and_restore_verify_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("data").display().to_string();
+    let b = dir.path().join("backups").display().to_string();
+    let key = dir.path().join("backup.key").display().to_string();
+    let o = iryo(&["tenant", "create", "--data", &d, "clinic-a"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = iryo(&[
+        "user",
+        "add",
+        "--data",
+        &d,
+        "--username",
+        "nurse1",
+        "--name",
+        "看護 花子",
+        "--role",
+        "nurse",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    for _ in 0..3 {
+        let o = iryo(&[
+            "backup", "--data", &d, "--to", &b, "--key", &key, "--keep", "2",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let containers: Vec<_> = std::fs::read_dir(&b)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".ibk"))
+        .collect();
+    assert_eq!(containers.len(), 2, "two generations kept");
+
+    // wrong key: refused, data untouched
+    let wrong = dir.path().join("wrong.key").display().to_string();
+    let o = iryo(&[
+        "backup",
+        "--data",
+        &d,
+        "--to",
+        dir.path().join("other").to_str().unwrap(),
+        "--key",
+        &wrong,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = iryo(&["restore", "--data", &d, "--from", &b, "--key", &wrong]);
+    assert!(!o.status.success());
+    // tampered container: refused
+    let mut newest: Vec<_> = containers.iter().map(|e| e.path()).collect();
+    newest.sort();
+    let victim = newest[0].clone();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 1;
+    let tampered = dir.path().join("tampered.ibk");
+    std::fs::write(&tampered, &bytes).unwrap();
+    let o = iryo(&[
+        "restore",
+        "--data",
+        &d,
+        "--from",
+        tampered.to_str().unwrap(),
+        "--key",
+        &key,
+    ]);
+    assert!(!o.status.success());
+    // a good restore replaces the data and keeps the previous directory
+    let o = iryo(&["restore", "--data", &d, "--from", &b, "--key", &key]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = iryo(&["user", "list", "--data", &d]);
+    assert!(text(&o).contains("nurse1"), "{}", text(&o));
+    let o = iryo(&["tenant", "list", "--data", &d]);
+    assert!(text(&o).contains("clinic-a"), "{}", text(&o));
+    // the restore test shows in the report
+    let o = iryo(&["security", "report", "--data", &d, "--tenant", "default"]);
+    assert!(o.status.success(), "{}", text(&o));
+}
