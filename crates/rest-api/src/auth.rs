@@ -108,6 +108,10 @@ pub struct Security {
     /// Requests from a loopback peer without a token are let through (development only,
     /// `--insecure-loopback`); they are still logged as `anonymous-loopback`.
     pub open_loopback: bool,
+    /// SMART Backend Services clients allowed at `[base]/auth/token`.
+    pub clients: Vec<iryo_security::token::ClientRegistration>,
+    /// Client-assertion ids seen (replay refusal, per process).
+    pub jtis: iryo_security::token::MemoryJtiRegistry,
 }
 
 impl std::fmt::Debug for Security {
@@ -623,3 +627,140 @@ pub async fn audit_search(
 pub const TOKEN_ISSUER: &str = "iryo";
 /// `aud` of the access tokens: the FHIR API of this installation.
 pub const TOKEN_AUDIENCE: &str = "iryo-fhir-api";
+
+/// `[base]/.well-known/smart-configuration` (SMART App Launch 2.0 discovery).
+pub fn smart_configuration(ctx: &crate::handlers::Ctx) -> Value {
+    iryo_security::token::smart_configuration(&ctx.base, &format!("{}/auth/token", ctx.base), None)
+}
+
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        serde_json::json!({"error": error, "error_description": description}).to_string(),
+    )
+        .into_response()
+}
+
+/// The unverified `iss` of a JWT (only to find the client registration; the signature is
+/// checked by [`iryo_security::token::client_credentials_grant`]).
+fn jwt_issuer(jwt: &str) -> Option<String> {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("iss").and_then(Value::as_str).map(str::to_string)
+}
+
+/// `POST [base]/auth/token`: SMART Backend Services `client_credentials` with a signed JWT
+/// assertion (RS384/ES384). Success and failure are logged.
+pub fn token_endpoint(
+    sec: &Security,
+    ctx: &crate::handlers::Ctx,
+    body: &[u8],
+    peer: Option<SocketAddr>,
+    now: DateTime<Utc>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let tenant = ctx.tenant_name.as_str();
+    let form = iryo_search::query::split_query(std::str::from_utf8(body).unwrap_or(""));
+    let field = |n: &str| {
+        form.iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    };
+    let log = |actor: &str, ok: bool, reason: &str| {
+        let mut e = NewAuditEntry::new(
+            now,
+            tenant,
+            actor,
+            if ok {
+                AuditAction::Login
+            } else {
+                AuditAction::LoginFailed
+            },
+            if ok {
+                AuditOutcome::Success
+            } else {
+                AuditOutcome::Denied
+            },
+        );
+        e.source_ip = source_ip(peer);
+        e.details = serde_json::json!({"channel": "smart-backend-services", "reason": reason});
+        sec.audit.send(e);
+    };
+    if field("grant_type") != "client_credentials" {
+        log("anonymous", false, "unsupported grant_type");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "only client_credentials is supported / client_credentials のみ対応しています",
+        );
+    }
+    if field("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" {
+        log("anonymous", false, "missing jwt-bearer client assertion");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "client_assertion_type must be jwt-bearer / 署名付きJWTによるクライアント認証が必要です",
+        );
+    }
+    let assertion = field("client_assertion");
+    let Some(reg) = jwt_issuer(assertion).and_then(|iss| {
+        sec.clients
+            .iter()
+            .find(|c| c.tenant == tenant && c.client_id == iss)
+    }) else {
+        log("anonymous", false, "unknown client");
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "unknown client / 登録されていないクライアントです",
+        );
+    };
+    let endpoint = format!("{}/auth/token", ctx.base);
+    match iryo_security::token::client_credentials_grant(
+        &sec.tokens,
+        reg,
+        assertion,
+        field("scope"),
+        &endpoint,
+        now,
+        &sec.jtis,
+    ) {
+        Ok(t) => {
+            log(&reg.client_id, true, "token issued");
+            (
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, "application/json"),
+                    (header::CACHE_CONTROL, "no-store"),
+                ],
+                serde_json::json!({"access_token": t.access_token, "token_type": "bearer",
+                    "expires_in": t.expires_in, "scope": t.scope})
+                .to_string(),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            log(&reg.client_id, false, &e.message_en);
+            let (status, code) = match e.kind {
+                iryo_security::ErrorKind::Forbidden => (StatusCode::BAD_REQUEST, "invalid_scope"),
+                iryo_security::ErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid_request"),
+                _ => (StatusCode::UNAUTHORIZED, "invalid_client"),
+            };
+            oauth_error(
+                status,
+                code,
+                &format!("{} / {}", e.message_en, e.message_ja),
+            )
+        }
+    }
+}

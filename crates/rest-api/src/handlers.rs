@@ -361,6 +361,22 @@ async fn handle_inner(
     let body = read_body(&st, body).await?;
     let segs: Vec<&str> = rest.iter().map(String::as_str).collect();
     if let Some(sec) = &st.config.security {
+        match (&method, segs.as_slice()) {
+            (&Method::GET, [".well-known", "smart-configuration"]) => {
+                let v = crate::auth::smart_configuration(&ctx);
+                return Ok((
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    v.to_string(),
+                )
+                    .into_response());
+            }
+            (&Method::POST, ["auth", "token"]) => {
+                let now = chrono::Utc::now();
+                return Ok(crate::auth::token_endpoint(sec, &ctx, &body, peer, now));
+            }
+            _ => {}
+        }
         if let Some(r) = secure(
             &st, sec, &ctx, &method, &segs, &pairs, &headers, &body, peer,
         )

@@ -7,7 +7,7 @@ use iryo_rest_api::Config;
 use iryo_security::roles::Role;
 use iryo_security::scopes::ScopeSet;
 use iryo_security::store::{AuditQuery, SecurityStore, SqliteSecurityStore};
-use iryo_security::token::{TokenRequest, TokenService};
+use iryo_security::token::{ClientKeys, ClientRegistration, TokenRequest, TokenService};
 use iryo_testkit::TestServer;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -33,6 +33,17 @@ fn config(store: Arc<dyn SecurityStore>, audit: AuditSink) -> Config {
             audit,
             static_token: Some(STATIC.into()),
             open_loopback: false,
+            clients: vec![ClientRegistration {
+                tenant: "default".into(),
+                client_id: "lab-system".into(),
+                keys: ClientKeys::Pem {
+                    algorithm: jsonwebtoken::Algorithm::ES384,
+                    pem: include_str!("fixtures/ec_public.pem").into(),
+                },
+                allowed_scopes: ScopeSet::parse("system/Observation.cruds system/Patient.rs")
+                    .unwrap(),
+            }],
+            jtis: Default::default(),
         })),
         ..Default::default()
     }
@@ -558,5 +569,101 @@ async fn oversized_headers_and_bodies_are_refused() {
             )
             .await;
         assert!(s == 401 || s == 431, "{s}");
+    }
+}
+
+fn assertion(jti: &str, aud: &str, key_pem: &[u8]) -> String {
+    let now = Utc::now().timestamp();
+    let claims = json!({"iss": "lab-system", "sub": "lab-system", "aud": aud,
+        "exp": now + 240, "iat": now, "jti": jti});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES384),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ec_pem(key_pem).expect("ec key"),
+    )
+    .expect("sign")
+}
+
+async fn token_request(env: &Env, form: &str) -> (u16, Value) {
+    let (s, _, v) = env
+        .srv
+        .request(
+            "POST",
+            "/fhir/auth/token",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            form.as_bytes().to_vec(),
+        )
+        .await;
+    (s, v)
+}
+
+#[tokio::test]
+async fn smart_backend_services_client_credentials() {
+    for env in envs().await {
+        let (s, conf) = env
+            .call("GET", "/fhir/.well-known/smart-configuration", None, None)
+            .await;
+        assert_eq!(s, 200);
+        let endpoint = conf["token_endpoint"]
+            .as_str()
+            .expect("token endpoint")
+            .to_string();
+        assert!(endpoint.ends_with("/fhir/auth/token"));
+        let good_key = include_bytes!("fixtures/ec_private.pem");
+        let other_key = include_bytes!("fixtures/ec_other_private.pem");
+        let form = |a: &str, scope: &str| {
+            format!("grant_type=client_credentials&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={a}&scope={scope}")
+        };
+        let a = assertion("j1", &endpoint, good_key);
+        let (s, v) = token_request(&env, &form(&a, "system/Observation.rs")).await;
+        assert_eq!(s, 200, "{v}");
+        let tok = v["access_token"].as_str().expect("token").to_string();
+        assert_eq!(
+            env.call("GET", "/fhir/Observation", Some(&tok), None)
+                .await
+                .0,
+            200
+        );
+        // granted scopes only: no Patient write, no MedicationRequest
+        assert_eq!(
+            env.call("GET", "/fhir/MedicationRequest", Some(&tok), None)
+                .await
+                .0,
+            403
+        );
+        // replayed assertion, wrong key, wrong audience, unknown scope: refused
+        assert_eq!(
+            token_request(&env, &form(&a, "system/Observation.rs"))
+                .await
+                .0,
+            401
+        );
+        let forged = assertion("j2", &endpoint, other_key);
+        assert_eq!(
+            token_request(&env, &form(&forged, "system/Observation.rs"))
+                .await
+                .0,
+            401
+        );
+        let wrong_aud = assertion("j3", "https://elsewhere/token", good_key);
+        assert_eq!(
+            token_request(&env, &form(&wrong_aud, "system/Observation.rs"))
+                .await
+                .0,
+            401
+        );
+        let a4 = assertion("j4", &endpoint, good_key);
+        assert_eq!(
+            token_request(&env, &form(&a4, "system/MedicationRequest.rs"))
+                .await
+                .0,
+            400
+        );
+        assert_eq!(token_request(&env, "grant_type=password").await.0, 400);
+        let failed = env.log(AuditQuery {
+            action: Some(iryo_security::audit::AuditAction::LoginFailed),
+            ..Default::default()
+        });
+        assert!(failed.len() >= 5, "{}", failed.len());
     }
 }

@@ -184,6 +184,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 store: shared,
                 static_token: api_token.clone(),
                 open_loopback: insecure_loopback,
+                clients: Vec::new(),
+                jtis: Default::default(),
             };
             // load the R4 model before the first request
             let _ = iryo_fhir_spec::r4();
