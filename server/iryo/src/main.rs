@@ -61,6 +61,9 @@ enum Cmd {
         /// A TLS-terminating proxy is in front: allows a non-loopback address.
         #[arg(long)]
         behind_proxy: bool,
+        /// JSON file of SMART Backend Services clients for [base]/auth/token.
+        #[arg(long, env = "IRYO_SMART_CLIENTS")]
+        smart_clients: Option<PathBuf>,
         /// Public base URL (scheme://host[:port]) used in links.
         #[arg(long)]
         public_base: Option<String>,
@@ -136,6 +139,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             public_base,
             insecure_loopback,
             behind_proxy,
+            smart_clients,
         } => {
             let store = sec.store.clone();
             let api_token = match &api_token_file {
@@ -184,7 +188,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 store: shared,
                 static_token: api_token.clone(),
                 open_loopback: insecure_loopback,
-                clients: Vec::new(),
+                clients: match &smart_clients {
+                    Some(p) => security_cli::load_clients(p)?,
+                    None => Vec::new(),
+                },
                 jtis: Default::default(),
             };
             // load the R4 model before the first request

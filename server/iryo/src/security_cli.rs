@@ -683,3 +683,60 @@ fn run_restore(sec: &SecArgs, from: &Path, key: &Path) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Loads SMART Backend Services client registrations from a JSON file:
+/// `[{"tenant": "default", "client_id": "lab", "scopes": "system/Observation.cruds",
+///    "jwks": {"keys": [...]}}]` or, instead of `jwks`, `"pem": "<public key PEM>"` with
+/// `"alg": "ES384"|"RS384"`.
+pub fn load_clients(path: &Path) -> anyhow::Result<Vec<iryo_security::token::ClientRegistration>> {
+    use iryo_security::token::{ClientKeys, ClientRegistration};
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let Some(list) = v.as_array() else {
+        bail!(
+            "{}: クライアント登録の配列が必要です / expected an array of client registrations",
+            path.display()
+        );
+    };
+    let mut out = Vec::new();
+    for (i, c) in list.iter().enumerate() {
+        let s = |k: &str| c.get(k).and_then(serde_json::Value::as_str);
+        let (Some(tenant), Some(client_id), Some(scopes)) =
+            (s("tenant"), s("client_id"), s("scopes"))
+        else {
+            bail!("{}[{i}]: tenant, client_id, scopes が必要です / tenant, client_id and scopes are required", path.display());
+        };
+        let keys = match (c.get("jwks"), s("pem")) {
+            (Some(j), _) => {
+                ClientKeys::Jwks(ClientRegistration::parse_jwks(&j.to_string()).map_err(sec_err)?)
+            }
+            (None, Some(pem)) => {
+                let algorithm = match s("alg") {
+                    Some("RS384") => jsonwebtoken::Algorithm::RS384,
+                    Some("ES384") => jsonwebtoken::Algorithm::ES384,
+                    _ => bail!(
+                        "{}[{i}]: alg は RS384 か ES384 / alg must be RS384 or ES384",
+                        path.display()
+                    ),
+                };
+                ClientKeys::Pem {
+                    algorithm,
+                    pem: pem.to_string(),
+                }
+            }
+            _ => bail!(
+                "{}[{i}]: jwks か pem が必要です / jwks or pem is required",
+                path.display()
+            ),
+        };
+        out.push(ClientRegistration {
+            tenant: tenant.to_string(),
+            client_id: client_id.to_string(),
+            keys,
+            allowed_scopes: ScopeSet::parse(scopes).map_err(sec_err)?,
+        });
+    }
+    Ok(out)
+}

@@ -269,3 +269,25 @@ fn backup_and_restore_verify_first() {
     let o = iryo(&["security", "report", "--data", &d, "--tenant", "default"]);
     assert!(o.status.success(), "{}", text(&o));
 }
+
+#[test]
+fn serve_checks_the_smart_clients_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("data").display().to_string();
+    let bad = dir.path().join("clients.json");
+    std::fs::write(&bad, r#"[{"tenant": "default", "client_id": "lab"}]"#).unwrap();
+    let o = iryo(&[
+        "serve",
+        "--data",
+        &d,
+        "--listen",
+        "127.0.0.1:0",
+        "--smart-clients",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("scopes"), "{}", text(&o));
+    let o = iryo(&["serve", "--data", &d, "--listen", "0.0.0.0:0"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--behind-proxy"), "{}", text(&o));
+}
