@@ -94,6 +94,11 @@ fn token(
         .access_token
 }
 
+/// A token of a staff member of the default tenant.
+fn staff(subject: &str, role: Role, scopes: &str) -> String {
+    token("default", subject, Some(role), false, scopes, None)
+}
+
 impl Env {
     async fn call(
         &self,
@@ -168,14 +173,7 @@ async fn forged_expired_none_and_missing_tokens_are_refused_and_logged() {
             401
         );
         // alg=none: the payload of a valid token with an unsigned header
-        let good = token(
-            "default",
-            "doc",
-            Some(Role::Physician),
-            false,
-            "user/*.cruds",
-            None,
-        );
+        let good = staff("doc", Role::Physician, "user/*.cruds");
         let payload = good.split('.').nth(1).unwrap();
         let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.");
         assert_eq!(
@@ -229,14 +227,7 @@ async fn other_tenants_token_and_cross_tenant_access_are_refused() {
             "user/*.cruds",
             None,
         );
-        let doc_a = token(
-            "default",
-            "doc-a",
-            Some(Role::Physician),
-            false,
-            "user/*.cruds",
-            None,
-        );
+        let doc_a = staff("doc-a", Role::Physician, "user/*.cruds");
         let (s, _) = env
             .call(
                 "PUT",
@@ -286,30 +277,9 @@ async fn other_tenants_token_and_cross_tenant_access_are_refused() {
 #[tokio::test]
 async fn roles_and_scopes_limit_interactions() {
     for env in envs().await {
-        let doc = token(
-            "default",
-            "doc",
-            Some(Role::Physician),
-            false,
-            "user/*.cruds",
-            None,
-        );
-        let nurse = token(
-            "default",
-            "nurse",
-            Some(Role::Nurse),
-            false,
-            "user/*.cruds",
-            None,
-        );
-        let reader = token(
-            "default",
-            "doc2",
-            Some(Role::Physician),
-            false,
-            "user/*.rs",
-            None,
-        );
+        let doc = staff("doc", Role::Physician, "user/*.cruds");
+        let nurse = staff("nurse", Role::Nurse, "user/*.cruds");
+        let reader = staff("doc2", Role::Physician, "user/*.rs");
         let p = json!({"resourceType": "Patient", "id": "p1"});
         assert_eq!(
             env.call("PUT", "/fhir/Patient/p1", Some(&doc), Some(&p))
@@ -362,14 +332,7 @@ async fn roles_and_scopes_limit_interactions() {
 #[tokio::test]
 async fn patient_user_sees_only_own_compartment() {
     for env in envs().await {
-        let doc = token(
-            "default",
-            "doc",
-            Some(Role::Physician),
-            false,
-            "user/*.cruds",
-            None,
-        );
+        let doc = staff("doc", Role::Physician, "user/*.cruds");
         for pid in ["p1", "p2"] {
             let p = json!({"resourceType": "Patient", "id": pid});
             assert_eq!(
@@ -464,14 +427,7 @@ async fn patient_user_sees_only_own_compartment() {
 #[tokio::test]
 async fn audit_events_for_administrators_only() {
     for env in envs().await {
-        let doc = token(
-            "default",
-            "doc",
-            Some(Role::Physician),
-            false,
-            "user/*.cruds",
-            None,
-        );
+        let doc = staff("doc", Role::Physician, "user/*.cruds");
         let admin = token(
             "default",
             "admin",
@@ -536,14 +492,7 @@ async fn audit_events_for_administrators_only() {
 #[tokio::test]
 async fn oversized_headers_and_bodies_are_refused() {
     for env in envs().await {
-        let doc = token(
-            "default",
-            "doc",
-            Some(Role::Physician),
-            false,
-            "user/*.cruds",
-            None,
-        );
+        let doc = staff("doc", Role::Physician, "user/*.cruds");
         let big = "x".repeat(200_000);
         let auth = format!("Bearer {doc}");
         let r = env
