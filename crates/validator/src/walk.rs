@@ -748,6 +748,24 @@ impl<'a, 'v> Walk<'a, 'v> {
             if SKIPPED.contains(&inv.key.as_str()) {
                 continue;
             }
+            // dom-3 walks the whole resource four times per contained resource in FHIRPath;
+            // the same rule natively: every contained resource is referenced by `#id` from
+            // somewhere in the resource, or references its container (`#`).
+            if inv.key == "dom-3" && is_root {
+                if !contained_all_referenced(val) {
+                    let (ja, en) =
+                        messages::invariant(&inv.key, &inv.key, &inv.human, &inv.source_text);
+                    self.push_key(
+                        inv.severity,
+                        "invariant",
+                        loc,
+                        Some(inv.key.clone()),
+                        ja,
+                        en,
+                    );
+                }
+                continue;
+            }
             let Some(expr) = &inv.expression else {
                 continue;
             };
@@ -1228,6 +1246,39 @@ impl<'a, 'v> Walk<'a, 'v> {
             .iter()
             .any(|i| matches!(i.severity, Severity::Error | Severity::Fatal))
     }
+}
+
+/// Collects every string value starting with `#` below `v`.
+fn local_refs<'v>(v: &'v Value, out: &mut std::collections::HashSet<&'v str>) {
+    match v {
+        Value::String(s) if s.starts_with('#') => {
+            out.insert(s.as_str());
+        }
+        Value::Array(a) => a.iter().for_each(|x| local_refs(x, out)),
+        Value::Object(o) => o.values().for_each(|x| local_refs(x, out)),
+        _ => {}
+    }
+}
+
+/// dom-3: each contained resource is referenced from the resource (`#id`) or refers to its
+/// container (`#`).
+fn contained_all_referenced(res: &Value) -> bool {
+    let Some(contained) = res.get("contained").and_then(Value::as_array) else {
+        return true;
+    };
+    let mut refs = std::collections::HashSet::new();
+    local_refs(res, &mut refs);
+    contained.iter().all(|c| {
+        let Some(id) = c.get("id").and_then(Value::as_str) else {
+            return true;
+        };
+        if refs.contains(format!("#{id}").as_str()) {
+            return true;
+        }
+        let mut inner = std::collections::HashSet::new();
+        local_refs(c, &mut inner);
+        inner.contains("#")
+    })
 }
 
 /// The instance values at a discriminator path.

@@ -150,6 +150,17 @@ fn reference_target_types_and_contained() {
 }
 
 #[test]
+fn unreferenced_contained_resource_is_dom3() {
+    let o = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+        "contained": [{"resourceType": "Patient", "id": "p"}]});
+    let out = V.validate(&o, &[]);
+    assert_eq!(out.keys(Severity::Error), vec!["dom-3"], "{:?}", out.issues);
+    let o = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+        "contained": [{"resourceType": "Patient", "id": "p"}], "subject": {"reference": "#p"}});
+    assert!(!V.validate(&o, &[]).has_errors());
+}
+
+#[test]
 fn meta_profile_with_and_without_version() {
     let mut p = fixture("Patient-Example-JP-Patient-eCS-MAKINO.json");
     p["identifier"] = json!([]);
