@@ -19,6 +19,25 @@ const SKIPPED: &[&str] = &["ele-1"];
 
 static NULL: Value = Value::Null;
 
+/// The expected side of a discriminator, resolved once per walk.
+enum Target {
+    /// The path leads nowhere in the slice's definition: the slice cannot match.
+    Missing,
+    /// `url` of an extension slice: the extension's canonical URL.
+    ExtUrl(Option<String>),
+    /// The element at the path (profile, index) and whether the path went through `resolve()`.
+    Elem(Arc<Profile>, usize, bool),
+}
+
+struct CachedDisc {
+    segs: Vec<String>,
+    target: Target,
+}
+
+fn owned(segs: &[&str]) -> Vec<String> {
+    segs.iter().map(|s| s.to_string()).collect()
+}
+
 /// One instance value under an element name.
 struct Val<'v> {
     value: &'v Value,
@@ -39,6 +58,8 @@ pub(crate) struct Walk<'a, 'v> {
     cur_root: &'v Value,
     /// How many leading issues come from the structural check.
     structural: usize,
+    /// Discriminator targets by (profile, slice element, discriminator index).
+    disc_cache: HashMap<(usize, usize, usize), Arc<CachedDisc>>,
 }
 
 /// `resolve()` inside a Bundle: entries by fullUrl.
@@ -223,6 +244,7 @@ impl<'a, 'v> Walk<'a, 'v> {
             only_base: false,
             cur_root: root,
             structural: 0,
+            disc_cache: HashMap::new(),
         }
     }
 
@@ -536,7 +558,7 @@ impl<'a, 'v> Walk<'a, 'v> {
                 let m = g
                     .slices
                     .iter()
-                    .position(|&s| self.slice_matches(prof, s, x, discs, resource));
+                    .position(|&s| self.slice_matches(prof, s, x, discs));
                 matched.push(m);
             }
             for (si, &s) in g.slices.iter().enumerate() {
@@ -1040,25 +1062,18 @@ impl<'a, 'v> Walk<'a, 'v> {
         s: usize,
         x: &Val<'v>,
         discs: &[(DiscKind, String)],
-        resource: &'v Value,
     ) -> bool {
         if discs.is_empty() {
             return false;
         }
         discs
             .iter()
-            .all(|(kind, path)| self.discriminator(prof, s, x, *kind, path, resource))
+            .enumerate()
+            .all(|(di, (kind, path))| self.discriminator(prof, s, x, *kind, path, di))
     }
 
-    fn discriminator(
-        &mut self,
-        prof: &Arc<Profile>,
-        s: usize,
-        x: &Val<'v>,
-        kind: DiscKind,
-        path: &str,
-        _resource: &'v Value,
-    ) -> bool {
+    /// The expected side of a discriminator: the element at `path` below slice `s`.
+    fn disc_target(&self, prof: &Arc<Profile>, s: usize, path: &str) -> CachedDisc {
         let segs: Vec<&str> = split_path(path)
             .into_iter()
             .filter(|s| *s != "$this")
@@ -1113,11 +1128,9 @@ impl<'a, 'v> Walk<'a, 'v> {
                     if name == "url" && e.types.iter().any(|t| t.code == "Extension") {
                         // Extension slice: the url is the extension's canonical.
                         let u = e.types.iter().find_map(|t| t.profiles.first());
-                        return match u {
-                            Some(u) => x_values(self, x, &segs)
-                                .iter()
-                                .any(|v| v.as_str() == Some(strip_version(u))),
-                            None => false,
+                        return CachedDisc {
+                            segs: owned(&segs),
+                            target: Target::ExtUrl(u.map(|u| strip_version(u).to_string())),
                         };
                     }
                     let tp = e.types.first().and_then(|t| {
@@ -1144,9 +1157,48 @@ impl<'a, 'v> Walk<'a, 'v> {
             }
         }
         if !found {
-            return false;
+            return CachedDisc {
+                segs: owned(&segs),
+                target: Target::Missing,
+            };
         }
-        let (p, ei) = cur;
+        CachedDisc {
+            segs: owned(&segs),
+            target: Target::Elem(cur.0, cur.1, resolved),
+        }
+    }
+
+    fn discriminator(
+        &mut self,
+        prof: &Arc<Profile>,
+        s: usize,
+        x: &Val<'v>,
+        kind: DiscKind,
+        path: &str,
+        di: usize,
+    ) -> bool {
+        let key = (Arc::as_ptr(prof) as usize, s, di);
+        let c = match self.disc_cache.get(&key) {
+            Some(c) => c.clone(),
+            None => {
+                let c = Arc::new(self.disc_target(prof, s, path));
+                self.disc_cache.insert(key, c.clone());
+                c
+            }
+        };
+        let segs: Vec<&str> = c.segs.iter().map(String::as_str).collect();
+        let (p, ei, resolved) = match &c.target {
+            Target::Missing => return false,
+            Target::ExtUrl(u) => {
+                return match u {
+                    Some(u) => x_values(self, x, &segs)
+                        .iter()
+                        .any(|v| v.as_str() == Some(u.as_str())),
+                    None => false,
+                }
+            }
+            Target::Elem(p, ei, resolved) => (p.clone(), *ei, *resolved),
+        };
         let e = &p.elements[ei];
         let actual = x_values(self, x, &segs);
         match kind {
