@@ -58,9 +58,15 @@ enum Cmd {
         /// Development only: requests from loopback without a token are let through (logged).
         #[arg(long)]
         insecure_loopback: bool,
-        /// A TLS-terminating proxy is in front: allows a non-loopback address.
+        /// A TLS-terminating proxy is in front: allows a non-loopback address without TLS.
         #[arg(long)]
         behind_proxy: bool,
+        /// TLS certificate chain (PEM); with --tls-key serves HTTPS (TLS 1.3, 1.2 allowed).
+        #[arg(long, env = "IRYO_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// TLS private key (PEM).
+        #[arg(long, env = "IRYO_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         /// JSON file of SMART Backend Services clients for [base]/auth/token.
         #[arg(long, env = "IRYO_SMART_CLIENTS")]
         smart_clients: Option<PathBuf>,
@@ -140,6 +146,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             insecure_loopback,
             behind_proxy,
             smart_clients,
+            tls_cert,
+            tls_key,
         } => {
             let store = sec.store.clone();
             let api_token = match &api_token_file {
@@ -154,7 +162,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            if !listen.ip().is_loopback() && !behind_proxy {
+            let tls = match (&tls_cert, &tls_key) {
+                (Some(c), Some(k)) => Some(security_cli::tls::server_config(c, k)?),
+                _ => None,
+            };
+            if !listen.ip().is_loopback() && !behind_proxy && tls.is_none() {
                 bail!(
                     "ループバック以外のアドレス {listen} で TLS なしに待ち受けることはできません（TLS 終端プロキシの背後なら --behind-proxy） / \
                      refusing to serve non-loopback {listen} without TLS (use --behind-proxy behind a TLS-terminating proxy; \
@@ -207,7 +219,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
             eprintln!(
-                "iryo: FHIR R4 API at http://{listen}/fhir (store: {}; authentication: {})",
+                "iryo: FHIR R4 API at {}://{listen}/fhir (store: {}; authentication: {})",
+                if tls.is_some() { "https" } else { "http" },
                 if store.database.is_some() {
                     "PostgreSQL"
                 } else {
@@ -219,14 +232,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "required"
                 }
             );
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async {
+            let shutdown = async {
                 let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
+            };
+            match tls {
+                Some(cfg) => {
+                    use axum::serve::ListenerExt;
+                    let l = security_cli::tls::TlsListener::new(listener, cfg)?.tap_io(|_| {});
+                    axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>())
+                        .with_graceful_shutdown(shutdown)
+                        .await?
+                }
+                None => {
+                    axum::serve(
+                        listener,
+                        app.into_make_service_with_connect_info::<SocketAddr>(),
+                    )
+                    .with_graceful_shutdown(shutdown)
+                    .await?
+                }
+            }
             Ok(())
         }
         Cmd::Sec(cmd) => tokio::task::spawn_blocking(move || security_cli::run(cmd)).await?,

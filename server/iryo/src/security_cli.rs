@@ -740,3 +740,113 @@ pub fn load_clients(path: &Path) -> anyhow::Result<Vec<iryo_security::token::Cli
     }
     Ok(out)
 }
+
+/// TLS for `iryo serve --tls-cert/--tls-key`: rustls with the ring provider, TLS 1.3 and 1.2,
+/// ALPN h2 and http/1.1.
+pub mod tls {
+    use anyhow::Context as _;
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::server::TlsStream;
+
+    /// Handshakes slower than this are dropped.
+    const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// The server configuration from PEM files (certificate chain, private key).
+    pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .with_context(|| format!("cannot read {}", cert.display()))?
+            .collect::<Result<_, _>>()
+            .with_context(|| {
+                format!(
+                    "証明書 {} が読めません / bad certificate PEM",
+                    cert.display()
+                )
+            })?;
+        if certs.is_empty() {
+            anyhow::bail!(
+                "{} に証明書がありません / no certificate in {}",
+                cert.display(),
+                cert.display()
+            );
+        }
+        let key = PrivateKeyDer::from_pem_file(key).with_context(|| {
+            format!(
+                "秘密鍵 {} が読めません / bad private key PEM",
+                key.display()
+            )
+        })?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .context("TLS versions")?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .context("証明書と秘密鍵が対応していません / certificate and key do not match")?;
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(cfg))
+    }
+
+    /// A listener yielding finished TLS connections; handshakes run in their own tasks so a
+    /// slow client cannot hold up others.
+    pub struct TlsListener {
+        rx: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+        local: SocketAddr,
+    }
+
+    impl TlsListener {
+        pub fn new(tcp: TcpListener, cfg: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+            let local = tcp.local_addr()?;
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+            tokio::spawn(async move {
+                loop {
+                    let (stream, peer) = match tcp.accept().await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!("accept failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let acceptor = acceptor.clone();
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                        {
+                            Ok(Ok(tls)) => {
+                                let _ = tx.send((tls, peer)).await;
+                            }
+                            Ok(Err(e)) => tracing::debug!("TLS handshake with {peer} failed: {e}"),
+                            Err(_) => tracing::debug!("TLS handshake with {peer} timed out"),
+                        }
+                    });
+                }
+            });
+            Ok(TlsListener { rx, local })
+        }
+    }
+
+    impl axum::serve::Listener for TlsListener {
+        type Io = TlsStream<TcpStream>;
+        type Addr = SocketAddr;
+
+        async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+            match self.rx.recv().await {
+                Some(c) => c,
+                // the accept task never ends while the listener lives
+                None => std::future::pending().await,
+            }
+        }
+
+        fn local_addr(&self) -> std::io::Result<Self::Addr> {
+            Ok(self.local)
+        }
+    }
+}

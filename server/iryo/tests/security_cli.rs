@@ -32,6 +32,10 @@ impl Drop for Server {
 
 /// Starts `iryo serve` and returns it with the lines it printed up to the "API at" line.
 fn serve(data: &str, port: u16) -> (Server, Vec<String>) {
+    serve_with(data, port, &[])
+}
+
+fn serve_with(data: &str, port: u16, extra: &[&str]) -> (Server, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_iryo"))
         .args([
             "serve",
@@ -40,6 +44,7 @@ fn serve(data: &str, port: u16) -> (Server, Vec<String>) {
             "--listen",
             &format!("127.0.0.1:{port}"),
         ])
+        .args(extra)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -62,17 +67,20 @@ fn serve(data: &str, port: u16) -> (Server, Vec<String>) {
     (Server(child), lines)
 }
 
-/// A raw HTTP/1.1 GET; returns the status code.
+/// A raw HTTP/1.1 GET; returns the status code (0 when the server answered no HTTP).
 fn http_get(port: u16, path: &str, token: Option<&str>) -> u16 {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    write!(
+    if write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
     )
-    .expect("write");
+    .is_err()
+    {
+        return 0;
+    }
     let mut buf = String::new();
     let _ = s.read_to_string(&mut buf);
     buf.split_whitespace()
@@ -290,4 +298,80 @@ fn serve_checks_the_smart_clients_file() {
     let o = iryo(&["serve", "--data", &d, "--listen", "0.0.0.0:0"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("--behind-proxy"), "{}", text(&o));
+}
+
+#[test]
+fn serve_over_tls_13_and_12_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("data").display().to_string();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    let o = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output();
+    let Ok(o) = o else {
+        eprintln!("SKIPPED: openssl is not installed");
+        return;
+    };
+    assert!(o.status.success(), "{}", text(&o));
+    let port = free_port();
+    let (srv, lines) = serve_with(
+        &d,
+        port,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(lines.join("\n").contains("https://"), "{lines:?}");
+    let url = format!("https://127.0.0.1:{port}/fhir/metadata");
+    let curl = |extra: &[&str]| {
+        Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let Ok(code) = curl(&["--tlsv1.3"]) else {
+        eprintln!("SKIPPED: curl is not installed");
+        return;
+    };
+    assert_eq!(code, "200");
+    assert_eq!(curl(&["--tlsv1.2", "--tls-max", "1.2"]).unwrap(), "200");
+    assert_ne!(curl(&["--tlsv1.1", "--tls-max", "1.1"]).unwrap(), "200");
+    // plain HTTP to the TLS port gets no answer
+    assert_eq!(http_get(port, "/fhir/metadata", None), 0);
+    drop(srv);
+    // a wrong key file is refused at start
+    let o = iryo(&[
+        "serve",
+        "--data",
+        &d,
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        cert.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
 }
