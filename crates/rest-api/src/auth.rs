@@ -251,6 +251,8 @@ pub struct Access {
     pub id: Option<String>,
     /// The patient whose compartment the request names (`Patient/x`, `Patient/x/Observation`).
     pub patient: Option<String>,
+    /// The search/history/export parameters, for the audit log (`k=v&…`).
+    pub query: Option<String>,
 }
 
 impl Access {
@@ -260,6 +262,7 @@ impl Access {
             resource_type: ty.to_string(),
             id: None,
             patient: None,
+            query: None,
         }
     }
     fn with_id(mut self, id: &str) -> Access {
@@ -340,6 +343,17 @@ pub fn route_accesses(
         }
         _ => Vec::new(),
     };
+    let mut v = v;
+    if !pairs.is_empty() {
+        let q = pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&");
+        for a in v.iter_mut() {
+            a.query = Some(q.clone());
+        }
+    }
     Some(v)
 }
 
@@ -408,6 +422,9 @@ pub fn check_accesses(
             e.source_ip = source_ip(peer);
             e.patient = a.patient.clone();
             e.resources = resource_refs(a);
+            if let Some(q) = &a.query {
+                e.details = serde_json::json!({ "query": q });
+            }
             sec.audit.send(e);
         }
         return Ok(None);
@@ -425,13 +442,11 @@ pub fn check_accesses(
         };
         let d = authorize(p, &req);
         let ip = source_ip(peer);
-        entries.push(access_audit_entry(
-            p,
-            &req,
-            &d,
-            resource_refs(a),
-            ip.as_deref(),
-        ));
+        let mut e = access_audit_entry(p, &req, &d, resource_refs(a), ip.as_deref());
+        if let (Some(q), Some(obj)) = (&a.query, e.details.as_object_mut()) {
+            obj.insert("query".into(), Value::String(q.clone()));
+        }
+        entries.push(e);
         match d {
             Decision::Allow(g) => {
                 if g.restrict_to_patient.is_some() {

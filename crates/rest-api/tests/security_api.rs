@@ -470,6 +470,20 @@ async fn audit_events_for_administrators_only() {
         assert!(entries
             .iter()
             .all(|e| e["resource"]["resourceType"] == "AuditEvent"));
+        // searches are logged with their parameters
+        assert_eq!(
+            env.call("GET", "/fhir/Patient?name=yamada", Some(&doc), None)
+                .await
+                .0,
+            200
+        );
+        let searches = env.log(AuditQuery {
+            action: Some(iryo_security::audit::AuditAction::Search),
+            ..Default::default()
+        });
+        assert!(searches
+            .iter()
+            .any(|r| r.entry.details["query"] == "name=yamada" && r.entry.actor == "doc"));
         let (s, b) = env
             .call(
                 "GET",
