@@ -397,6 +397,13 @@ async fn handle_inner(
             let pairs = form_pairs(&headers, &body, &pairs)?;
             search_system(&st, &ctx, &pairs).await
         }
+        (&Method::POST, ["$validate"]) => {
+            crate::validate::validate_operation(&st, &ctx, None, &headers, &body, &pairs).await
+        }
+        (&Method::POST, [ty, "$validate"]) => {
+            check_type(ty)?;
+            crate::validate::validate_operation(&st, &ctx, Some(ty), &headers, &body, &pairs).await
+        }
         (&Method::GET, ["_history"]) => history(&st, &ctx, None, None, &pairs).await,
         (&Method::GET, ["$export"]) | (&Method::POST, ["$export"]) => {
             crate::export::kick_off(&st, &ctx, &headers, None, &pairs).await

@@ -20,6 +20,7 @@ pub mod error;
 pub mod export;
 pub mod format;
 pub mod handlers;
+pub mod validate;
 
 use axum::Router;
 use std::sync::Arc;

@@ -4,6 +4,7 @@
 mod fee;
 mod import;
 mod security_cli;
+mod validate;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
@@ -42,6 +43,8 @@ impl StoreArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Validate resources (files, directories, Bundles) against R4 / JP Core / JP-CLINS / eCheckup profiles.
+    Validate(validate::ValidateArgs),
     /// Run the FHIR server.
     Serve {
         #[command(flatten)]
@@ -194,6 +197,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                      利用者名 (user): {user}\n  初回パスワード (one-time password, shown once): {password}\n"
                 );
             }
+            // 電子カルテ情報共有サービス at /clins/fhir, on the same store and access log
+            let clins = iryo_clins::ClinsState::new(
+                s.clone(),
+                handle.tokens(),
+                shared.clone(),
+                iryo_clins::ClinsConfig::default(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("starting the sharing service: {e}"))?;
+            clins.spawn_retention(std::time::Duration::from_secs(3600));
             let security = iryo_rest_api::auth::Security {
                 tokens: handle.tokens(),
                 audit: iryo_rest_api::auth::AuditSink::start(shared.clone()),
@@ -214,7 +227,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 public_base,
                 security: Some(std::sync::Arc::new(security)),
             };
-            let app = iryo_rest_api::router(iryo_rest_api::AppState::new(s, config));
+            let app = iryo_rest_api::router(iryo_rest_api::AppState::new(s, config))
+                .merge(iryo_clins::router(clins));
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
@@ -267,6 +281,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             import::run(s, &tenant, concurrency.max(1), &paths).await
         }
         Cmd::Fee { cmd } => fee::run(cmd).await,
+        Cmd::Validate(args) => std::process::exit(validate::run(args)),
         Cmd::Tenant { cmd } => match cmd {
             TenantCmd::Create { store, name } => {
                 let s = iryo_db::Store::open(&store.location())
