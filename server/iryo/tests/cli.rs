@@ -167,3 +167,58 @@ fn serve_refuses_non_loopback_without_authentication() {
     ]);
     assert!(!o.status.success());
 }
+
+/// `iryo serve` end to end: FHIR API with authentication, the sharing service mounted, first admin.
+#[test]
+fn serve_mounts_fhir_and_clins() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iryo"))
+        .args(["serve", "--data", &d, "--listen", &listen])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !log.contains("FHIR R4 API at") && std::time::Instant::now() < deadline {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        log.push_str(&line);
+    }
+    assert!(
+        log.contains("初回パスワード"),
+        "first start prints the one-time admin password: {log}"
+    );
+    let get = |path: &str, method: &str| -> String {
+        let mut s = std::net::TcpStream::connect(&listen).unwrap();
+        write!(s, "{method} {path} HTTP/1.1\r\nHost: {listen}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let meta = get("/fhir/metadata", "GET");
+    assert!(meta.starts_with("HTTP/1.1 200"), "{meta}");
+    let unauth = get("/fhir/Patient", "GET");
+    assert!(
+        unauth.starts_with("HTTP/1.1 401") && unauth.contains("OperationOutcome"),
+        "{unauth}"
+    );
+    let clins = get("/clins/fhir/$register", "POST");
+    assert!(
+        clins.starts_with("HTTP/1.1 401") && clins.contains("OperationOutcome"),
+        "the sharing service is mounted and needs a token: {clins}"
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
+}
