@@ -525,6 +525,19 @@ impl Store {
         .await
     }
 
+    /// A tenant's settings (JSON object; `{}` when none).
+    pub async fn tenant_settings(&self, tenant: i64) -> Result<Value, DbError> {
+        self.read_with(move |c, _| {
+            let s = c
+                .query_one("SELECT settings FROM tenant WHERE id = $1", &[P::I(tenant)])?
+                .and_then(|r| r.into_iter().next())
+                .map(V::t)
+                .unwrap_or_default();
+            Ok(serde_json::from_str(&s).unwrap_or_else(|_| serde_json::json!({})))
+        })
+        .await
+    }
+
     /// Replace a tenant's settings (JSON object; e.g. `{"validation": "profiles"}`).
     pub async fn tenant_set_settings(&self, tenant: i64, settings: Value) -> Result<(), DbError> {
         let s = settings.to_string();

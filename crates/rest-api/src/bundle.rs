@@ -544,7 +544,7 @@ async fn transaction(st: &AppState, ctx: &Ctx, bundle: Value) -> Result<Value, F
     let outcomes: Vec<WriteOutcome> = if ops.is_empty() {
         vec![]
     } else {
-        st.store.write(ctx.tenant, ops).await?
+        crate::handlers::store_write(st, ctx, ops).await?
     };
     // 5. answer in entry order
     let mut out = Vec::with_capacity(entries.len());

@@ -767,6 +767,35 @@ pub fn check_resource(v: &Value, expected_type: Option<&str>) -> Result<(), Fhir
     }
 }
 
+/// Write through the store after the tenant's validation on write: with the tenant setting
+/// `{"validation": "profiles"}` every written resource is validated against its `meta.profile`
+/// (JP Core, JP-CLINS, eCheckup, uploaded profiles) and errors refuse the whole write (422).
+/// `base` (default) and `off` keep the structural R4 check that every write passes anyway.
+pub async fn store_write(
+    st: &AppState,
+    ctx: &Ctx,
+    ops: Vec<WriteOp>,
+) -> Result<Vec<WriteOutcome>, FhirError> {
+    let settings = st.store.tenant_settings(ctx.tenant).await?;
+    if settings.get("validation").and_then(Value::as_str) == Some("profiles") {
+        let many = ops.len() > 1;
+        for (i, op) in ops.iter().enumerate() {
+            if let WriteOp::Put { resource, .. } = op {
+                crate::validate::validate_on_write("profiles", resource).map_err(|mut e| {
+                    if many {
+                        for is in e.issues.iter_mut() {
+                            is.message_ja = format!("書き込み {i}: {}", is.message_ja);
+                            is.message_en = format!("write {i}: {}", is.message_en);
+                        }
+                    }
+                    e
+                })?;
+            }
+        }
+    }
+    Ok(st.store.write(ctx.tenant, ops).await?)
+}
+
 fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -840,7 +869,7 @@ async fn create(
         }
     }
     v["id"] = Value::String(new_id());
-    let out = st.store.write(ctx.tenant, vec![WriteOp::create(v)]).await?;
+    let out = crate::handlers::store_write(st, ctx, vec![WriteOp::create(v)]).await?;
     Ok(write_response(&out[0], StatusCode::CREATED, ctx))
 }
 
@@ -870,17 +899,16 @@ async fn update(
         }
     }
     let im = if_match(headers)?;
-    let out = st
-        .store
-        .write(
-            ctx.tenant,
-            vec![WriteOp::Put {
-                resource: v,
-                if_match: im,
-                create_only: false,
-            }],
-        )
-        .await?;
+    let out = crate::handlers::store_write(
+        st,
+        ctx,
+        vec![WriteOp::Put {
+            resource: v,
+            if_match: im,
+            create_only: false,
+        }],
+    )
+    .await?;
     let status = if out[0].created {
         StatusCode::CREATED
     } else {
@@ -924,17 +952,16 @@ async fn conditional_update(
     };
     v["id"] = Value::String(id);
     let im = if_match(headers)?;
-    let out = st
-        .store
-        .write(
-            ctx.tenant,
-            vec![WriteOp::Put {
-                resource: v,
-                if_match: im,
-                create_only: false,
-            }],
-        )
-        .await?;
+    let out = crate::handlers::store_write(
+        st,
+        ctx,
+        vec![WriteOp::Put {
+            resource: v,
+            if_match: im,
+            create_only: false,
+        }],
+    )
+    .await?;
     let status = if out[0].created {
         StatusCode::CREATED
     } else {
@@ -1031,17 +1058,16 @@ async fn patch(
         e
     })?;
     // optimistic: the version we patched must still be current
-    let out = st
-        .store
-        .write(
-            ctx.tenant,
-            vec![WriteOp::Put {
-                resource: v,
-                if_match: Some(cur.version),
-                create_only: false,
-            }],
-        )
-        .await?;
+    let out = crate::handlers::store_write(
+        st,
+        ctx,
+        vec![WriteOp::Put {
+            resource: v,
+            if_match: Some(cur.version),
+            create_only: false,
+        }],
+    )
+    .await?;
     Ok(write_response(&out[0], StatusCode::OK, ctx))
 }
 
@@ -1053,17 +1079,16 @@ async fn delete(
     headers: &HeaderMap,
 ) -> Result<Response, FhirError> {
     let im = if_match(headers)?;
-    let out = st
-        .store
-        .write(
-            ctx.tenant,
-            vec![WriteOp::Delete {
-                ty: ty.into(),
-                id: id.into(),
-                if_match: im,
-            }],
-        )
-        .await?;
+    let out = crate::handlers::store_write(
+        st,
+        ctx,
+        vec![WriteOp::Delete {
+            ty: ty.into(),
+            id: id.into(),
+            if_match: im,
+        }],
+    )
+    .await?;
     let mut resp = StatusCode::NO_CONTENT.into_response();
     if out[0].version > 0 {
         resp.headers_mut()
@@ -1082,16 +1107,16 @@ async fn conditional_delete(
     match found.len() {
         0 => Ok(StatusCode::NO_CONTENT.into_response()),
         1 => {
-            st.store
-                .write(
-                    ctx.tenant,
-                    vec![WriteOp::Delete {
-                        ty: ty.into(),
-                        id: found[0].id.clone(),
-                        if_match: None,
-                    }],
-                )
-                .await?;
+            crate::handlers::store_write(
+                st,
+                ctx,
+                vec![WriteOp::Delete {
+                    ty: ty.into(),
+                    id: found[0].id.clone(),
+                    if_match: None,
+                }],
+            )
+            .await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         _ => Err(multiple_matches(ty)),

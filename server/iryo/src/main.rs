@@ -118,6 +118,14 @@ enum TenantCmd {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Set a tenant's validation on write: off | base (structural R4 check, default) | profiles (meta.profile, 422 on error).
+    Set {
+        #[command(flatten)]
+        store: StoreArgs,
+        name: String,
+        #[arg(long, value_parser = ["off", "base", "profiles"])]
+        validation: String,
+    },
 }
 
 fn main() {
@@ -292,6 +300,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "テナント {} を作成しました (id {}). Base URL: /t/{}/fhir",
                     t.name, t.id, t.name
                 );
+                Ok(())
+            }
+            TenantCmd::Set {
+                store,
+                name,
+                validation,
+            } => {
+                let s = iryo_db::Store::open(&store.location())
+                    .await
+                    .context("opening the store")?;
+                let Some(id) = s.tenant_id(&name).await? else {
+                    anyhow::bail!("テナント {name} はありません / unknown tenant {name}");
+                };
+                let mut settings = s.tenant_settings(id).await?;
+                settings["validation"] = serde_json::json!(validation);
+                s.tenant_set_settings(id, settings).await?;
+                println!("テナント {name}: 書き込み時検証 (validation on write) = {validation}");
                 Ok(())
             }
             TenantCmd::List { store } => {
