@@ -869,7 +869,7 @@ async fn create(
         }
     }
     v["id"] = Value::String(new_id());
-    let out = crate::handlers::store_write(st, ctx, vec![WriteOp::create(v)]).await?;
+    let out = store_write(st, ctx, vec![WriteOp::create(v)]).await?;
     Ok(write_response(&out[0], StatusCode::CREATED, ctx))
 }
 
@@ -898,17 +898,23 @@ async fn update(
             ))
         }
     }
+    put_and_respond(st, ctx, v, headers).await
+}
+
+/// Store an update (or update-as-create) honouring `If-Match`; 201 when it created the resource.
+async fn put_and_respond(
+    st: &AppState,
+    ctx: &Ctx,
+    v: Value,
+    headers: &HeaderMap,
+) -> Result<Response, FhirError> {
     let im = if_match(headers)?;
-    let out = crate::handlers::store_write(
-        st,
-        ctx,
-        vec![WriteOp::Put {
-            resource: v,
-            if_match: im,
-            create_only: false,
-        }],
-    )
-    .await?;
+    let put = WriteOp::Put {
+        resource: v,
+        if_match: im,
+        create_only: false,
+    };
+    let out = store_write(st, ctx, vec![put]).await?;
     let status = if out[0].created {
         StatusCode::CREATED
     } else {
@@ -951,23 +957,7 @@ async fn conditional_update(
         _ => return Err(multiple_matches(ty)),
     };
     v["id"] = Value::String(id);
-    let im = if_match(headers)?;
-    let out = crate::handlers::store_write(
-        st,
-        ctx,
-        vec![WriteOp::Put {
-            resource: v,
-            if_match: im,
-            create_only: false,
-        }],
-    )
-    .await?;
-    let status = if out[0].created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok(write_response(&out[0], status, ctx))
+    put_and_respond(st, ctx, v, headers).await
 }
 
 async fn resolve_conditional(
@@ -1058,7 +1048,7 @@ async fn patch(
         e
     })?;
     // optimistic: the version we patched must still be current
-    let out = crate::handlers::store_write(
+    let out = store_write(
         st,
         ctx,
         vec![WriteOp::Put {
@@ -1079,7 +1069,7 @@ async fn delete(
     headers: &HeaderMap,
 ) -> Result<Response, FhirError> {
     let im = if_match(headers)?;
-    let out = crate::handlers::store_write(
+    let out = store_write(
         st,
         ctx,
         vec![WriteOp::Delete {
@@ -1107,7 +1097,7 @@ async fn conditional_delete(
     match found.len() {
         0 => Ok(StatusCode::NO_CONTENT.into_response()),
         1 => {
-            crate::handlers::store_write(
+            store_write(
                 st,
                 ctx,
                 vec![WriteOp::Delete {
