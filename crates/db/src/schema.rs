@@ -76,13 +76,6 @@ CREATE TABLE IF NOT EXISTS sp_uri (
   value TEXT @C NOT NULL, rid BIGINT NOT NULL,
   PRIMARY KEY (tenant, type, param, value, rid)
 ) @WR;
-CREATE TABLE IF NOT EXISTS search_page (
-  tenant BIGINT NOT NULL,
-  token TEXT NOT NULL,
-  created BIGINT NOT NULL,
-  rids @BLOB NOT NULL,
-  PRIMARY KEY (tenant, token)
-);
 CREATE TABLE IF NOT EXISTS export_job (
   tenant BIGINT NOT NULL,
   id TEXT NOT NULL,

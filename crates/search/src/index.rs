@@ -50,56 +50,6 @@ pub enum IndexValue {
     },
 }
 
-impl IndexValue {
-    /// The storage family this value goes to.
-    pub fn family(&self) -> Family {
-        match self {
-            IndexValue::String { .. } => Family::String,
-            IndexValue::Token { .. } => Family::Token,
-            IndexValue::Date { .. } => Family::Date,
-            IndexValue::Number { .. } => Family::Number,
-            IndexValue::Quantity { .. } => Family::Quantity,
-            IndexValue::Reference { .. } => Family::Reference,
-            IndexValue::Uri { .. } => Family::Uri,
-        }
-    }
-}
-
-/// Index tables, one per value family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Family {
-    String,
-    Token,
-    Date,
-    Number,
-    Quantity,
-    Reference,
-    Uri,
-}
-
-impl Family {
-    pub const ALL: [Family; 7] = [
-        Family::String,
-        Family::Token,
-        Family::Date,
-        Family::Number,
-        Family::Quantity,
-        Family::Reference,
-        Family::Uri,
-    ];
-    pub fn table(self) -> &'static str {
-        match self {
-            Family::String => "sp_string",
-            Family::Token => "sp_token",
-            Family::Date => "sp_date",
-            Family::Number => "sp_number",
-            Family::Quantity => "sp_quantity",
-            Family::Reference => "sp_reference",
-            Family::Uri => "sp_uri",
-        }
-    }
-}
-
 /// A stable 31-bit key for a search parameter code, used in index keys instead of the text.
 /// FNV-1a; collisions between the codes of one resource type are checked by the store at start-up.
 pub fn param_key(code: &str) -> i64 {

@@ -194,12 +194,6 @@ pub struct SearchQuery {
     pub page_token: Option<String>,
 }
 
-impl SearchQuery {
-    pub fn params(&self) -> &[Clause] {
-        &self.clauses
-    }
-}
-
 /// Split a query string into decoded `(name, value)` pairs (`+` is a space, as in forms).
 pub fn split_query(qs: &str) -> Vec<(String, String)> {
     qs.split('&')
