@@ -89,7 +89,6 @@ fn clause_sql(
     tenant: &str,
     r: &str,
     tcode: &str,
-    tcode_val: Option<i64>,
     c: &Clause,
     depth: usize,
 ) -> Result<String, DbError> {
@@ -131,7 +130,6 @@ fn clause_sql(
                             *prefix,
                             range.lo,
                             range.hi,
-                            true,
                         ));
                     }
                 }
@@ -161,7 +159,7 @@ fn clause_sql(
                             values: vec![part.clone()],
                             components: vec![],
                         };
-                        inner.push(clause_sql(q, tenant, r, tcode, tcode_val, &cl, depth)?);
+                        inner.push(clause_sql(q, tenant, r, tcode, &cl, depth)?);
                     }
                     ands.push(format!("({})", inner.join(" AND ")));
                 }
@@ -171,7 +169,7 @@ fn clause_sql(
             let pk = q.bind(P::I(param_key(&param_name(code, modifier))));
             let mut ors = vec![];
             for v in values {
-                ors.push(value_cond(q, *kind, modifier, v, tcode_val)?);
+                ors.push(value_cond(q, *kind, modifier, v)?);
             }
             let sub = format!(
                 "SELECT s.rid FROM {table} s WHERE s.tenant = {tenant} AND s.type = {tcode} AND s.param = {pk} AND ({})",
@@ -194,7 +192,7 @@ fn clause_sql(
             for t in target_types {
                 let tc = type_code(t).ok_or_else(|| unsupported(t))?;
                 let tcb = q.bind(P::I(tc));
-                let cond = clause_sql(q, tenant, &alias, &tcb, Some(tc), inner, depth + 1)?;
+                let cond = clause_sql(q, tenant, &alias, &tcb, inner, depth + 1)?;
                 ors.push(format!(
                     "(s{depth}.target_type = {tcb} AND s{depth}.target_id IN (SELECT {alias}.id FROM resource {alias} WHERE {alias}.tenant = {tenant} AND {alias}.type = {tcb} AND {alias}.deleted = 0 AND {cond}))"
                 ));
@@ -213,7 +211,7 @@ fn clause_sql(
             let srcb = q.bind(P::I(src));
             let pk = q.bind(P::I(param_key(ref_code)));
             let alias = format!("h{depth}");
-            let cond = clause_sql(q, tenant, &alias, &srcb, Some(src), inner, depth + 1)?;
+            let cond = clause_sql(q, tenant, &alias, &srcb, inner, depth + 1)?;
             Ok(format!(
                 "{r}.id IN (SELECT s{depth}.target_id FROM sp_reference s{depth} WHERE s{depth}.tenant = {tenant} AND s{depth}.type = {srcb} AND s{depth}.param = {pk} AND s{depth}.target_type = {tcode} \
                  AND s{depth}.rid IN (SELECT {alias}.rid FROM resource {alias} WHERE {alias}.tenant = {tenant} AND {alias}.type = {srcb} AND {alias}.deleted = 0 AND {cond}))"
@@ -258,15 +256,7 @@ fn like_escape(s: &str) -> String {
 }
 
 /// Range semantics of FHIR search prefixes: the target `[lo_col, hi_col]` against `[pl, ph]`.
-fn range_cond(
-    q: &mut Q,
-    lo_col: &str,
-    hi_col: &str,
-    prefix: Prefix,
-    pl: i64,
-    ph: i64,
-    _date: bool,
-) -> String {
+fn range_cond(q: &mut Q, lo_col: &str, hi_col: &str, prefix: Prefix, pl: i64, ph: i64) -> String {
     // bind only the bounds a prefix uses (PostgreSQL refuses untyped unused parameters)
     match prefix {
         Prefix::Eq => {
@@ -347,13 +337,7 @@ fn number_cond(q: &mut Q, prefix: Prefix, value: f64, lo: f64, hi: f64) -> Strin
     }
 }
 
-fn value_cond(
-    q: &mut Q,
-    kind: K,
-    m: &Modifier,
-    v: &Value,
-    _tcode: Option<i64>,
-) -> Result<String, DbError> {
+fn value_cond(q: &mut Q, kind: K, m: &Modifier, v: &Value) -> Result<String, DbError> {
     Ok(match v {
         Value::String(s) => {
             let norm = normalize_string(s);
@@ -416,9 +400,7 @@ fn value_cond(
             let b = q.bind(P::T(u.clone()));
             format!("(s.target_type = 0 AND s.target_id = {b})")
         }
-        Value::Date { prefix, range } => {
-            range_cond(q, "s.lo", "s.hi", *prefix, range.lo, range.hi, true)
-        }
+        Value::Date { prefix, range } => range_cond(q, "s.lo", "s.hi", *prefix, range.lo, range.hi),
         Value::Number {
             prefix,
             lo,
@@ -552,14 +534,14 @@ fn build(
     };
     let t = q.bind(P::I(tenant));
     let mut wh = vec![format!("r.tenant = {t}"), "r.deleted = 0".to_string()];
-    let (tcode, tval) = match &query.resource_type {
+    let tcode = match &query.resource_type {
         Some(ty) => {
             let tc = type_code(ty).ok_or_else(|| unsupported(ty))?;
             let b = q.bind(P::I(tc));
             wh.push(format!("r.type = {b}"));
-            (b, Some(tc))
+            b
         }
-        None => ("r.type".to_string(), None),
+        None => "r.type".to_string(),
     };
     if let Some((cty, cid)) = compartment {
         // resources of this type that reference the compartment owner through any of the
@@ -589,7 +571,7 @@ fn build(
         ));
     }
     for c in &query.clauses {
-        let cond = clause_sql(&mut q, &t, "r", &tcode, tval, c, 0)?;
+        let cond = clause_sql(&mut q, &t, "r", &tcode, c, 0)?;
         wh.push(cond);
     }
     let mut order = vec![];
@@ -758,10 +740,12 @@ fn includes(
                 let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
                     continue;
                 };
-                for e in ctx.extractor.extract(&v) {
-                    if inc.param != "*" && e.param != inc.param {
-                        continue;
-                    }
+                let entries = if inc.param == "*" {
+                    ctx.extractor.extract(&v)
+                } else {
+                    ctx.extractor.extract_param(&v, &inc.param)
+                };
+                for e in entries {
                     if let IndexValue::Reference { ty, id } = e.value {
                         if ty.is_empty() || inc.target_type.as_deref().is_some_and(|t| t != ty) {
                             continue;
@@ -780,27 +764,42 @@ fn includes(
                 }
             }
         }
-        // reverse: resources pointing at the frontier
+        // reverse: resources pointing at the frontier, one query per (include, target type)
         for inc in query.revincludes.iter().filter(incs) {
             let src = type_code(&inc.source_type).ok_or_else(|| unsupported(&inc.source_type))?;
+            let mut by_type: HashMap<i64, Vec<String>> = HashMap::new();
             for m in &frontier {
-                let Some(tc) = type_code(&m.ty) else { continue };
                 if inc.target_type.as_deref().is_some_and(|t| t != m.ty) {
                     continue;
                 }
-                let mut p = vec![P::I(tenant), P::I(src), P::I(tc), P::T(m.id.clone())];
-                let mut sql = "SELECT DISTINCT s.rid FROM sp_reference s JOIN resource r ON r.tenant = s.tenant AND r.rid = s.rid AND r.deleted = 0 \
-                     WHERE s.tenant = $1 AND s.type = $2 AND s.target_type = $3 AND s.target_id = $4"
-                    .to_string();
-                if inc.param != "*" {
-                    p.push(P::I(param_key(&inc.param)));
-                    sql.push_str(" AND s.param = $5");
+                if let Some(tc) = type_code(&m.ty) {
+                    by_type.entry(tc).or_default().push(m.id.clone());
                 }
-                sql.push_str(&format!(" LIMIT {MAX_INCLUDES}"));
-                let rids: Vec<i64> = c.query(&sql, &p)?.into_iter().map(|r| r[0].i()).collect();
-                for r in read_rids(c, ctx, tenant, &rids)? {
-                    if seen.insert((r.ty.clone(), r.id.clone())) {
-                        next.push(r);
+            }
+            for (tc, ids) in by_type {
+                for chunk in ids.chunks(200) {
+                    let mut p = vec![P::I(tenant), P::I(src), P::I(tc)];
+                    let mut sql = "SELECT DISTINCT s.rid FROM sp_reference s JOIN resource r ON r.tenant = s.tenant AND r.rid = s.rid AND r.deleted = 0 \
+                         WHERE s.tenant = $1 AND s.type = $2 AND s.target_type = $3"
+                        .to_string();
+                    if inc.param != "*" {
+                        p.push(P::I(param_key(&inc.param)));
+                        sql.push_str(&format!(" AND s.param = ${}", p.len()));
+                    }
+                    let mut marks = Vec::with_capacity(chunk.len());
+                    for id in chunk {
+                        p.push(P::T(id.clone()));
+                        marks.push(format!("${}", p.len()));
+                    }
+                    sql.push_str(&format!(
+                        " AND s.target_id IN ({}) LIMIT {MAX_INCLUDES}",
+                        marks.join(", ")
+                    ));
+                    let rids: Vec<i64> = c.query(&sql, &p)?.into_iter().map(|r| r[0].i()).collect();
+                    for r in read_rids(c, ctx, tenant, &rids)? {
+                        if seen.insert((r.ty.clone(), r.id.clone())) {
+                            next.push(r);
+                        }
                     }
                 }
             }

@@ -668,7 +668,7 @@ async fn read_entry(st: &AppState, ctx: &Ctx, r: &Req) -> Value {
     };
     match st.store.search(ctx.tenant, req).await {
         Ok(page) => json!({
-            "resource": crate::handlers::search_bundle(ctx, &q, &page, &format!("{}/{}", ctx.base, r.ty), &pairs),
+            "resource": crate::handlers::search_bundle(ctx, &q, &page, &format!("{}/{}", ctx.base, r.ty)),
             "response": {"status": "200 OK"},
         }),
         Err(e) => fail(e.into()),

@@ -1318,7 +1318,7 @@ async fn search_system(
         ));
     }
     let q = parse_pairs(iryo_search::model(), None, &rest, ctx.handling)?;
-    run_search(st, ctx, q, None, format!("{}", ctx.base), &rest).await
+    run_search(st, ctx, q, None, ctx.base.clone()).await
 }
 
 pub async fn search_type(
@@ -1334,7 +1334,7 @@ pub async fn search_type(
         Some((ct, ci)) => format!("{}/{ct}/{ci}/{ty}", ctx.base),
         None => format!("{}/{ty}", ctx.base),
     };
-    run_search(st, ctx, q, compartment, self_base, pairs).await
+    run_search(st, ctx, q, compartment, self_base).await
 }
 
 /// `subject=http://our-base/Patient/1` is the local `Patient/1`.
@@ -1370,7 +1370,6 @@ async fn run_search(
     mut q: SearchQuery,
     compartment: Option<(String, String)>,
     self_base: String,
-    pairs: &[(String, String)],
 ) -> Result<Response, FhirError> {
     if q.summary.is_none() {
         q.summary = ctx.shape.summary;
@@ -1385,7 +1384,7 @@ async fn run_search(
         Some(c) => st.store.search_compartment(ctx.tenant, c, req).await?,
         None => st.store.search(ctx.tenant, req).await?,
     };
-    let b = search_bundle(ctx, &q, &page, &self_base, pairs);
+    let b = search_bundle(ctx, &q, &page, &self_base);
     Ok(json_response(StatusCode::OK, &b, ctx.pretty))
 }
 
@@ -1407,13 +1406,7 @@ fn encode_pair(k: &str, v: &str) -> String {
 }
 
 /// The searchset Bundle with links, matches, includes and an outcome for ignored parameters.
-pub fn search_bundle(
-    ctx: &Ctx,
-    q: &SearchQuery,
-    page: &SearchPage,
-    self_base: &str,
-    _pairs: &[(String, String)],
-) -> Value {
+pub fn search_bundle(ctx: &Ctx, q: &SearchQuery, page: &SearchPage, self_base: &str) -> Value {
     let understood: Vec<String> = q
         .understood
         .iter()

@@ -72,13 +72,22 @@ impl Extractor {
 
     /// All index entries of `resource` (deduplicated).
     pub fn extract(&self, resource: &Value) -> Vec<IndexEntry> {
+        self.extract_where(resource, |_| true)
+    }
+
+    /// The index entries of one search parameter only (`_include` needs just its references).
+    pub fn extract_param(&self, resource: &Value, code: &str) -> Vec<IndexEntry> {
+        self.extract_where(resource, |c| c == code)
+    }
+
+    fn extract_where(&self, resource: &Value, keep: impl Fn(&str) -> bool) -> Vec<IndexEntry> {
         let Some(ty) = resource.get("resourceType").and_then(Value::as_str) else {
             return vec![];
         };
         let compiled = self.compiled(ty);
         let ctx = Context::new(resource);
         let mut out: Vec<IndexEntry> = Vec::with_capacity(32);
-        for c in compiled.iter() {
+        for c in compiled.iter().filter(|c| keep(&c.code)) {
             let Ok(items) = c.expr.evaluate(&ctx, resource) else {
                 continue;
             };
