@@ -222,3 +222,27 @@ fn serve_mounts_fhir_and_clins() {
     child.kill().unwrap();
     let _ = child.wait();
 }
+
+#[test]
+fn unreachable_database_is_a_clear_error() {
+    // nothing listens on port 1: the server must not start, and must say why
+    let o = iryo(&[
+        "tenant",
+        "list",
+        "--database",
+        "postgres://iryo@127.0.0.1:1/none",
+    ]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains("エラー") && t.contains("opening the store"),
+        "{t}"
+    );
+    // an unwritable data directory is refused the same way
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let o = iryo(&["tenant", "list", "--data", file.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("opening the store"), "{}", text(&o));
+}
