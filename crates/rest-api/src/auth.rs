@@ -256,7 +256,7 @@ pub struct Access {
 }
 
 impl Access {
-    fn new(interaction: Interaction, ty: &str) -> Access {
+    pub fn new(interaction: Interaction, ty: &str) -> Access {
         Access {
             interaction,
             resource_type: ty.to_string(),
@@ -265,7 +265,7 @@ impl Access {
             query: None,
         }
     }
-    fn with_id(mut self, id: &str) -> Access {
+    pub fn with_id(mut self, id: &str) -> Access {
         if self.resource_type == "Patient" {
             self.patient = Some(id.to_string());
         }

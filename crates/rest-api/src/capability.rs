@@ -13,6 +13,33 @@ pub fn capability_statement(base: &str) -> Value {
     v
 }
 
+/// Lists the registered operations ([`crate::operation::Operation`]) at the level they are
+/// invoked: system ones in `rest.operation`, type and instance ones on their resource.
+pub fn add_operations(cs: &mut Value, ops: &[std::sync::Arc<dyn crate::operation::Operation>]) {
+    use crate::operation::Level;
+    for op in ops {
+        let mut entry = json!({"name": op.name()});
+        if let Some(d) = op.definition() {
+            entry["definition"] = json!(d);
+        }
+        let list = match op.level() {
+            Level::System => cs["rest"][0].get_mut("operation"),
+            Level::Type(t) | Level::Instance(t) => cs["rest"][0]["resource"]
+                .as_array_mut()
+                .and_then(|rs| rs.iter_mut().find(|r| r["type"] == t))
+                .map(|r| {
+                    if r.get("operation").is_none() {
+                        r["operation"] = json!([]);
+                    }
+                    &mut r["operation"]
+                }),
+        };
+        if let Some(Value::Array(a)) = list {
+            a.push(entry);
+        }
+    }
+}
+
 fn build(base: &str) -> Value {
     let model = iryo_search::model();
     let mut resources = vec![];

@@ -360,6 +360,14 @@ async fn handle_inner(
     let headers = parts.headers.clone();
     let body = read_body(&st, body).await?;
     let segs: Vec<&str> = rest.iter().map(String::as_str).collect();
+    let op = crate::operation::find(&st.config.operations.0, &segs);
+    let op_pairs = match op {
+        Some(op) => Some(operation_params(
+            op, &method, &segs, &headers, &body, &pairs,
+        )?),
+        None => None,
+    };
+    let mut caller = None;
     if let Some(sec) = &st.config.security {
         match (&method, segs.as_slice()) {
             (&Method::GET, [".well-known", "smart-configuration"]) => {
@@ -377,20 +385,36 @@ async fn handle_inner(
             }
             _ => {}
         }
-        if let Some(r) = secure(
-            &st, sec, &ctx, &method, &segs, &pairs, &headers, &body, peer,
+        let op_call = match (op, &op_pairs) {
+            (Some(op), Some(p)) => {
+                let call = op_call(&st, &ctx, op, &method, &segs, &headers, p, &body, None);
+                Some(op.accesses(&call))
+            }
+            _ => None,
+        };
+        match secure(
+            &st, sec, &ctx, &method, &segs, &pairs, &headers, &body, peer, op_call,
         )
         .await?
         {
-            return Ok(r);
+            Secured::Respond(r) => return Ok(r),
+            Secured::Continue(c) => caller = c,
         }
     }
+    if let (Some(op), Some(p)) = (op, &op_pairs) {
+        let principal = match &caller {
+            Some(crate::auth::Caller::Principal(p)) => Some(p),
+            _ => None,
+        };
+        let call = op_call(&st, &ctx, op, &method, &segs, &headers, p, &body, principal);
+        return op.call(call).await;
+    }
     match (&method, segs.as_slice()) {
-        (&Method::GET, ["metadata"]) => Ok(json_response(
-            StatusCode::OK,
-            &crate::capability::capability_statement(&ctx.base),
-            ctx.pretty,
-        )),
+        (&Method::GET, ["metadata"]) => {
+            let mut cs = crate::capability::capability_statement(&ctx.base);
+            crate::capability::add_operations(&mut cs, &st.config.operations.0);
+            Ok(json_response(StatusCode::OK, &cs, ctx.pretty))
+        }
         (&Method::POST, []) => bundle::batch_or_transaction(&st, &ctx, &headers, &body).await,
         (&Method::GET, []) => search_system(&st, &ctx, &pairs).await,
         (&Method::POST, ["_search"]) => {
@@ -511,6 +535,14 @@ async fn handle_inner(
 /// when the request was answered here (the audit log, a compartment-limited search),
 /// `Ok(None)` to dispatch it normally.
 #[allow(clippy::too_many_arguments)]
+/// What [`secure`] decided: answer now (a search narrowed to the caller's compartment,
+/// the AuditEvent search), or go on with the routed handler as this caller.
+enum Secured {
+    Respond(Response),
+    Continue(Option<crate::auth::Caller>),
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn secure(
     st: &AppState,
     sec: &crate::auth::Security,
@@ -521,19 +553,22 @@ async fn secure(
     headers: &HeaderMap,
     body: &[u8],
     peer: Option<std::net::SocketAddr>,
-) -> Result<Option<Response>, FhirError> {
+    op_accesses: Option<Vec<crate::auth::Access>>,
+) -> Result<Secured, FhirError> {
     use crate::auth;
     let now = chrono::Utc::now();
     let tenant = ctx.tenant_name.as_str();
+    let is_op = op_accesses.is_some();
     // the CapabilityStatement is public (clients discover the security settings there)
-    let Some(mut accesses) = auth::route_accesses(method, segs, pairs) else {
-        return Ok(None);
+    let Some(mut accesses) = op_accesses.or_else(|| auth::route_accesses(method, segs, pairs))
+    else {
+        return Ok(Secured::Continue(None));
     };
     let caller = auth::authenticate(sec, headers, tenant, peer, now)?;
     if segs == ["AuditEvent"] && *method == Method::GET {
         return auth::audit_search(sec, &caller, ctx, pairs, peer, now)
             .await
-            .map(Some);
+            .map(Secured::Respond);
     }
     let patient = caller.patient().map(str::to_string);
     if *method == Method::POST && segs.is_empty() {
@@ -574,8 +609,24 @@ async fn secure(
     }
     let restrict = auth::check_accesses(sec, &caller, tenant, &accesses, peer, now)?;
     let Some(pid) = restrict else {
-        return Ok(None);
+        return Ok(Secured::Continue(Some(caller)));
     };
+    if is_op {
+        // an operation is open to a compartment-restricted caller only when every access
+        // it declares lies in that caller's compartment
+        if !accesses.is_empty() && accesses.iter().all(|a| a.patient.as_ref() == Some(&pid)) {
+            return Ok(Secured::Continue(Some(caller)));
+        }
+        auth::log_refusal(
+            sec,
+            &caller,
+            tenant,
+            "operation outside the caller's compartment",
+            peer,
+            now,
+        );
+        return Err(auth::outside_compartment(&segs.join("/")));
+    }
     // limited to one patient's compartment: only type-level searches can be narrowed
     match (method.as_str(), segs) {
         ("GET", [ty]) | ("POST", [ty, "_search"]) => {
@@ -587,14 +638,16 @@ async fn secure(
             };
             if *ty == "Patient" {
                 pairs.push(("_id".into(), pid));
-                search_type(st, ctx, ty, &pairs, None).await.map(Some)
+                search_type(st, ctx, ty, &pairs, None)
+                    .await
+                    .map(Secured::Respond)
             } else {
                 search_type(st, ctx, ty, &pairs, Some(("Patient".into(), pid)))
                     .await
-                    .map(Some)
+                    .map(Secured::Respond)
             }
         }
-        ("GET", ["Patient", c, _]) if *c == pid => Ok(None),
+        ("GET", ["Patient", c, _]) if *c == pid => Ok(Secured::Continue(Some(caller))),
         _ => {
             auth::log_refusal(
                 sec,
@@ -606,6 +659,77 @@ async fn secure(
             );
             Err(auth::outside_compartment(&segs.join("/")))
         }
+    }
+}
+
+/// The parameters of an operation call (query, plus the form of a form-encoded POST), after
+/// checking the method and the path's type and id.
+fn operation_params(
+    op: &dyn crate::operation::Operation,
+    method: &Method,
+    segs: &[&str],
+    headers: &HeaderMap,
+    body: &[u8],
+    pairs: &[(String, String)],
+) -> Result<Vec<(String, String)>, FhirError> {
+    if *method != Method::POST && !(*method == Method::GET && op.allows_get()) {
+        return Err(FhirError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "not-supported",
+            format!("${} は {} では呼び出せません", op.name(), method),
+            format!("${} cannot be invoked with {}", op.name(), method),
+        ));
+    }
+    match segs {
+        [ty, _] => check_type(ty)?,
+        [ty, id, _] => {
+            check_type(ty)?;
+            check_id(id)?;
+        }
+        _ => {}
+    }
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if *method == Method::POST && form {
+        form_pairs(headers, body, pairs)
+    } else {
+        Ok(pairs.to_vec())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn op_call<'a>(
+    st: &'a AppState,
+    ctx: &'a Ctx,
+    op: &dyn crate::operation::Operation,
+    method: &'a Method,
+    segs: &[&'a str],
+    headers: &'a HeaderMap,
+    params: &'a [(String, String)],
+    body: &'a [u8],
+    principal: Option<&'a iryo_security::authz::Principal>,
+) -> crate::operation::OperationCall<'a> {
+    use crate::operation::Level;
+    let (resource_type, id) = match (op.level(), segs) {
+        (Level::Type(_), [ty, _]) => (Some(*ty), None),
+        (Level::Instance(_), [ty, id, _]) => (Some(*ty), Some(*id)),
+        _ => (None, None),
+    };
+    crate::operation::OperationCall {
+        store: &st.store,
+        tenant: ctx.tenant,
+        tenant_name: &ctx.tenant_name,
+        base: &ctx.base,
+        method,
+        resource_type,
+        id,
+        headers,
+        params,
+        body,
+        principal,
+        pretty: ctx.pretty,
     }
 }
 

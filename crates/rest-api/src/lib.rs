@@ -20,6 +20,7 @@ pub mod error;
 pub mod export;
 pub mod format;
 pub mod handlers;
+pub mod operation;
 pub mod validate;
 
 use axum::Router;
@@ -43,6 +44,20 @@ pub struct Config {
     pub security: Option<Arc<auth::Security>>,
     /// Public base URL (scheme://host[:port]) used in links instead of the Host header.
     pub public_base: Option<String>,
+    /// FHIR operations implemented outside this crate ([`operation::Operation`]).
+    pub operations: Operations,
+}
+
+/// The registered [`operation::Operation`]s.
+#[derive(Clone, Default)]
+pub struct Operations(pub Vec<Arc<dyn operation::Operation>>);
+
+impl std::fmt::Debug for Operations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|o| o.name()))
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -52,6 +67,7 @@ impl Default for Config {
             api_token: None,
             public_base: None,
             security: None,
+            operations: Operations::default(),
         }
     }
 }

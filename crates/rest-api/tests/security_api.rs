@@ -1,6 +1,9 @@
 //! Authentication, access policy and audit of the REST layer over real HTTP (issue 4):
 //! each attack is refused AND logged in the hash-chained audit log.
 
+#[path = "support/ops.rs"]
+mod ops;
+
 use chrono::{Duration, Utc};
 use iryo_rest_api::auth::{AuditSink, Security, TOKEN_AUDIENCE, TOKEN_ISSUER};
 use iryo_rest_api::Config;
@@ -45,6 +48,7 @@ fn config(store: Arc<dyn SecurityStore>, audit: AuditSink) -> Config {
             }],
             jtis: Default::default(),
         })),
+        operations: ops::test_operations(),
         ..Default::default()
     }
 }
@@ -628,5 +632,71 @@ async fn smart_backend_services_client_credentials() {
             ..Default::default()
         });
         assert!(failed.len() >= 5, "{}", failed.len());
+    }
+}
+
+#[tokio::test]
+async fn operations_follow_the_access_policy_and_are_logged() {
+    for env in envs().await {
+        let doc = staff("doc", Role::Physician, "user/*.cruds");
+        for pid in ["p1", "p2"] {
+            let p = json!({"resourceType": "Patient", "id": pid, "name": [{"family": "佐藤"}]});
+            let path = format!("/fhir/Patient/{pid}");
+            assert_eq!(env.call("PUT", &path, Some(&doc), Some(&p)).await.0, 201);
+        }
+        // a physician may read patients: the operation runs
+        let (st, v) = env
+            .call("GET", "/fhir/Patient/p1/$name-length", Some(&doc), None)
+            .await;
+        assert_eq!(st, 200, "{v}");
+        // no token: 401
+        let (st, _) = env
+            .call("GET", "/fhir/Patient/p1/$name-length", None, None)
+            .await;
+        assert_eq!(st, 401);
+        // a system administrator has no clinical data access: 403, logged as denied
+        let before = env.denied_count();
+        let sysadm = staff("it", Role::SystemAdministrator, "user/*.cruds");
+        let (st, v) = env
+            .call("GET", "/fhir/Patient/p1/$name-length", Some(&sysadm), None)
+            .await;
+        assert_eq!(st, 403, "{v}");
+        assert!(is_outcome(&v));
+        assert_eq!(env.denied_count(), before + 1);
+        // a patient user: their own record only
+        let me = token(
+            "default",
+            "pat-1",
+            Some(Role::Patient),
+            false,
+            "patient/*.rs",
+            Some("p1"),
+        );
+        let (st, _) = env
+            .call("GET", "/fhir/Patient/p1/$name-length", Some(&me), None)
+            .await;
+        assert_eq!(st, 200);
+        let (st, v) = env
+            .call("GET", "/fhir/Patient/p2/$name-length", Some(&me), None)
+            .await;
+        assert_eq!(st, 403, "{v}");
+        // a token of another tenant
+        let other = token(
+            "clinic-b",
+            "doc",
+            Some(Role::Physician),
+            false,
+            "user/*.cruds",
+            None,
+        );
+        let (st, _) = env
+            .call("GET", "/fhir/Patient/p1/$name-length", Some(&other), None)
+            .await;
+        assert_eq!(st, 401);
+        // the allowed call is in the access log as a read of Patient/p1
+        let log = env.log(AuditQuery::default());
+        assert!(log.iter().any(|r| r.entry.actor == "doc"
+            && r.entry.outcome == iryo_security::audit::AuditOutcome::Success
+            && r.entry.resources.iter().any(|x| x == "Patient/p1")));
     }
 }

@@ -234,6 +234,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 api_token,
                 public_base,
                 security: Some(std::sync::Arc::new(security)),
+                operations: operations(),
             };
             let app = iryo_rest_api::router(iryo_rest_api::AppState::new(s, config))
                 .merge(iryo_clins::router(clins));
@@ -336,4 +337,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
     }
+}
+
+/// The FHIR operations served besides the core interactions (each from its own crate).
+fn operations() -> iryo_rest_api::Operations {
+    iryo_rest_api::Operations(vec![])
 }
