@@ -70,8 +70,9 @@ pub enum Kind {
     Referral,
     DischargeSummary,
     Checkup,
-    /// 処方 taken out of a document (never submitted directly).
-    Prescription,
+    /// The 6情報 taken out of a document (never submitted directly): 処方 (MedicationRequest),
+    /// Conditions, allergies and lab results.
+    DocumentItems,
 }
 
 impl Kind {
@@ -83,7 +84,7 @@ impl Kind {
             Kind::Referral => "eReferral",
             Kind::DischargeSummary => "eDischargeSummary",
             Kind::Checkup => "eCheckupGeneral",
-            Kind::Prescription => "Prescription",
+            Kind::DocumentItems => "DocumentItems",
         }
     }
     pub fn from_code(s: &str) -> Option<Kind> {
@@ -94,10 +95,12 @@ impl Kind {
             Kind::Referral,
             Kind::DischargeSummary,
             Kind::Checkup,
-            Kind::Prescription,
+            Kind::DocumentItems,
         ]
         .into_iter()
         .find(|k| k.code() == s)
+        // units stored before documents' Conditions, allergies and labs were extracted
+        .or((s == "Prescription").then_some(Kind::DocumentItems))
     }
     /// Allergy and Condition units carry the institution's full list for the patient.
     pub fn full_list(self) -> bool {
@@ -113,8 +116,9 @@ pub struct Submission {
     pub patient_key: PatientKey,
     /// 紹介先 institution of a referral.
     pub destination: Option<String>,
-    /// MedicationRequests found in a document (and its attached documents).
-    pub prescriptions: Vec<Value>,
+    /// The 6情報 items found in a document (and its attached documents): MedicationRequests,
+    /// Conditions, AllergyIntolerances and lab Observations.
+    pub items: Vec<Value>,
     /// The referral carries the patient's agreement (a Consent entry, status active).
     pub referral_consent: bool,
 }
@@ -463,9 +467,11 @@ pub fn check_submission(bundle: &Value, institution: &str) -> Result<Submission,
     } else {
         (None, false)
     };
-    let mut prescriptions = vec![];
-    if matches!(kind, Kind::Referral | Kind::DischargeSummary) {
-        collect_prescriptions(entries, &mut prescriptions, 0);
+    let mut items = vec![];
+    match kind {
+        Kind::Referral | Kind::DischargeSummary => collect_items(entries, &mut items, 0),
+        Kind::Checkup => checkup_lab_items(entries, &mut items),
+        _ => {}
     }
 
     match (issues.is_empty(), unit, key) {
@@ -474,7 +480,7 @@ pub fn check_submission(bundle: &Value, institution: &str) -> Result<Submission,
             unit,
             patient_key,
             destination,
-            prescriptions,
+            items,
             referral_consent,
         }),
         _ => Err(issues),
@@ -563,14 +569,69 @@ fn referral_destination(entries: &[Value]) -> Option<String> {
         .map(str::to_string)
 }
 
-/// MedicationRequests of a document, including documents attached as Bundle entries.
-fn collect_prescriptions(entries: &[Value], out: &mut Vec<Value>, depth: usize) {
+/// True for an Observation that is a lab result (category `laboratory` or a LabResult profile).
+fn is_lab_observation(r: &Value) -> bool {
+    let category = arr(r, "category")
+        .iter()
+        .flat_map(|c| arr(c, "coding"))
+        .any(|c| s(c, "code") == Some("laboratory"));
+    let profile = r
+        .pointer("/meta/profile")
+        .and_then(Value::as_array)
+        .is_some_and(|p| {
+            p.iter()
+                .filter_map(Value::as_str)
+                .any(|p| p.contains("LabResult"))
+        });
+    category || profile
+}
+
+/// The 6情報 items of a referral or discharge summary (jp-clins.md §1: 処方 is extracted from
+/// the documents; CC core6spec.md: 2文書 contents matching 5情報 use the same profiles because
+/// CLINS extracts them): MedicationRequests, Conditions, AllergyIntolerances and lab
+/// Observations, including those of documents attached as Bundle entries.
+fn collect_items(entries: &[Value], out: &mut Vec<Value>, depth: usize) {
     for e in entries {
         let r = &e["resource"];
         match s(r, "resourceType") {
-            Some("MedicationRequest") => out.push(r.clone()),
-            Some("Bundle") if depth < 2 => collect_prescriptions(arr(r, "entry"), out, depth + 1),
+            Some("MedicationRequest" | "Condition" | "AllergyIntolerance") => out.push(r.clone()),
+            Some("Observation") if is_lab_observation(r) => out.push(r.clone()),
+            Some("Bundle") if depth < 2 => collect_items(arr(r, "entry"), out, depth + 1),
             _ => {}
         }
     }
+}
+
+/// Section codes of the 検査 (test result) sections of a 健診結果報告書 (jp-clins.md §4.3):
+/// 特定健診, 広域連合, 事業者健診, 学校職員, その他, 保険者実施その他, 汎用.
+const CHECKUP_LAB_SECTIONS: &[&str] = &[
+    "01011", "01021", "01031", "01041", "01071", "01081", "01910",
+];
+
+/// The lab results of a checkup report: Observations referenced from its 検査 sections
+/// (問診 answers are not lab results), except those without a result (`cancelled`).
+fn checkup_lab_items(entries: &[Value], out: &mut Vec<Value>) {
+    fn walk<'a>(secs: &'a [Value], refs: &mut Vec<&'a str>) {
+        for sec in secs {
+            let code = sec.pointer("/code/coding/0/code").and_then(Value::as_str);
+            if code.is_some_and(|c| CHECKUP_LAB_SECTIONS.contains(&c)) {
+                refs.extend(arr(sec, "entry").iter().filter_map(|e| s(e, "reference")));
+            }
+            walk(arr(sec, "section"), refs);
+        }
+    }
+    let Some(comp) = entries.first().map(|e| &e["resource"]) else {
+        return;
+    };
+    let mut refs = vec![];
+    walk(arr(comp, "section"), &mut refs);
+    out.extend(
+        entries
+            .iter()
+            .filter(|e| s(e, "fullUrl").is_some_and(|u| refs.contains(&u)))
+            .map(|e| &e["resource"])
+            .filter(|r| s(r, "resourceType") == Some("Observation"))
+            .filter(|r| s(r, "status") != Some("cancelled"))
+            .cloned(),
+    );
 }

@@ -27,4 +27,4 @@ pub mod views;
 
 pub use checks::{Issue, Kind};
 pub use http::router;
-pub use service::{Actor, Binding, ClinsConfig, ClinsState, Refusal, RetentionReport};
+pub use service::{Actor, Binding, Bindings, ClinsConfig, ClinsState, Refusal, RetentionReport};

@@ -24,6 +24,12 @@ pub(crate) const T_DEST: &str = "urn:iryo:clins:destination";
 pub(crate) const T_INSURER: &str = "urn:iryo:clins:insurer";
 pub(crate) const T_REGISTERED: &str = "urn:iryo:clins:registered";
 pub(crate) const T_FETCHED: &str = "urn:iryo:clins:fetched";
+/// A fresh value on every write of a unit: views cache parsed units by (id, stamp).
+pub(crate) const T_STAMP: &str = "urn:iryo:clins:stamp";
+/// Extension of the per-patient index resource holding its entries as JSON text.
+const INDEX_EXT: &str = "urn:iryo:clins:index";
+/// Attempts of a write that lost a race on the per-patient index.
+const INDEX_ATTEMPTS: usize = 8;
 pub(crate) const T_CONSENT_OK: &str = "urn:iryo:clins:referral-consent";
 const CLIENT_SYSTEM: &str = "urn:iryo:clins:client-id";
 const INSURER_SYSTEM: &str = "http://jpfhir.jp/fhir/core/mhlw/IdSystem/InsurerNumber";
@@ -134,16 +140,29 @@ pub struct RetentionReport {
     pub removed_referrals: Vec<String>,
 }
 
+/// A message to the access-log writer task.
+enum LogMsg {
+    Entry(Box<NewAuditEntry>),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Largest number of access-log entries committed together.
+const LOG_BATCH: usize = 256;
+/// How long a cached client binding is trusted before it is read again (bindings written by
+/// `iryo clins bind` into the store reach a running server within this time).
+const BINDING_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub(crate) struct Inner {
     pub store: Store,
     pub tenant: i64,
     pub config: ClinsConfig,
     pub tokens: TokenService,
-    pub audit: Arc<dyn SecurityStore>,
     pub validator: Option<Arc<Validator>>,
-    clients: RwLock<HashMap<String, Binding>>,
+    clients: RwLock<HashMap<String, (Binding, std::time::Instant)>>,
+    log_tx: tokio::sync::mpsc::UnboundedSender<LogMsg>,
     /// Parsed stored units by id, with their version (views parse nothing already seen).
-    parsed: parking_lot::Mutex<HashMap<String, (i64, Arc<Value>)>>,
+    /// Parsed stored units by id: (version, stamp, JSON).
+    parsed: parking_lot::Mutex<HashMap<String, (i64, String, Arc<Value>)>>,
 }
 
 /// The service state shared by all requests; cheap to clone.
@@ -201,15 +220,17 @@ impl ClinsState {
             Err(e) => return Err(e.to_string()),
         };
         let validator = config.validate_profiles.then(|| Arc::new(Validator::new()));
+        let (log_tx, log_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(log_writer(audit.clone(), log_rx));
         Ok(ClinsState {
             inner: Arc::new(Inner {
                 store,
                 tenant,
                 config,
                 tokens,
-                audit,
                 validator,
                 clients: RwLock::new(HashMap::new()),
+                log_tx,
                 parsed: parking_lot::Mutex::new(HashMap::new()),
             }),
         })
@@ -227,64 +248,41 @@ impl ClinsState {
     /// Bind a client id (the `sub` of its tokens) to an institution number or 保険者番号.
     /// Stored as an Organization in the platform tenant.
     pub async fn bind_client(&self, client: &str, binding: Binding) -> Result<(), String> {
-        let (system, value) = match &binding {
-            Binding::Institution(n) if ids::is_institution_number(n) => {
-                (ids::INSTITUTION_SYSTEM, n)
-            }
-            Binding::Insurer(n) if n.len() == 8 && n.bytes().all(|b| b.is_ascii_digit()) => {
-                (INSURER_SYSTEM, n)
-            }
-            _ => return Err(format!("invalid binding {binding:?}")),
-        };
-        let org = json!({
-            "resourceType": "Organization",
-            "id": unit_resource_id("client-", client),
-            "identifier": [{"system": CLIENT_SYSTEM, "value": client}, {"system": system, "value": value}],
-            "name": client,
-        });
-        self.inner
-            .store
-            .write(self.inner.tenant, vec![WriteOp::put(org)])
-            .await
-            .map_err(|e| e.to_string())?;
+        store_binding(&self.inner.store, self.inner.tenant, client, &binding).await?;
         self.inner
             .clients
             .write()
-            .insert(client.to_string(), binding);
+            .insert(client.to_string(), (binding, std::time::Instant::now()));
         Ok(())
     }
 
-    pub(crate) async fn binding(&self, client: &str) -> Option<Binding> {
-        if let Some(b) = self.inner.clients.read().get(client) {
-            return Some(b.clone());
-        }
-        let r = self
-            .inner
-            .store
-            .read(
-                self.inner.tenant,
-                "Organization",
-                &unit_resource_id("client-", client),
-            )
-            .await
-            .ok()??;
-        let v: Value = serde_json::from_slice(r.json.as_deref()?).ok()?;
-        let b = v["identifier"].as_array()?.iter().find_map(|i| {
-            let val = i["value"].as_str()?.to_string();
-            match i["system"].as_str()? {
-                ids::INSTITUTION_SYSTEM => Some(Binding::Institution(val)),
-                INSURER_SYSTEM => Some(Binding::Insurer(val)),
-                _ => None,
-            }
-        })?;
-        self.inner
-            .clients
-            .write()
-            .insert(client.to_string(), b.clone());
-        Some(b)
+    /// What `client` is bound to on the platform, if anything.
+    pub async fn client_binding(&self, client: &str) -> Option<Binding> {
+        self.binding(client).await
     }
 
-    /// Append to the access log (never fails the request; a failure is traced).
+    pub(crate) async fn binding(&self, client: &str) -> Option<Binding> {
+        if let Some((b, at)) = self.inner.clients.read().get(client) {
+            if at.elapsed() < BINDING_TTL {
+                return Some(b.clone());
+            }
+        }
+        let b = read_binding(&self.inner.store, self.inner.tenant, client).await;
+        let mut cache = self.inner.clients.write();
+        match &b {
+            Some(b) => {
+                cache.insert(client.to_string(), (b.clone(), std::time::Instant::now()));
+            }
+            None => {
+                cache.remove(client);
+            }
+        }
+        b
+    }
+
+    /// Queue an entry for the access log. A writer task commits queued entries in batches
+    /// (one hash-chain transaction per batch), so requests never wait for an fsync; a failed
+    /// write is traced. [`ClinsState::flush_log`] waits for everything queued so far.
     pub(crate) async fn log(
         &self,
         actor: &Actor,
@@ -305,10 +303,16 @@ impl ClinsState {
         e.patient = patient.map(|k| k.as_str().to_string());
         e.resources = resources;
         e.details = details;
-        let audit = self.inner.audit.clone();
-        let r = tokio::task::spawn_blocking(move || audit.append_audit(e)).await;
-        if !matches!(r, Ok(Ok(_))) {
-            tracing::error!("clins: access log append failed");
+        if self.inner.log_tx.send(LogMsg::Entry(Box::new(e))).is_err() {
+            tracing::error!("clins: access log writer stopped; entry lost");
+        }
+    }
+
+    /// Wait until every access-log entry queued before this call is committed.
+    pub async fn flush_log(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.inner.log_tx.send(LogMsg::Flush(tx)).is_ok() {
+            let _ = rx.await;
         }
     }
 
@@ -332,48 +336,135 @@ impl ClinsState {
         refusal
     }
 
-    /// Search the platform tenant; follows pages up to `limit` matches.
+    /// Search the platform tenant; follows every page.
     pub(crate) async fn find(&self, ty: &str, qs: &str) -> Result<Vec<Arc<Value>>, Refusal> {
-        let query = parse_query(iryo_search::model(), Some(ty), qs, Handling::Strict)
-            .map_err(|e| Refusal::internal(format!("{e:?}")))?;
-        let mut req = SearchRequest {
-            query,
-            page_token: None,
-            base_url: "urn:iryo:clins".into(),
-        };
-        let mut out = vec![];
-        loop {
-            let page = self
-                .inner
-                .store
-                .search(self.inner.tenant, req.clone())
-                .await
-                .map_err(Refusal::internal)?;
-            out.extend(page.matches.iter().filter_map(|r| self.parsed(r)));
-            if !page.has_next || out.len() >= 100_000 {
-                break;
-            }
-            req.page_token = page.token.clone();
-            req.query.offset = page.offset + page.count;
-        }
-        Ok(out)
+        let found = search_all(&self.inner.store, self.inner.tenant, ty, qs)
+            .await
+            .map_err(Refusal::internal)?;
+        Ok(found.iter().filter_map(|r| self.parsed(r)).collect())
     }
 
     /// The parsed JSON of a stored resource, from the cache when this version was seen.
     fn parsed(&self, r: &StoredResource) -> Option<Arc<Value>> {
-        const MAX_CACHED: usize = 4096;
-        if let Some((v, json)) = self.inner.parsed.lock().get(&r.id) {
+        if let Some((v, _, json)) = self.inner.parsed.lock().get(&r.id) {
             if *v == r.version {
                 return Some(json.clone());
             }
         }
         let json = Arc::new(parse_stored(r)?);
+        self.cache_parsed(r.id.clone(), r.version, json.clone());
+        Some(json)
+    }
+
+    fn cache_parsed(&self, id: String, version: i64, json: Arc<Value>) {
+        const MAX_CACHED: usize = 8192;
+        let stamp = tag_of(&json, T_STAMP).unwrap_or("").to_string();
         let mut cache = self.inner.parsed.lock();
         if cache.len() >= MAX_CACHED {
             cache.clear();
         }
-        cache.insert(r.id.clone(), (r.version, json.clone()));
-        Some(json)
+        cache.insert(id, (version, stamp, json));
+    }
+
+    // ------------------------------------------------------------------ per-patient index
+
+    /// The index of a patient's units: its version (None when it is not stored yet) and its
+    /// entries ([`views::index_entry`]). A patient without a stored index (units registered
+    /// before the index existed) gets one rebuilt from a search of the units.
+    async fn load_index(&self, hash: &str) -> Result<(Option<i64>, Vec<Value>), Refusal> {
+        let r = self
+            .inner
+            .store
+            .read(self.inner.tenant, "Basic", &index_id(hash))
+            .await
+            .map_err(Refusal::internal)?;
+        if let Some(r) = r.filter(|r| !r.deleted) {
+            let v = parse_stored(&r).unwrap_or(Value::Null);
+            let entries = v["extension"][0]["valueString"]
+                .as_str()
+                .and_then(|t| serde_json::from_str::<Vec<Value>>(t).ok())
+                .ok_or_else(|| Refusal::internal(format!("unreadable index {}", r.id)))?;
+            return Ok((Some(r.version), entries));
+        }
+        let units = self
+            .find("Bundle", &tag_query(&[(T_PATIENT, hash)]))
+            .await?;
+        Ok((
+            None,
+            units.iter().filter_map(|u| views::index_entry(u)).collect(),
+        ))
+    }
+
+    /// The write that applies `removed` ids and `upserts` (units as stored) to the index of
+    /// patient `hash`, guarded by the index version read (a concurrent change makes the
+    /// whole write fail with a conflict, and the caller retries).
+    async fn index_op(
+        &self,
+        hash: &str,
+        removed: &[String],
+        upserts: &[&Value],
+    ) -> Result<WriteOp, Refusal> {
+        let (version, mut entries) = self.load_index(hash).await?;
+        let new: Vec<Value> = upserts
+            .iter()
+            .filter_map(|u| views::index_entry(u))
+            .collect();
+        entries.retain(|e| {
+            let id = e["id"].as_str().unwrap_or("");
+            !removed.iter().any(|r| r == id) && !new.iter().any(|n| n["id"] == id)
+        });
+        entries.extend(new);
+        Ok(index_write(hash, version, &entries))
+    }
+
+    /// The stored units a view at `now` needs (through the index; parsed units are reused
+    /// while their stamp is unchanged).
+    async fn view_units(
+        &self,
+        key: &PatientKey,
+        now: DateTime<Utc>,
+        checkups: bool,
+    ) -> Result<Vec<Arc<Value>>, Refusal> {
+        let hash = key.hash();
+        let (version, entries) = self.load_index(&hash).await?;
+        if version.is_none() && !entries.is_empty() {
+            // store the rebuilt index; losing a race with a writer is harmless
+            let _ = self
+                .inner
+                .store
+                .write(self.inner.tenant, vec![index_write(&hash, None, &entries)])
+                .await;
+        }
+        let stamps: HashMap<&str, &str> = entries
+            .iter()
+            .filter_map(|e| Some((e["id"].as_str()?, e["stamp"].as_str().unwrap_or(""))))
+            .collect();
+        let mut out = vec![];
+        let mut missing = vec![];
+        {
+            let cache = self.inner.parsed.lock();
+            for id in views::units_needed(&entries, now, checkups) {
+                match cache.get(&id) {
+                    Some((_, stamp, json))
+                        if !stamp.is_empty()
+                            && Some(&stamp.as_str()) == stamps.get(id.as_str()) =>
+                    {
+                        out.push(json.clone())
+                    }
+                    _ => missing.push(("Bundle".to_string(), id)),
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let read = self
+                .inner
+                .store
+                .read_many(self.inner.tenant, missing)
+                .await
+                .map_err(Refusal::internal)?;
+            out.extend(read.iter().filter_map(|r| self.parsed(r)));
+        }
+        Ok(out)
     }
 
     async fn read_unit(&self, id: &str) -> Result<Option<Value>, Refusal> {
@@ -477,91 +568,18 @@ impl ClinsState {
                 });
             }
         }
-        let mut ops = vec![];
-        if let Some((pk, ident)) = withdraw {
-            ops.extend(self.withdraw_ops(&inst, pk, ident).await?.1);
-        }
-        let unit_id = unit_resource_id("u", &sub.unit.value);
-        let key = sub.patient_key.clone();
-        if let Some(old) = self.read_unit(&unit_id).await? {
-            if tag_of(&old, T_PATIENT) != Some(&key.hash()) {
-                return Err(Refusal::new(
-                    409,
-                    Issue::error(
-                        "CLINS-UNIT-PATIENT",
-                        "Bundle.identifier",
-                        "同じ識別子の報告単位が別の患者で登録されています",
-                        "a report unit with this identifier is registered for another patient",
-                    ),
-                ));
-            }
-        }
-        if sub.kind.full_list() {
-            let qs = tag_query(&[
-                (T_PATIENT, &key.hash()),
-                (T_SOURCE, &inst),
-                (T_KIND, sub.kind.code()),
-            ]);
-            for old in self.find("Bundle", &qs).await? {
-                if let Some(id) = old["id"].as_str().filter(|id| *id != unit_id) {
-                    ops.push(WriteOp::Delete {
-                        ty: "Bundle".into(),
-                        id: id.into(),
-                        if_match: None,
-                    });
+        let mut attempt = 0;
+        let (key, unit_id) = loop {
+            attempt += 1;
+            match self.store_unit(&inst, withdraw, &sub, &bundle).await {
+                Err(Stored::Conflict) if attempt < INDEX_ATTEMPTS => continue,
+                Err(Stored::Conflict) => {
+                    return Err(Refusal::internal("the patient's index kept changing"))
                 }
+                Err(Stored::Refused(r)) => return Err(r),
+                Ok(done) => break done,
             }
-        }
-        let now = ts(Utc::now());
-        let mut tags = vec![
-            tag(T_PATIENT, &key.hash()),
-            tag(T_SOURCE, &inst),
-            tag(T_KIND, sub.kind.code()),
-            tag(T_INSURER, key.insurer()),
-            tag(T_REGISTERED, &now),
-        ];
-        if let Some(d) = &sub.destination {
-            tags.push(tag(T_DEST, d));
-        }
-        if sub.referral_consent {
-            tags.push(tag(T_CONSENT_OK, "true"));
-        }
-        let mut stored = bundle;
-        stored["id"] = json!(unit_id);
-        set_platform_tags(&mut stored, tags.clone());
-        let rx_id = unit_resource_id("p", &sub.unit.value);
-        ops.retain(
-            |op| !matches!(op, WriteOp::Delete { id, .. } if *id == rx_id || *id == unit_id),
-        );
-        ops.push(WriteOp::put(stored));
-        if sub.prescriptions.is_empty() {
-            ops.push(WriteOp::Delete {
-                ty: "Bundle".into(),
-                id: rx_id,
-                if_match: None,
-            });
-        } else {
-            let patient = views::patient_of(&ops_last_bundle(&ops));
-            let mut entries =
-                vec![json!({"fullUrl": "urn:iryo-clins:patient", "resource": patient})];
-            for (n, mut rx) in sub.prescriptions.into_iter().enumerate() {
-                ensure_institution(&mut rx, &inst);
-                entries.push(json!({"fullUrl": format!("urn:iryo-clins:rx:{n}"), "resource": rx}));
-            }
-            tags[2] = tag(T_KIND, Kind::Prescription.code());
-            let mut rx = json!({
-                "resourceType": "Bundle", "id": rx_id, "type": "collection",
-                "identifier": {"system": ids::BUNDLE_ID_SYSTEM, "value": sub.unit.value},
-                "entry": entries,
-            });
-            set_platform_tags(&mut rx, tags);
-            ops.push(WriteOp::put(rx));
-        }
-        self.inner
-            .store
-            .write(self.inner.tenant, ops)
-            .await
-            .map_err(Refusal::internal)?;
+        };
         let mut info = vec![Issue {
             severity: "information",
             code: "informational",
@@ -572,6 +590,124 @@ impl ClinsState {
         }];
         info.extend(warnings);
         Ok((key, unit_id, operation_outcome(&info)))
+    }
+
+    /// One attempt at storing an accepted submission with its index updates.
+    async fn store_unit(
+        &self,
+        inst: &str,
+        withdraw: Option<(&str, &str)>,
+        sub: &checks::Submission,
+        bundle: &Value,
+    ) -> Result<(PatientKey, String), Stored> {
+        let mut ops = vec![];
+        // index changes per patient hash: (removed ids, upserted units)
+        let mut index: HashMap<String, (Vec<String>, Vec<Value>)> = HashMap::new();
+        if let Some((pk, ident)) = withdraw {
+            let (wkey, wops) = self.withdraw_ops(inst, pk, ident).await?;
+            let removed = index.entry(wkey.hash()).or_default();
+            removed.0.extend(wops.iter().filter_map(deleted_id));
+            ops.extend(wops);
+        }
+        let unit_id = unit_resource_id("u", &sub.unit.value);
+        let key = sub.patient_key.clone();
+        let hash = key.hash();
+        if let Some(old) = self.read_unit(&unit_id).await? {
+            if tag_of(&old, T_PATIENT) != Some(&hash) {
+                return Err(Stored::Refused(Refusal::new(
+                    409,
+                    Issue::error(
+                        "CLINS-UNIT-PATIENT",
+                        "Bundle.identifier",
+                        "同じ識別子の報告単位が別の患者で登録されています",
+                        "a report unit with this identifier is registered for another patient",
+                    ),
+                )));
+            }
+        }
+        if sub.kind.full_list() {
+            // the institution's earlier full list of this type is replaced
+            let (_, entries) = self.load_index(&hash).await?;
+            for e in entries {
+                let id = e["id"].as_str().unwrap_or("");
+                if e["k"] == sub.kind.code() && e["src"] == inst && id != unit_id {
+                    ops.push(delete_bundle(id));
+                    index
+                        .entry(hash.clone())
+                        .or_default()
+                        .0
+                        .push(id.to_string());
+                }
+            }
+        }
+        let now = ts(Utc::now());
+        let mut tags = vec![
+            tag(T_PATIENT, &hash),
+            tag(T_SOURCE, inst),
+            tag(T_KIND, sub.kind.code()),
+            tag(T_INSURER, key.insurer()),
+            tag(T_REGISTERED, &now),
+            tag(T_STAMP, &new_stamp()),
+        ];
+        if let Some(d) = &sub.destination {
+            tags.push(tag(T_DEST, d));
+        }
+        if sub.referral_consent {
+            tags.push(tag(T_CONSENT_OK, "true"));
+        }
+        let mut stored = bundle.clone();
+        stored["id"] = json!(unit_id);
+        set_platform_tags(&mut stored, tags.clone());
+        let items_id = unit_resource_id("p", &sub.unit.value);
+        ops.retain(
+            |op| !matches!(op, WriteOp::Delete { id, .. } if *id == items_id || *id == unit_id),
+        );
+        let changes = index.entry(hash.clone()).or_default();
+        changes.0.retain(|id| *id != items_id && *id != unit_id);
+        if sub.items.is_empty() {
+            ops.push(delete_bundle(&items_id));
+            changes.0.push(items_id);
+        } else {
+            let patient = views::patient_of(&stored);
+            let mut entries =
+                vec![json!({"fullUrl": "urn:iryo-clins:patient", "resource": patient})];
+            for (n, mut item) in sub.items.iter().cloned().enumerate() {
+                ensure_institution(&mut item, inst);
+                entries
+                    .push(json!({"fullUrl": format!("urn:iryo-clins:item:{n}"), "resource": item}));
+            }
+            tags[2] = tag(T_KIND, Kind::DocumentItems.code());
+            tags[5] = tag(T_STAMP, &new_stamp());
+            let mut items = json!({
+                "resourceType": "Bundle", "id": items_id, "type": "collection",
+                "identifier": {"system": ids::BUNDLE_ID_SYSTEM, "value": sub.unit.value},
+                "entry": entries,
+            });
+            set_platform_tags(&mut items, tags);
+            changes.1.push(items.clone());
+            ops.push(WriteOp::put(items));
+        }
+        changes.1.push(stored.clone());
+        ops.push(WriteOp::put(stored));
+        for (h, (removed, upserts)) in &index {
+            let upserts: Vec<&Value> = upserts.iter().collect();
+            ops.push(self.index_op(h, removed, &upserts).await?);
+        }
+        self.write_guarded(ops).await?;
+        Ok((key, unit_id))
+    }
+
+    /// Write `ops`; a conflict on a per-patient index (a concurrent change of the same
+    /// patient) is reported as [`Stored::Conflict`] so that the caller retries.
+    async fn write_guarded(&self, ops: Vec<WriteOp>) -> Result<(), Stored> {
+        match self.inner.store.write(self.inner.tenant, ops).await {
+            Ok(_) => Ok(()),
+            Err(
+                iryo_db::DbError::VersionConflict { ty, .. }
+                | iryo_db::DbError::AlreadyExists { ty, .. },
+            ) if ty == "Basic" => Err(Stored::Conflict),
+            Err(e) => Err(Stored::Refused(Refusal::internal(e))),
+        }
     }
 
     // ------------------------------------------------------------------ withdraw
@@ -622,14 +758,12 @@ impl ClinsState {
                 ),
             ));
         }
-        let del = |id: String| WriteOp::Delete {
-            ty: "Bundle".into(),
-            id,
-            if_match: None,
-        };
         Ok((
             key,
-            vec![del(unit_id), del(unit_resource_id("p", identifier))],
+            vec![
+                delete_bundle(&unit_id),
+                delete_bundle(&unit_resource_id("p", identifier)),
+            ],
         ))
     }
 
@@ -643,13 +777,21 @@ impl ClinsState {
     ) -> Result<Value, Refusal> {
         let r = async {
             let inst = Self::institution(actor, "withdraw")?;
-            let (key, ops) = self.withdraw_ops(&inst, patient_key, identifier).await?;
-            self.inner
-                .store
-                .write(self.inner.tenant, ops)
-                .await
-                .map_err(Refusal::internal)?;
-            Ok::<_, Refusal>(key)
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let (key, mut ops) = self.withdraw_ops(&inst, patient_key, identifier).await?;
+                let removed: Vec<String> = ops.iter().filter_map(deleted_id).collect();
+                ops.push(self.index_op(&key.hash(), &removed, &[]).await?);
+                match self.write_guarded(ops).await {
+                    Ok(()) => break Ok::<_, Refusal>(key),
+                    Err(Stored::Conflict) if attempt < INDEX_ATTEMPTS => continue,
+                    Err(Stored::Conflict) => {
+                        break Err(Refusal::internal("the patient's index kept changing"))
+                    }
+                    Err(Stored::Refused(r)) => break Err(r),
+                }
+            }
         }
         .await;
         match r {
@@ -806,12 +948,6 @@ impl ClinsState {
         )
     }
 
-    /// All report units of a patient.
-    pub(crate) async fn units_of(&self, key: &PatientKey) -> Result<Vec<Arc<Value>>, Refusal> {
-        self.find("Bundle", &tag_query(&[(T_PATIENT, &key.hash())]))
-            .await
-    }
-
     // ------------------------------------------------------------------ views
 
     /// Institution view: one Bundle with the patient's 6情報 from all institutions, under a
@@ -834,7 +970,7 @@ impl ClinsState {
                 return Err((Some(key), Self::no_consent()));
             }
             let units = self
-                .units_of(&key)
+                .view_units(&key, now, false)
                 .await
                 .map_err(|e| (Some(key.clone()), e))?;
             let view = views::six_info(&key, &units, now, false);
@@ -872,7 +1008,7 @@ impl ClinsState {
             );
             return Err(self.refuse(actor, AuditAction::Read, None, e).await);
         };
-        let units = self.units_of(key).await?;
+        let units = self.view_units(key, now, true).await?;
         let mut b = views::six_info(key, &units, now, true);
         let checkups = units
             .iter()
@@ -1037,56 +1173,18 @@ impl ClinsState {
     /// `config.retention` ago (LTS-flagged items kept), and referrals fetched more than
     /// `config.referral_retention` ago. What was removed is logged.
     pub async fn run_retention(&self, now: DateTime<Utc>) -> Result<RetentionReport, Refusal> {
-        let cutoff = now - self.inner.config.retention;
-        let mut report = RetentionReport::default();
-        let mut ops = vec![];
-        let qs = format!("_lastUpdated=lt{}&_count=1000", enc(&ts(cutoff)));
-        for u in self.find("Bundle", &qs).await? {
-            let (Some(id), Some(reg)) = (u["id"].as_str(), tag_of(&u, T_REGISTERED)) else {
-                continue;
-            };
-            if views::date_ms(reg).is_none_or(|r| r >= cutoff.timestamp_millis()) {
-                continue;
-            }
-            match views::keep_lts(&u) {
-                Some(trimmed) => {
-                    if trimmed != *u {
-                        report.trimmed_units.push(id.to_string());
-                        ops.push(WriteOp::put(trimmed));
-                    }
+        let mut attempt = 0;
+        let report = loop {
+            attempt += 1;
+            match self.retention_once(now).await {
+                Err(Stored::Conflict) if attempt < INDEX_ATTEMPTS => continue,
+                Err(Stored::Conflict) => {
+                    return Err(Refusal::internal("patients' indexes kept changing"))
                 }
-                None => {
-                    report.removed_units.push(id.to_string());
-                    ops.push(WriteOp::Delete {
-                        ty: "Bundle".into(),
-                        id: id.into(),
-                        if_match: None,
-                    });
-                }
+                Err(Stored::Refused(r)) => return Err(r),
+                Ok(r) => break r,
             }
-        }
-        let qs = tag_query(&[(T_KIND, Kind::Referral.code())]);
-        let ref_cutoff = (now - self.inner.config.referral_retention).timestamp_millis();
-        for u in self.find("Bundle", &qs).await? {
-            let fetched = tag_of(&u, T_FETCHED).and_then(views::date_ms);
-            if let (Some(f), Some(id)) = (fetched, u["id"].as_str()) {
-                if f < ref_cutoff && !report.removed_units.iter().any(|r| r == id) {
-                    report.removed_referrals.push(id.to_string());
-                    ops.push(WriteOp::Delete {
-                        ty: "Bundle".into(),
-                        id: id.into(),
-                        if_match: None,
-                    });
-                }
-            }
-        }
-        if !ops.is_empty() {
-            self.inner
-                .store
-                .write(self.inner.tenant, ops)
-                .await
-                .map_err(Refusal::internal)?;
-        }
+        };
         tracing::info!(
             removed = report.removed_units.len(),
             trimmed = report.trimmed_units.len(),
@@ -1111,6 +1209,66 @@ impl ClinsState {
             json!({"operation": "retention", "removed": report.removed_units, "trimmed": report.trimmed_units, "referrals": report.removed_referrals}),
         )
         .await;
+        Ok(report)
+    }
+
+    /// One attempt at a retention run (one write, index updates included).
+    async fn retention_once(&self, now: DateTime<Utc>) -> Result<RetentionReport, Stored> {
+        let cutoff = now - self.inner.config.retention;
+        let mut report = RetentionReport::default();
+        let mut ops = vec![];
+        let mut index: HashMap<String, (Vec<String>, Vec<Value>)> = HashMap::new();
+        let qs = format!("_lastUpdated=lt{}&_count=1000", enc(&ts(cutoff)));
+        for u in self.find("Bundle", &qs).await? {
+            let (Some(id), Some(reg)) = (u["id"].as_str(), tag_of(&u, T_REGISTERED)) else {
+                continue;
+            };
+            if views::date_ms(reg).is_none_or(|r| r >= cutoff.timestamp_millis()) {
+                continue;
+            }
+            let hash = tag_of(&u, T_PATIENT).unwrap_or("").to_string();
+            match views::keep_lts(&u) {
+                Some(mut trimmed) => {
+                    if trimmed != *u {
+                        report.trimmed_units.push(id.to_string());
+                        let mut tags: Vec<Value> = trimmed["meta"]["tag"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default();
+                        tags.retain(|t| t["system"] != T_STAMP);
+                        tags.push(tag(T_STAMP, &new_stamp()));
+                        trimmed["meta"]["tag"] = Value::Array(tags);
+                        index.entry(hash).or_default().1.push(trimmed.clone());
+                        ops.push(WriteOp::put(trimmed));
+                    }
+                }
+                None => {
+                    report.removed_units.push(id.to_string());
+                    index.entry(hash).or_default().0.push(id.to_string());
+                    ops.push(delete_bundle(id));
+                }
+            }
+        }
+        let qs = tag_query(&[(T_KIND, Kind::Referral.code())]);
+        let ref_cutoff = (now - self.inner.config.referral_retention).timestamp_millis();
+        for u in self.find("Bundle", &qs).await? {
+            let fetched = tag_of(&u, T_FETCHED).and_then(views::date_ms);
+            if let (Some(f), Some(id)) = (fetched, u["id"].as_str()) {
+                if f < ref_cutoff && !report.removed_units.iter().any(|r| r == id) {
+                    report.removed_referrals.push(id.to_string());
+                    let hash = tag_of(&u, T_PATIENT).unwrap_or("").to_string();
+                    index.entry(hash).or_default().0.push(id.to_string());
+                    ops.push(delete_bundle(id));
+                }
+            }
+        }
+        for (h, (removed, upserts)) in &index {
+            let upserts: Vec<&Value> = upserts.iter().collect();
+            ops.push(self.index_op(h, removed, &upserts).await?);
+        }
+        if !ops.is_empty() {
+            self.write_guarded(ops).await?;
+        }
         Ok(report)
     }
 
@@ -1183,12 +1341,253 @@ pub(crate) fn ensure_institution(r: &mut Value, inst: &str) {
     }
 }
 
-fn ops_last_bundle(ops: &[WriteOp]) -> Value {
-    ops.iter()
-        .rev()
-        .find_map(|op| match op {
-            WriteOp::Put { resource, .. } => Some(resource.clone()),
+/// Why one attempt at a write did not happen.
+enum Stored {
+    /// Lost a race on a per-patient index: try again.
+    Conflict,
+    Refused(Refusal),
+}
+
+impl From<Refusal> for Stored {
+    fn from(r: Refusal) -> Self {
+        Stored::Refused(r)
+    }
+}
+
+fn delete_bundle(id: &str) -> WriteOp {
+    WriteOp::Delete {
+        ty: "Bundle".into(),
+        id: id.into(),
+        if_match: None,
+    }
+}
+
+fn deleted_id(op: &WriteOp) -> Option<String> {
+    match op {
+        WriteOp::Delete { id, .. } => Some(id.clone()),
+        _ => None,
+    }
+}
+
+fn index_id(hash: &str) -> String {
+    format!("ix{hash}")
+}
+
+/// The per-patient index resource (a `Basic` in the platform tenant) holding `entries`,
+/// written over `version` (or created when None).
+fn index_write(hash: &str, version: Option<i64>, entries: &[Value]) -> WriteOp {
+    let text = serde_json::to_string(entries).unwrap_or_else(|_| "[]".into());
+    WriteOp::Put {
+        resource: json!({
+            "resourceType": "Basic",
+            "id": index_id(hash),
+            "meta": {"tag": [tag(T_PATIENT, hash)]},
+            "code": {"text": "電子カルテ情報共有サービス 患者別索引 (per-patient unit index)"},
+            "extension": [{"url": INDEX_EXT, "valueString": text}],
+        }),
+        if_match: version,
+        create_only: version.is_none(),
+    }
+}
+
+/// A value never used before by this process (nor, practically, by another).
+fn new_stamp() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let t = Utc::now().timestamp_nanos_opt().unwrap_or_default();
+    ids::hash_hex(&format!("{t}/{n}/{}", std::process::id()), 16)
+}
+
+/// The access-log writer: takes what is queued (up to [`LOG_BATCH`] entries) and appends it
+/// in one store transaction on a blocking thread; flush requests are answered after the batch
+/// queued before them is committed.
+async fn log_writer(
+    audit: Arc<dyn SecurityStore>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<LogMsg>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![];
+        let mut waiters = vec![];
+        let mut next = Some(first);
+        while let Some(m) = next.take() {
+            match m {
+                LogMsg::Entry(e) => batch.push(*e),
+                LogMsg::Flush(w) => waiters.push(w),
+            }
+            if batch.len() < LOG_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            let audit = audit.clone();
+            let n = batch.len();
+            let r = tokio::task::spawn_blocking(move || audit.append_audit_many(batch)).await;
+            if !matches!(r, Ok(Ok(_))) {
+                tracing::error!("clins: access log append of {n} entries failed");
+            }
+        }
+        for w in waiters {
+            let _ = w.send(());
+        }
+    }
+}
+
+/// Write a client binding into the platform tenant `tenant` of `store` (an Organization
+/// with the client id and the institution number or 保険者番号).
+async fn store_binding(
+    store: &Store,
+    tenant: i64,
+    client: &str,
+    binding: &Binding,
+) -> Result<(), String> {
+    let (system, value) = match binding {
+        Binding::Institution(n) if ids::is_institution_number(n) => (ids::INSTITUTION_SYSTEM, n),
+        Binding::Insurer(n) if n.len() == 8 && n.bytes().all(|b| b.is_ascii_digit()) => {
+            (INSURER_SYSTEM, n)
+        }
+        _ => {
+            return Err(format!(
+                "不正な紐付けです / invalid binding {binding:?} (医療機関番号は10桁 [0-4][0-9][1-3][0-9]{{7}}、保険者番号は8桁)"
+            ))
+        }
+    };
+    if client.trim().is_empty() {
+        return Err("クライアントIDが空です / empty client id".into());
+    }
+    let org = json!({
+        "resourceType": "Organization",
+        "id": unit_resource_id("client-", client),
+        "identifier": [{"system": CLIENT_SYSTEM, "value": client}, {"system": system, "value": value}],
+        "name": client,
+    });
+    store
+        .write(tenant, vec![WriteOp::put(org)])
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn binding_of_org(v: &Value) -> Option<(String, Binding)> {
+    let ids = v["identifier"].as_array()?;
+    let client = ids
+        .iter()
+        .find(|i| i["system"] == CLIENT_SYSTEM)?
+        .get("value")?
+        .as_str()?
+        .to_string();
+    let b = ids.iter().find_map(|i| {
+        let val = i["value"].as_str()?.to_string();
+        match i["system"].as_str()? {
+            ids::INSTITUTION_SYSTEM => Some(Binding::Institution(val)),
+            INSURER_SYSTEM => Some(Binding::Insurer(val)),
             _ => None,
-        })
-        .unwrap_or(Value::Null)
+        }
+    })?;
+    Some((client, b))
+}
+
+async fn read_binding(store: &Store, tenant: i64, client: &str) -> Option<Binding> {
+    let r = store
+        .read(tenant, "Organization", &unit_resource_id("client-", client))
+        .await
+        .ok()??;
+    let v: Value = serde_json::from_slice(r.json.as_deref()?).ok()?;
+    binding_of_org(&v).map(|(_, b)| b)
+}
+
+/// Host-side management of client bindings (`iryo clins bind`), on the store of a running
+/// or stopped server: bindings are read by the server within [`BINDING_TTL`].
+pub struct Bindings {
+    store: Store,
+    tenant: i64,
+}
+
+impl Bindings {
+    /// Open the platform tenant `platform_tenant` (normally `clins-platform`) of `store`,
+    /// creating it when missing.
+    pub async fn open(store: Store, platform_tenant: &str) -> Result<Bindings, String> {
+        let tenant = match store.tenant_id(platform_tenant).await {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                store
+                    .tenant_create(platform_tenant)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .id
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        Ok(Bindings { store, tenant })
+    }
+
+    /// Bind `client` (the `sub` of its platform tokens).
+    pub async fn bind(&self, client: &str, binding: Binding) -> Result<(), String> {
+        store_binding(&self.store, self.tenant, client, &binding).await
+    }
+
+    /// Remove the binding of `client`; false when there was none.
+    pub async fn unbind(&self, client: &str) -> Result<bool, String> {
+        if read_binding(&self.store, self.tenant, client)
+            .await
+            .is_none()
+        {
+            return Ok(false);
+        }
+        self.store
+            .write(
+                self.tenant,
+                vec![WriteOp::Delete {
+                    ty: "Organization".into(),
+                    id: unit_resource_id("client-", client),
+                    if_match: None,
+                }],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+
+    /// Every binding, sorted by client id.
+    pub async fn list(&self) -> Result<Vec<(String, Binding)>, String> {
+        let qs = format!("identifier={}|&_count=1000", enc(CLIENT_SYSTEM));
+        let mut out: Vec<(String, Binding)> =
+            search_all(&self.store, self.tenant, "Organization", &qs)
+                .await?
+                .iter()
+                .filter_map(parse_stored)
+                .filter_map(|v| binding_of_org(&v))
+                .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+}
+
+/// Every match of a search in `tenant` (all pages, at most 100 000).
+async fn search_all(
+    store: &Store,
+    tenant: i64,
+    ty: &str,
+    qs: &str,
+) -> Result<Vec<StoredResource>, String> {
+    let query = parse_query(iryo_search::model(), Some(ty), qs, Handling::Strict)
+        .map_err(|e| format!("{e:?}"))?;
+    let mut req = SearchRequest {
+        query,
+        page_token: None,
+        base_url: "urn:iryo:clins".into(),
+    };
+    let mut out = vec![];
+    loop {
+        let page = store
+            .search(tenant, req.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        out.extend(page.matches.iter().cloned());
+        if !page.has_next || out.len() >= 100_000 {
+            break;
+        }
+        req.page_token = page.token.clone();
+        req.query.offset = page.offset + page.count;
+    }
+    Ok(out)
 }

@@ -3,7 +3,7 @@
 
 use crate::checks::Kind;
 use crate::ids::{self, PatientKey};
-use crate::service::{ensure_institution, tag_of, T_KIND, T_REGISTERED, T_SOURCE};
+use crate::service::{ensure_institution, tag_of, T_KIND, T_REGISTERED, T_SOURCE, T_STAMP};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::{json, Value};
 
@@ -121,9 +121,158 @@ fn windowed<'a>(
         .collect()
 }
 
+const FIVE_YEARS_MS: i64 = 5 * 365 * DAY_MS + DAY_MS;
+const LAB_WINDOW_MS: i64 = 365 * DAY_MS;
+const RX_WINDOW_MS: i64 = 100 * DAY_MS;
+
+/// The Condition/AllergyIntolerance items shown at `now`: active, or ended within 5 years.
+fn shown_until(r: &Value) -> i64 {
+    r["abatementDateTime"]
+        .as_str()
+        .and_then(date_ms)
+        .map_or(i64::MAX, |e| e.saturating_add(FIVE_YEARS_MS))
+}
+
+/// The items of a unit that views may show (not the Patient, not UNDELIVERED).
+fn view_items(u: &Value) -> impl Iterator<Item = &Value> {
+    u["entry"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|r| r["resourceType"] != "Patient" && !flags(r).contains(&"UNDELIVERED"))
+}
+
+/// What a unit holds for the 6情報 views, grouped as the windows need it: list items
+/// (Conditions, allergies), lab and infection reports, the prescription report, each report
+/// with its date (the latest item date; 0 when no item is dated).
+struct UnitItems<'a> {
+    list: Vec<&'a Value>,
+    lab: Option<(i64, Vec<&'a Value>)>,
+    infection: Option<(i64, Vec<&'a Value>)>,
+    rx: Option<(i64, Vec<&'a Value>)>,
+}
+
+fn report(list: Vec<&Value>) -> Option<(i64, Vec<&Value>)> {
+    (!list.is_empty()).then(|| {
+        let date = list.iter().filter_map(|r| item_date(r)).max().unwrap_or(0);
+        (date, list)
+    })
+}
+
+fn unit_items(u: &Value, kind: Kind) -> UnitItems<'_> {
+    let mut out = UnitItems {
+        list: vec![],
+        lab: None,
+        infection: None,
+        rx: None,
+    };
+    let (mut labs, mut infections, mut rx) = (vec![], vec![], vec![]);
+    for r in view_items(u) {
+        match (kind, r["resourceType"].as_str()) {
+            (Kind::Condition | Kind::AllergyIntolerance, _)
+            | (Kind::DocumentItems, Some("Condition" | "AllergyIntolerance")) => out.list.push(r),
+            (Kind::Observation, _) | (Kind::DocumentItems, Some("Observation")) => {
+                if is_infection(r) {
+                    infections.push(r)
+                } else {
+                    labs.push(r)
+                }
+            }
+            (Kind::DocumentItems, Some("MedicationRequest")) => rx.push(r),
+            _ => {}
+        }
+    }
+    out.lab = report(labs);
+    out.infection = report(infections);
+    out.rx = report(rx);
+    out
+}
+
+/// One entry of the per-patient index (what the views need to pick units without reading
+/// them): kind, source, registration, version stamp, the dates of its reports and until when
+/// its list items are shown.
+pub fn index_entry(u: &Value) -> Option<Value> {
+    let kind = tag_of(u, T_KIND).and_then(Kind::from_code)?;
+    let items = unit_items(u, kind);
+    let until = items.list.iter().map(|r| shown_until(r)).max();
+    Some(json!({
+        "id": u["id"],
+        "k": kind.code(),
+        "src": tag_of(u, T_SOURCE),
+        "reg": tag_of(u, T_REGISTERED),
+        "stamp": tag_of(u, T_STAMP),
+        "until": until,
+        "lab": items.lab.map(|r| r.0),
+        "inf": items.infection.map(|r| r.0),
+        "rx": items.rx.map(|r| r.0),
+    }))
+}
+
+/// The ids of the units a view at `now` needs, from the index entries: every unit with list
+/// items still shown, the units of reports inside the windows or among the 3 latest (ties
+/// included), the unit with the latest registration (its Patient is shown), and checkup
+/// reports when `checkups`.
+pub fn units_needed(entries: &[Value], now: DateTime<Utc>, checkups: bool) -> Vec<String> {
+    let now = now.timestamp_millis();
+    let mut need: Vec<&str> = vec![];
+    for e in entries {
+        let kind = e["k"].as_str().and_then(Kind::from_code);
+        if e["until"].as_i64().is_some_and(|u| u >= now)
+            || (checkups && kind == Some(Kind::Checkup))
+        {
+            need.push(e["id"].as_str().unwrap_or(""));
+        }
+    }
+    for (field, window) in [
+        ("lab", LAB_WINDOW_MS),
+        ("inf", LAB_WINDOW_MS),
+        ("rx", RX_WINDOW_MS),
+    ] {
+        let mut dates: Vec<i64> = entries.iter().filter_map(|e| e[field].as_i64()).collect();
+        dates.sort_unstable_by(|a, b| b.cmp(a));
+        let third = dates.get(2).copied().unwrap_or(i64::MIN);
+        for e in entries {
+            if let Some(d) = e[field].as_i64() {
+                if d >= now - window || d >= third {
+                    need.push(e["id"].as_str().unwrap_or(""));
+                }
+            }
+        }
+    }
+    if let Some(latest) = entries.iter().max_by(|a, b| {
+        a["reg"]
+            .as_str()
+            .unwrap_or("")
+            .cmp(b["reg"].as_str().unwrap_or(""))
+    }) {
+        need.push(latest["id"].as_str().unwrap_or(""));
+    }
+    let mut out: Vec<String> = need.into_iter().map(str::to_string).collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The value of an item's resource-instance identifier (for duplicates).
+fn instance_id(r: &Value) -> Option<&str> {
+    r["identifier"]
+        .as_array()?
+        .iter()
+        .find(|i| i["system"] == "http://jpfhir.jp/fhir/core/IdSystem/resourceInstance-identifier")?
+        .get("value")?
+        .as_str()
+}
+
 /// The 6情報 view of a patient: one collection Bundle, Patient first, then every item shown
 /// to this audience with `meta.source` = its institution. `for_patient`: UNINFORMED hidden;
 /// otherwise UNINFORMED items are marked with their date. UNDELIVERED items are never shown.
+///
+/// Items taken out of documents (referral, discharge summary, checkup) count like 5情報 items.
+/// The same item (same institution, resource type and resource-instance identifier) sent both
+/// in a 5情報 Bundle and in a document, or in several documents, is shown once: the 5情報
+/// version, otherwise the latest registered.
 pub fn six_info(
     key: &PatientKey,
     units: &[std::sync::Arc<Value>],
@@ -131,7 +280,6 @@ pub fn six_info(
     for_patient: bool,
 ) -> Value {
     let now_ms = now.timestamp_millis();
-    let five_years = 5 * 365 * DAY_MS + DAY_MS;
     let mut plain: Vec<(&Value, &Value)> = vec![];
     let (mut labs, mut infections, mut rx) = (vec![], vec![], vec![]);
     let mut latest_patient: Option<(&str, Value)> = None;
@@ -143,46 +291,31 @@ pub fn six_info(
         if latest_patient.as_ref().is_none_or(|(r, _)| *r < reg) {
             latest_patient = Some((reg, patient_of(u)));
         }
-        let items = u["entry"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-        let items = items
-            .iter()
-            .map(|e| &e["resource"])
-            .filter(|r| r["resourceType"] != "Patient" && !flags(r).contains(&"UNDELIVERED"));
-        match kind {
-            Kind::Condition | Kind::AllergyIntolerance => {
-                for r in items {
-                    let ended = r["abatementDateTime"].as_str().and_then(date_ms);
-                    if ended.is_none_or(|e| e >= now_ms - five_years) {
-                        plain.push((u, r));
-                    }
-                }
-            }
-            Kind::Observation => {
-                let (inf, lab): (Vec<&Value>, Vec<&Value>) = items.partition(|r| is_infection(r));
-                for (list, out) in [(lab, &mut labs), (inf, &mut infections)] {
-                    if !list.is_empty() {
-                        let date = list.iter().filter_map(|r| item_date(r)).max().unwrap_or(0);
-                        out.push(Report {
-                            date,
-                            items: list.into_iter().map(|r| (u, r)).collect(),
-                        });
-                    }
-                }
-            }
-            Kind::Prescription => {
-                let list: Vec<&Value> = items.collect();
-                let date = list.iter().filter_map(|r| item_date(r)).max().unwrap_or(0);
-                rx.push(Report {
+        let items = unit_items(u, kind);
+        plain.extend(
+            items
+                .list
+                .into_iter()
+                .filter(|r| shown_until(r) >= now_ms)
+                .map(|r| (u, r)),
+        );
+        for (r, out) in [
+            (items.lab, &mut labs),
+            (items.infection, &mut infections),
+            (items.rx, &mut rx),
+        ] {
+            if let Some((date, list)) = r {
+                out.push(Report {
                     date,
                     items: list.into_iter().map(|r| (u, r)).collect(),
                 });
             }
-            Kind::Referral | Kind::DischargeSummary | Kind::Checkup => {}
         }
     }
-    plain.extend(windowed(labs, now_ms, 365 * DAY_MS));
-    plain.extend(windowed(infections, now_ms, 365 * DAY_MS));
-    plain.extend(windowed(rx, now_ms, 100 * DAY_MS));
+    plain.extend(windowed(labs, now_ms, LAB_WINDOW_MS));
+    plain.extend(windowed(infections, now_ms, LAB_WINDOW_MS));
+    plain.extend(windowed(rx, now_ms, RX_WINDOW_MS));
+    dedupe(&mut plain);
 
     let mut patient = latest_patient.map(|(_, p)| p).unwrap_or_else(|| {
         json!({"resourceType": "Patient", "identifier": [{"system": ids::MEMBER_ID_SYSTEM, "value": key.as_str()}]})
@@ -225,6 +358,52 @@ pub fn six_info(
         "timestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "entry": entries,
     })
+}
+
+/// Drop items taken out of documents that repeat another item (same source institution,
+/// resource type and resource-instance identifier): the 5情報 item wins over the document's,
+/// a later registered document over an earlier one. Items of 5情報 units are never dropped
+/// (their replacement follows the report-unit rules); prescriptions are not compared.
+fn dedupe(items: &mut Vec<(&Value, &Value)>) {
+    use std::collections::HashMap;
+    let key = |u: &Value, r: &Value| -> Option<(String, String, String)> {
+        let ty = r["resourceType"].as_str()?;
+        if !matches!(ty, "Condition" | "AllergyIntolerance" | "Observation") {
+            return None;
+        }
+        Some((
+            tag_of(u, T_SOURCE)?.to_string(),
+            ty.to_string(),
+            instance_id(r)?.to_string(),
+        ))
+    };
+    let is_doc =
+        |u: &Value| tag_of(u, T_KIND).and_then(Kind::from_code) == Some(Kind::DocumentItems);
+    // per key: the best unit (5情報 first, then the latest registered), by unit id
+    let mut best: HashMap<(String, String, String), (bool, &str, &str)> = HashMap::new();
+    for (u, r) in items.iter() {
+        let Some(k) = key(u, r) else { continue };
+        let rank = (
+            !is_doc(u),
+            tag_of(u, T_REGISTERED).unwrap_or(""),
+            u["id"].as_str().unwrap_or(""),
+        );
+        match best.get(&k) {
+            Some(b) if *b >= rank => {}
+            _ => {
+                best.insert(k, rank);
+            }
+        }
+    }
+    items.retain(|(u, r)| {
+        if !is_doc(u) {
+            return true;
+        }
+        match key(u, r).and_then(|k| best.get(&k)) {
+            Some((_, _, unit)) => *unit == u["id"].as_str().unwrap_or(""),
+            None => true,
+        }
+    });
 }
 
 /// Event codes of checkups run by the insurer itself (特定健康診査, 広域連合の保健事業).

@@ -206,7 +206,8 @@ impl Env {
         )
         .await
     }
-    fn refusals_logged(&self, key: &str) -> usize {
+    async fn refusals_logged(&self, key: &str) -> usize {
+        self.state.flush_log().await;
         self.audit
             .search_audit("clins-platform", &AuditQuery::default())
             .unwrap()
@@ -432,7 +433,7 @@ async fn register_links_patients_and_views_need_consent() {
         let (s, oo) = env.view(B, PK_B).await;
         assert_eq!(s, 403, "{e}");
         assert_eq!(keys(&oo), vec!["CLINS-NO-CONSENT"]);
-        assert!(env.refusals_logged("CLINS-NO-CONSENT") >= 1);
+        assert!(env.refusals_logged("CLINS-NO-CONSENT").await >= 1);
 
         env.consent(B, PK_A, false).await;
         let (s, view) = env.view(B, "00012345:あいう:187:05").await;
@@ -570,7 +571,7 @@ async fn withdraw_only_by_owner_and_change_is_atomic() {
             )
             .await;
         assert_eq!((s, keys(&oo)), (400, vec!["CLINS-PARAMETER".to_string()]));
-        assert!(env.refusals_logged("CLINS-PARAMETER") >= 1);
+        assert!(env.refusals_logged("CLINS-PARAMETER").await >= 1);
         // wrong patient: not found
         let (s, _) = env
             .post(&env.inst(A), "$withdraw", &wd(&id, OTHER_PK))
@@ -667,7 +668,7 @@ async fn refusals_carry_keys_and_store_nothing() {
             let (s, oo) = env.register(A, &b).await;
             assert_eq!(s, 422, "{}: {what}: {oo}", env.engine);
             assert!(keys(&oo).contains(&key.to_string()), "{what}: {oo}");
-            assert!(env.refusals_logged(key) >= 1, "{what} not logged");
+            assert!(env.refusals_logged(key).await >= 1, "{what} not logged");
         }
         // another institution's identifier
         let (s, oo) = env.register(B, &good).await;
@@ -845,6 +846,7 @@ async fn retention_keeps_lts_and_logs() {
         assert_eq!(allergies.len(), 1);
         assert_eq!(allergies[0]["code"]["text"], "さば");
         assert_eq!(entries_of(&v, "Observation").len(), 0);
+        env.state.flush_log().await;
         let logged = env
             .audit
             .search_audit("clins-platform", &AuditQuery::default())
@@ -893,17 +895,7 @@ fn checkup(inst: &str, local: &str, pk: &str, event: &str) -> Value {
 async fn insurers_receive_checkups_under_item_rules() {
     for env in envs().await {
         // profile validation of the hand-made checkup is not the point here
-        let st = ClinsState::new(
-            env.state_store(),
-            env.tokens.clone(),
-            env.audit.clone() as Arc<dyn SecurityStore>,
-            ClinsConfig {
-                validate_profiles: false,
-                ..ClinsConfig::default()
-            },
-        )
-        .await
-        .unwrap();
+        let st = env.unvalidated_state().await;
         let a = iryo_clins::Actor::Institution {
             client: "hosp-a".into(),
             number: A.into(),
@@ -955,8 +947,20 @@ async fn insurers_receive_checkups_under_item_rules() {
 }
 
 impl Env {
-    fn state_store(&self) -> iryo_db::Store {
-        self.state.store().clone()
+    /// A second service on the same store and log that skips profile validation (for
+    /// hand-made documents whose profile conformance is not the point of a test).
+    async fn unvalidated_state(&self) -> ClinsState {
+        ClinsState::new(
+            self.state.store().clone(),
+            self.tokens.clone(),
+            self.audit.clone() as Arc<dyn SecurityStore>,
+            ClinsConfig {
+                validate_profiles: false,
+                ..ClinsConfig::default()
+            },
+        )
+        .await
+        .unwrap()
     }
 }
 
@@ -1021,5 +1025,89 @@ async fn conditions_ended_more_than_five_years_ago_are_not_shown() {
         assert_eq!(texts, vec!["骨折"]);
         // A registered it; A without consent still sees nothing
         assert_eq!(env.view(A, PK_A).await.0, 403);
+    }
+}
+
+/// Issue 5 item 2: Conditions, allergies and lab results inside registered documents reach
+/// the 6情報 views with their source institution; an item sent both in a 5情報 list and in a
+/// document, or in two documents, is shown once.
+#[tokio::test]
+async fn documents_feed_the_six_info_views() {
+    for env in envs().await {
+        let e = env.engine;
+        let ref1 = referral(A, B, "ref-1", PK_A, true);
+        let doc_conditions = entries_of(&ref1, "Condition").len();
+        let doc_allergies = entries_of(&ref1, "AllergyIntolerance").len();
+        assert!(doc_conditions >= 2 && doc_allergies >= 1, "fixture changed");
+        env.ok(A, &ref1).await;
+        env.consent(B, PK_B, false).await;
+        let (s, v) = env.view(B, PK_B).await;
+        assert_eq!(s, 200, "{e}: {v}");
+        let conditions = entries_of(&v, "Condition");
+        assert_eq!(conditions.len(), doc_conditions, "{e}: {v}");
+        assert_eq!(entries_of(&v, "AllergyIntolerance").len(), doc_allergies);
+        for c in &conditions {
+            assert!(c["meta"]["source"].as_str().unwrap().ends_with(A), "{c}");
+            assert_eq!(c["subject"]["reference"], "urn:iryo-clins:patient");
+        }
+        // the same referral content sent again in a second document: still shown once
+        env.ok(A, &referral(A, B, "ref-2", PK_A, true)).await;
+        let (_, v) = env.view(B, PK_B).await;
+        assert_eq!(entries_of(&v, "Condition").len(), doc_conditions, "{e}");
+        // A's 5情報 list names the referral's first diagnosis (same resource identifier):
+        // shown once, the 5情報 version
+        let first_id = conditions[0]["identifier"][0]["value"].as_str().unwrap();
+        let mut list = list_bundle(A, "cond-list", PK_A, "Condition", &[("リスト版", &[])]);
+        list["entry"][1]["resource"]["identifier"][0]["value"] = json!(first_id);
+        env.ok(A, &list).await;
+        let (_, v) = env.view(B, PK_B).await;
+        let conditions = entries_of(&v, "Condition");
+        assert_eq!(conditions.len(), doc_conditions, "{e}: {v}");
+        let same: Vec<&&Value> = conditions
+            .iter()
+            .filter(|c| c["identifier"][0]["value"] == first_id)
+            .collect();
+        assert_eq!(same.len(), 1);
+        assert_eq!(same[0]["code"]["text"], "リスト版");
+        // B's own item with the same identifier is another institution's item: not merged
+        let mut list_b = list_bundle(B, "cond-b", PK_B, "Condition", &[("B病院", &[])]);
+        list_b["entry"][1]["resource"]["identifier"][0]["value"] = json!(first_id);
+        env.ok(B, &list_b).await;
+        let (_, v) = env.view(B, PK_B).await;
+        assert_eq!(entries_of(&v, "Condition").len(), doc_conditions + 1, "{e}");
+        // withdrawing the referrals removes their items again; the lists stay
+        for id in ["ref-1", "ref-2"] {
+            let p = json!({"resourceType": "Parameters", "parameter": [
+                {"name": "patientKey", "valueString": PK_A},
+                {"name": "identifier", "valueString": format!("{A}^2025^{id}")}]});
+            let (s, oo) = env.post(&env.inst(A), "$withdraw", &p).await;
+            assert_eq!(s, 200, "{oo}");
+        }
+        let (_, v) = env.view(B, PK_B).await;
+        assert_eq!(entries_of(&v, "Condition").len(), 2, "{e}: {v}");
+        assert_eq!(entries_of(&v, "AllergyIntolerance").len(), 0);
+
+        // checkup lab results (the 検査 sections) are lab results of the views
+        let st = env.unvalidated_state().await;
+        let a = iryo_clins::Actor::Institution {
+            client: "hosp-a".into(),
+            number: A.into(),
+        };
+        st.register(&a, checkup(A, "k1", OTHER_PK, "010"))
+            .await
+            .unwrap();
+        env.consent(B, OTHER_PK, false).await;
+        let (_, v) = env.view(B, OTHER_PK).await;
+        let obs = entries_of(&v, "Observation");
+        let mut values: Vec<&str> = obs
+            .iter()
+            .filter_map(|o| o["valueString"].as_str())
+            .collect();
+        values.sort();
+        assert_eq!(values, vec!["employer", "tokutei"], "{e}: {v}");
+        assert!(obs[0]["meta"]["source"].as_str().unwrap().ends_with(A));
+        // A's patient is not B's other patient: nothing of OTHER_PK in PK_B's view
+        let (_, v) = env.view(B, PK_B).await;
+        assert!(entries_of(&v, "Observation").is_empty(), "{e}: {v}");
     }
 }
