@@ -12,6 +12,9 @@
 //!   `copaypct`) and at most one 公費 (`type` code `public`).
 //! * `ChargeItem` whose `context` is the encounter: 診療行為 ([`SYSTEM_PROCEDURE`], JP Core
 //!   医科診療行為マスタ), 特定器材 ([`SYSTEM_MATERIAL`]) and コメント ([`SYSTEM_COMMENT`]).
+//! * `ServiceRequest` whose `encounter` is the encounter: a 診療行為 order ([`SYSTEM_PROCEDURE`],
+//!   count in `quantityQuantity`), unless a ChargeItem of the encounter names it in
+//!   `supportingInformation`/`service` (then the ChargeItem bills it).
 //! * `MedicationRequest` whose `encounter` is the encounter: 医薬品 ([`SYSTEM_DRUG`]) with the
 //!   daily dose, the days and the 用法; grouped into 剤 (see [`rp_key`]).
 //!
@@ -103,18 +106,20 @@ struct Index<'a> {
 }
 
 /// The reference element through which each type points at its visit or patient.
-const REFERRING: [(&str, &str); 3] = [
+const REFERRING: [(&str, &str); 4] = [
     ("ChargeItem", "context"),
     ("MedicationRequest", "encounter"),
+    ("ServiceRequest", "encounter"),
     ("Coverage", "beneficiary"),
 ];
 
-const TYPES: [&str; 6] = [
+const TYPES: [&str; 7] = [
     "Encounter",
     "Patient",
     "Coverage",
     "ChargeItem",
     "MedicationRequest",
+    "ServiceRequest",
     "Condition",
 ];
 
@@ -415,11 +420,34 @@ fn visit_from_encounter(ix: &Index, enc: &Value) -> Result<VisitInput> {
     let mut procedures = Vec::new();
     let mut materials = Vec::new();
     let mut comments = Vec::new();
+    // ServiceRequests a ChargeItem of this encounter already bills (named in its
+    // `supportingInformation` or `service`)
+    let mut billed_orders: Vec<String> = Vec::new();
     for ci in ix.referring("ChargeItem", &enc_key) {
         if status_is(ci, &["not-billable", "aborted", "entered-in-error"]) {
             continue;
         }
+        for field in ["supportingInformation", "service"] {
+            for r in ci
+                .get(field)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(r) = r.get("reference").and_then(Value::as_str) {
+                    billed_orders.push(ix.target(r));
+                }
+            }
+        }
         charge_item(ci, &mut procedures, &mut materials, &mut comments)?;
+    }
+    for sr in ix.referring("ServiceRequest", &enc_key) {
+        if status_is(sr, &["draft", "on-hold", "revoked", "entered-in-error"])
+            || ix.own_key(sr).is_some_and(|k| billed_orders.contains(&k))
+        {
+            continue;
+        }
+        procedures.push(service_request(sr)?);
     }
 
     let meds: Vec<&Value> = ix
@@ -760,18 +788,10 @@ fn charge_item(
             Some(v) => positive_u32(ci, "quantity.value", v)?,
             None => 1,
         };
-        let quantity = match extension(ci, EXT_QUANTITY_DATA) {
-            Some(e) => Some(decimal_text(
-                ci,
-                "extension(fee-quantity-data)",
-                e.get("valueDecimal").unwrap_or(&Value::Null),
-            )?),
-            None => None,
-        };
         procedures.push(ProcedureOrder {
             code,
             count,
-            quantity,
+            quantity: quantity_data(ci)?,
         });
     } else if let Some(code) = code_in(code_cc, SYSTEM_MATERIAL) {
         let code = nine_digits(ci, "code", code)?;
@@ -804,6 +824,35 @@ fn charge_item(
         ));
     }
     Ok(())
+}
+
+/// A ServiceRequest ordering a 診療行為 (検査, 処置, 画像 …): `code` in the 診療行為 system,
+/// `quantityQuantity.value` the count (default 1), extension [`EXT_QUANTITY_DATA`] the きざみ 数量.
+fn service_request(sr: &Value) -> Result<ProcedureOrder> {
+    let code = code_in(sr.get("code"), SYSTEM_PROCEDURE)
+        .ok_or_else(|| err(sr, "code", format!("no coding of {SYSTEM_PROCEDURE}")))?;
+    let code = nine_digits(sr, "code", code)?;
+    let count = match sr.get("quantityQuantity").and_then(|q| q.get("value")) {
+        Some(v) => positive_u32(sr, "quantityQuantity.value", v)?,
+        None => 1,
+    };
+    Ok(ProcedureOrder {
+        code,
+        count,
+        quantity: quantity_data(sr)?,
+    })
+}
+
+/// The きざみ 数量 of extension [`EXT_QUANTITY_DATA`], if present.
+fn quantity_data(r: &Value) -> Result<Option<String>> {
+    match extension(r, EXT_QUANTITY_DATA) {
+        Some(e) => Ok(Some(decimal_text(
+            r,
+            "extension(fee-quantity-data)",
+            e.get("valueDecimal").unwrap_or(&Value::Null),
+        )?)),
+        None => Ok(None),
+    }
 }
 
 /// What puts MedicationRequests into one 剤: `groupIdentifier` when given (the order's Rp

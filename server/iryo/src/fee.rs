@@ -4,6 +4,8 @@
 //! * `iryo fee masters show CODE [--date D]` — what a code was worth on a date.
 //! * `iryo fee calc VISIT.json` — calculate a visit (a `CalcRequest` JSON, or a FHIR Bundle
 //!   with `--facility`).
+//! * `iryo fee facility [--tenant T] [FILE]` — the tenant's facility (kind, beds, 施設基準),
+//!   used by `$calculate-fee` and `receipt`.
 //! * `iryo fee receipt --month YYYY-MM` — the month's UKE files from the clinic's FHIR data.
 //!
 //! The master store defaults to `DATA/fee-masters.db` (`--data`, default `./iryo-data`);
@@ -39,6 +41,8 @@ pub enum FeeCmd {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Show or set the tenant's facility (kind, beds, 施設基準), used by `$calculate-fee` and `receipt`.
+    Facility(FacilityArgs),
     /// Write the month's UKE receipt files from the FHIR store.
     Receipt {
         /// 診療年月 (service month), YYYY-MM.
@@ -55,13 +59,29 @@ pub enum FeeCmd {
         database: Option<String>,
         #[command(flatten)]
         masters: MasterArgs,
-        /// Facility JSON: 医療機関コード, name, 都道府県, kind, beds, 施設基準.
+        /// Facility JSON: 医療機関コード, name, 都道府県, kind, beds, 施設基準 (default: the
+        /// tenant's setting, see `iryo fee facility`).
         #[arg(long)]
-        facility: PathBuf,
+        facility: Option<PathBuf>,
         /// Output directory: OUT/shaho/RECEIPTC.UKE and/or OUT/kokuho/RECEIPTC.UKE.
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+pub struct FacilityArgs {
+    /// Tenant (institution) whose facility is shown or set.
+    #[arg(long, default_value = "default")]
+    tenant: String,
+    /// Facility JSON to store (omit to show the current setting).
+    file: Option<PathBuf>,
+    /// Directory of the embedded SQLite store.
+    #[arg(long, default_value = "./iryo-data", env = "IRYO_DATA")]
+    data: PathBuf,
+    /// Use PostgreSQL instead (postgres://user@host/db).
+    #[arg(long, env = "IRYO_DATABASE")]
+    database: Option<String>,
 }
 
 #[derive(clap::Subcommand)]
@@ -150,6 +170,7 @@ pub async fn run(cmd: FeeCmd) -> anyhow::Result<()> {
             facility,
             format,
         } => blocking(move || calc(&file, &masters, facility.as_deref(), format)).await,
+        FeeCmd::Facility(args) => facility(args).await,
         FeeCmd::Receipt {
             month,
             claim_month,
@@ -490,7 +511,7 @@ struct ReceiptArgs {
     tenant: String,
     location: String,
     masters: MasterArgs,
-    facility: PathBuf,
+    facility: Option<PathBuf>,
     out: PathBuf,
 }
 
@@ -500,93 +521,78 @@ fn parse_month(s: &str, what: &str) -> anyhow::Result<NaiveDate> {
     })
 }
 
-/// Page size of the store search (includes per page stay well under the store's limits).
-const PAGE: usize = 200;
-
-/// All pages of a search of `ty`, added to `out` (each resource once, by type and id).
-async fn search_all(
-    store: &iryo_db::Store,
-    tenant: i64,
-    ty: &str,
-    qs: &str,
-    seen: &mut HashSet<(String, String)>,
-    out: &mut Vec<Value>,
-) -> anyhow::Result<()> {
-    let mut offset = 0;
-    let mut token = None;
-    loop {
-        let query = iryo_search::query::parse_query(
-            iryo_fhir_spec::r4(),
-            Some(ty),
-            &format!("{qs}&_count={PAGE}&_offset={offset}"),
-            iryo_search::query::Handling::Strict,
-        )
-        .map_err(|e| {
-            anyhow!(
-                "検索条件が不正です / bad search: {} / {}",
-                e.message_ja,
-                e.message_en
-            )
-        })?;
-        let page = store
-            .search(
-                tenant,
-                iryo_db::SearchRequest {
-                    query,
-                    page_token: token.clone(),
-                    base_url: String::new(),
-                },
-            )
-            .await
-            .with_context(|| format!("searching {ty}?{qs}"))?;
-        for r in page.matches.iter().chain(page.includes.iter()) {
-            let Some(json) = &r.json else { continue };
-            if seen.insert((r.ty.clone(), r.id.clone())) {
-                out.push(serde_json::from_slice(json)?);
-            }
-        }
-        if !page.has_next || page.matches.is_empty() {
-            return Ok(());
-        }
-        token = page.token.clone();
-        offset += page.matches.len();
-    }
+/// A FHIR error (from the store searches) as one line, Japanese then English.
+fn fhir_err(e: iryo_rest_api::FhirError) -> anyhow::Error {
+    let msgs: Vec<String> = e
+        .issues
+        .iter()
+        .map(|i| format!("{} / {}", i.message_ja, i.message_en))
+        .collect();
+    anyhow!("{}", msgs.join("; "))
 }
 
-/// Every Encounter of the month with its Patient, Conditions, ChargeItems, MedicationRequests
-/// and the patients' Coverages.
-pub async fn month_resources(
+/// The tenant's facility setting (`iryo fee facility`), or an error saying how to set it.
+async fn tenant_facility(
     store: &iryo_db::Store,
     tenant: i64,
-    month: NaiveDate,
-) -> anyhow::Result<Vec<Value>> {
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    let next_month = month
-        .checked_add_months(chrono::Months::new(1))
-        .ok_or_else(|| anyhow!("month out of range"))?;
-    // ge/lt rather than `date=YYYY-MM`: an Encounter without period.end has an open range and
-    // would not be inside the month; visits are kept by period.start afterwards.
-    let qs = format!(
-        "date=ge{}&date=lt{}&_sort=date\
-         &_include=Encounter:subject&_include=Encounter:diagnosis\
-         &_revinclude=ChargeItem:context&_revinclude=MedicationRequest:encounter",
-        month.format("%Y-%m-%d"),
-        next_month.format("%Y-%m-%d"),
-    );
-    search_all(store, tenant, "Encounter", &qs, &mut seen, &mut out).await?;
-    // the patients' Coverages, 100 patients per search (cheaper than an iterated _revinclude,
-    // which queries once per included resource)
-    let patients: Vec<String> = seen
-        .iter()
-        .filter(|(ty, _)| ty == "Patient")
-        .map(|(_, id)| format!("Patient/{id}"))
-        .collect();
-    for chunk in patients.chunks(100) {
-        let qs = format!("beneficiary={}", chunk.join(","));
-        search_all(store, tenant, "Coverage", &qs, &mut seen, &mut out).await?;
+    name: &str,
+) -> anyhow::Result<Facility> {
+    let settings = store.tenant_settings(tenant).await?;
+    if settings
+        .get(iryo_operation_calculate_fee::FACILITY_SETTING)
+        .is_none_or(Value::is_null)
+    {
+        bail!(
+            "テナント {name} の施設情報がありません。--facility FILE を指定するか `iryo fee facility --tenant {name} FILE` で設定してください / \
+             tenant {name} has no facility: pass --facility FILE or set it with `iryo fee facility --tenant {name} FILE`"
+        );
     }
-    Ok(out)
+    iryo_operation_calculate_fee::facility_of(&settings).map_err(fhir_err)
+}
+
+/// `iryo fee facility [--tenant T] [FILE]`: store the facility in the tenant settings
+/// (`fee_facility`), or print it.
+async fn facility(a: FacilityArgs) -> anyhow::Result<()> {
+    let location = a
+        .database
+        .clone()
+        .unwrap_or_else(|| a.data.display().to_string());
+    let store = iryo_db::Store::open(&location)
+        .await
+        .context("opening the store")?;
+    let tenant = store.tenant_id(&a.tenant).await?.ok_or_else(|| {
+        anyhow!(
+            "テナント {} がありません / no tenant named {}",
+            a.tenant,
+            a.tenant
+        )
+    })?;
+    let mut settings = store.tenant_settings(tenant).await?;
+    match &a.file {
+        None => {
+            let f = tenant_facility(&store, tenant, &a.tenant).await?;
+            println!("{}", serde_json::to_string_pretty(&f)?);
+        }
+        Some(path) => {
+            let f = read_facility(path)?;
+            settings[iryo_operation_calculate_fee::FACILITY_SETTING] = serde_json::to_value(&f)?;
+            store.tenant_set_settings(tenant, settings).await?;
+            println!(
+                "テナント {}: 施設情報を設定しました (facility set): {} {} ({:?}, {} beds, 施設基準 {})",
+                a.tenant,
+                f.code,
+                f.name,
+                f.kind,
+                f.beds,
+                if f.standards.is_empty() {
+                    "-".to_string()
+                } else {
+                    f.standards.join(",")
+                }
+            );
+        }
+    }
+    Ok(())
 }
 
 fn payer_dir(p: Payer) -> &'static str {
@@ -607,7 +613,6 @@ async fn receipt(a: ReceiptArgs) -> anyhow::Result<()> {
     if claim < month {
         bail!("請求年月は診療年月より前にできません / the claim month cannot precede the service month");
     }
-    let facility = read_facility(&a.facility)?;
     let masters = a.masters.open()?;
     let store = iryo_db::Store::open(&a.location)
         .await
@@ -620,7 +625,13 @@ async fn receipt(a: ReceiptArgs) -> anyhow::Result<()> {
         )
     })?;
     let t0 = std::time::Instant::now();
-    let resources = month_resources(&store, tenant, month).await?;
+    let facility = match &a.facility {
+        Some(f) => read_facility(f)?,
+        None => tenant_facility(&store, tenant, &a.tenant).await?,
+    };
+    let resources = iryo_operation_calculate_fee::resources::month_resources(&store, tenant, month)
+        .await
+        .map_err(fhir_err)?;
     eprintln!(
         "FHIRストアから {} リソースを読み込みました / read {} resources from the store: {:.2} s",
         resources.len(),

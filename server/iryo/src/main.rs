@@ -234,7 +234,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 api_token,
                 public_base,
                 security: Some(std::sync::Arc::new(security)),
-                operations: operations(),
+                operations: operations(&store.data),
             };
             let app = iryo_rest_api::router(iryo_rest_api::AppState::new(s, config))
                 .merge(iryo_clins::router(clins));
@@ -340,6 +340,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// The FHIR operations served besides the core interactions (each from its own crate).
-fn operations() -> iryo_rest_api::Operations {
-    iryo_rest_api::Operations(vec![])
+fn operations(data: &std::path::Path) -> iryo_rest_api::Operations {
+    iryo_rest_api::Operations(vec![std::sync::Arc::new(
+        iryo_operation_calculate_fee::CalculateFee::new(
+            iryo_operation_calculate_fee::master_store_path(data),
+        ),
+    )])
 }
