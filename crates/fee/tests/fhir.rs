@@ -406,3 +406,48 @@ fn the_full_example_in_docs_maps_to_the_out_of_house_visit() {
         serde_json::to_value(&want).unwrap()
     );
 }
+
+#[test]
+fn service_requests_are_procedure_orders() {
+    let mut b = bundle();
+    let sr = |id: &str, code: &str| {
+        json!({"resourceType": "ServiceRequest", "id": id, "status": "completed", "intent": "order",
+            "code": {"coding": [{"system": fhir::SYSTEM_PROCEDURE, "code": code}]},
+            "subject": {"reference": "Patient/p-003"},
+            "encounter": {"reference": "Encounter/v-0003"}})
+    };
+    let before = visits_from_bundle(&b).unwrap()[1].procedures.len();
+    // an order with a count, one already billed by a ChargeItem, and a draft
+    let mut counted = sr("sr-1", "160000410");
+    counted["quantityQuantity"] = json!({"value": 2});
+    push(&mut b, counted);
+    push(&mut b, sr("sr-2", "160008010"));
+    let mut draft = sr("sr-3", "160019410");
+    draft["status"] = json!("draft");
+    push(&mut b, draft);
+    push(
+        &mut b,
+        json!({"resourceType": "ChargeItem", "id": "ci-sr-2", "status": "billable",
+            "code": {"coding": [{"system": fhir::SYSTEM_PROCEDURE, "code": "160008010"}]},
+            "subject": {"reference": "Patient/p-003"},
+            "context": {"reference": "Encounter/v-0003"},
+            "supportingInformation": [{"reference": "ServiceRequest/sr-2"}]}),
+    );
+    let v = &visits_from_bundle(&b).unwrap()[1];
+    assert_eq!(v.id, "v-0003");
+    let got: Vec<(&str, u32)> = v.procedures[before..]
+        .iter()
+        .map(|p| (p.code.as_str(), p.count))
+        .collect();
+    // the ChargeItem bills 160008010 once; sr-2 is skipped, sr-3 (draft) too
+    assert_eq!(got, vec![("160008010", 1), ("160000410", 2)]);
+    // a ServiceRequest without a 診療行為 coding is an error naming it
+    let mut bad = sr("sr-4", "x");
+    bad["code"] = json!({"coding": [{"system": "http://loinc.org", "code": "2345-7"}]});
+    push(&mut b, bad);
+    assert!(
+        err_of(&b).contains("ServiceRequest/sr-4.code"),
+        "{}",
+        err_of(&b)
+    );
+}

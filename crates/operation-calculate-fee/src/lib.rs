@@ -211,6 +211,19 @@ fn start_of(enc: &Value) -> &str {
         .unwrap_or("")
 }
 
+/// Whether an earlier Encounter counts as an outpatient visit for the history (入院 and
+/// other classes are not calculated here, so they cannot block this visit's calculation).
+fn is_outpatient(enc: &Value) -> bool {
+    match enc
+        .get("class")
+        .and_then(|c| c.get("code"))
+        .and_then(Value::as_str)
+    {
+        None => true,
+        Some(c) => matches!(c, "AMB" | "VR" | "HH"),
+    }
+}
+
 /// Sunday of the week of `d` (the 週 unit of the 電子点数表).
 fn week_start(d: NaiveDate) -> NaiveDate {
     d - chrono::Days::new(u64::from(d.weekday().num_days_from_sunday()))
@@ -293,13 +306,19 @@ impl CalculateFee {
         g.coverages(store, tenant).await?;
         // keep this encounter and the ones before it (by period.start, then id)
         let key = (start.clone(), id.to_string());
+        let from_text = from.format("%Y-%m-%d").to_string();
         let resources: Vec<Value> = g
             .resources
             .into_iter()
             .filter(|r| {
                 r.get("resourceType").and_then(Value::as_str) != Some("Encounter") || {
                     let rid = r.get("id").and_then(Value::as_str).unwrap_or("");
-                    rid == id || (start_of(r).to_string(), rid.to_string()) < key
+                    // (an Encounter without period.end matches every later date range, so
+                    // the window is checked on period.start here)
+                    rid == id
+                        || ((start_of(r).to_string(), rid.to_string()) < key
+                            && start_of(r).get(..10).unwrap_or("") >= from_text.as_str()
+                            && is_outpatient(r))
                 }
             })
             .collect();
