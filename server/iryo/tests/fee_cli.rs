@@ -477,3 +477,75 @@ fn receipt_pages_through_many_encounters() {
     // each is a 再診料 75 + 外来管理加算 52 = 127点 (R6 values of the fixture masters)
     assert_eq!(uke.total_points, 450 * 127);
 }
+
+#[test]
+fn facility_is_a_tenant_setting_used_by_receipt() {
+    let c = clinic_with(clinic_resources(), "clinic-a");
+    let run = |extra: &[&str]| {
+        let mut a = vec!["fee", "facility", "--data", &c.data];
+        a.extend_from_slice(extra);
+        iryo(&a)
+    };
+    // nothing set yet: receipt without --facility says how to set it
+    let o = iryo(&[
+        "fee",
+        "receipt",
+        "--data",
+        &c.data,
+        "--tenant",
+        "clinic-a",
+        "--month",
+        "2024-07",
+        "--out",
+        c.out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("iryo fee facility --tenant clinic-a"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["--tenant", "clinic-a"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    // a malformed facility file is refused, nothing stored
+    let bad = c.out.parent().unwrap().join("bad.json");
+    std::fs::write(&bad, r#"{"kind": "castle"}"#).unwrap();
+    let o = run(&["--tenant", "clinic-a", bad.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("施設情報"), "{}", text(&o));
+    // set, show, and the receipt uses it: the same UKE as with --facility
+    let o = run(&["--tenant", "clinic-a", &c.facility]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(out(&o).contains("施設情報を設定しました"), "{}", out(&o));
+    let o = run(&["--tenant", "clinic-a"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let shown: Facility = serde_json::from_str(&out(&o)).unwrap();
+    assert_eq!(
+        serde_json::to_value(&shown).unwrap(),
+        serde_json::to_value(facility()).unwrap()
+    );
+    let o = receipt(&c, &["--month", "2024-07", "--tenant", "clinic-a"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let with_file = std::fs::read(c.out.join("shaho/RECEIPTC.UKE")).unwrap();
+    std::fs::remove_dir_all(&c.out).unwrap();
+    let o = iryo(&[
+        "fee",
+        "receipt",
+        "--data",
+        &c.data,
+        "--tenant",
+        "clinic-a",
+        "--month",
+        "2024-07",
+        "--out",
+        c.out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        std::fs::read(c.out.join("shaho/RECEIPTC.UKE")).unwrap(),
+        with_file
+    );
+    // the other tenant has none
+    let o = run(&["--tenant", "default"]);
+    assert!(!o.status.success());
+}
