@@ -5,7 +5,7 @@
 //! by tenant (Citus `create_distributed_table(…, 'tenant')`) without change.
 
 /// Current schema version, kept in `meta`.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const TABLES: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -49,27 +49,27 @@ CREATE TABLE IF NOT EXISTS sp_string (
 CREATE TABLE IF NOT EXISTS sp_token (
   tenant BIGINT NOT NULL, type BIGINT NOT NULL, param BIGINT NOT NULL,
   code TEXT @C NOT NULL, system TEXT @C NOT NULL, rid BIGINT NOT NULL,
-  PRIMARY KEY (tenant, type, param, code, system, rid)
+  PRIMARY KEY (tenant, type, param, code, rid, system)
 ) @WR;
 CREATE TABLE IF NOT EXISTS sp_date (
   tenant BIGINT NOT NULL, type BIGINT NOT NULL, param BIGINT NOT NULL,
   lo BIGINT NOT NULL, hi BIGINT NOT NULL, rid BIGINT NOT NULL,
-  PRIMARY KEY (tenant, type, param, lo, hi, rid)
+  PRIMARY KEY (tenant, type, param, rid, lo, hi)
 ) @WR;
 CREATE TABLE IF NOT EXISTS sp_number (
   tenant BIGINT NOT NULL, type BIGINT NOT NULL, param BIGINT NOT NULL,
   lo @REAL NOT NULL, hi @REAL NOT NULL, rid BIGINT NOT NULL,
-  PRIMARY KEY (tenant, type, param, lo, hi, rid)
+  PRIMARY KEY (tenant, type, param, rid, lo, hi)
 ) @WR;
 CREATE TABLE IF NOT EXISTS sp_quantity (
   tenant BIGINT NOT NULL, type BIGINT NOT NULL, param BIGINT NOT NULL,
   code TEXT @C NOT NULL, system TEXT @C NOT NULL, lo @REAL NOT NULL, hi @REAL NOT NULL, rid BIGINT NOT NULL,
-  PRIMARY KEY (tenant, type, param, code, system, lo, hi, rid)
+  PRIMARY KEY (tenant, type, param, code, rid, system, lo, hi)
 ) @WR;
 CREATE TABLE IF NOT EXISTS sp_reference (
   tenant BIGINT NOT NULL, type BIGINT NOT NULL, param BIGINT NOT NULL,
   target_type BIGINT NOT NULL, target_id TEXT @C NOT NULL, rid BIGINT NOT NULL,
-  PRIMARY KEY (tenant, type, param, target_type, target_id, rid)
+  PRIMARY KEY (tenant, type, param, target_id, rid, target_type)
 ) @WR;
 CREATE TABLE IF NOT EXISTS sp_uri (
   tenant BIGINT NOT NULL, type BIGINT NOT NULL, param BIGINT NOT NULL,

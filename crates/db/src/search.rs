@@ -14,12 +14,8 @@ use iryo_search::index::param_key;
 use iryo_search::normalize::{normalize_string, prefix_upper_bound};
 use iryo_search::query::{Clause, Include, Modifier, Prefix, SearchQuery, Summary, Total, Value};
 use iryo_search::IndexValue;
-use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
-use std::sync::LazyLock;
 
-/// Results are materialized up to this many keys; paging beyond it uses offsets.
-pub const MAX_MATERIALIZED: usize = 10_000;
 pub const DEFAULT_COUNT: usize = 20;
 pub const MAX_COUNT: usize = 1000;
 const MAX_INCLUDES: usize = 2000;
@@ -45,30 +41,8 @@ pub struct SearchPage {
     pub has_next: bool,
 }
 
-/// Page lists of recent searches (per process), so that paging is stable while others write.
-struct PageCache {
-    map: HashMap<String, (std::time::Instant, i64, std::sync::Arc<Vec<i64>>)>,
-}
-
-static PAGES: LazyLock<Mutex<PageCache>> = LazyLock::new(|| {
-    Mutex::new(PageCache {
-        map: HashMap::new(),
-    })
-});
-
-const PAGE_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 60);
-
-fn new_token() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(1);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let t = crate::now_ms() as u64;
-    format!("{:x}{:x}{:x}", t, std::process::id(), n)
-}
-
 /// SQL under construction: text plus bound parameters.
 struct Q {
-    sql: String,
     p: Vec<P>,
 }
 
@@ -165,16 +139,8 @@ fn clause_sql(
                 }
                 return Ok(format!("({})", ands.join(" OR ")));
             }
-            let table = family_table(*kind, modifier);
-            let pk = q.bind(P::I(param_key(&param_name(code, modifier))));
-            let mut ors = vec![];
-            for v in values {
-                ors.push(value_cond(q, *kind, modifier, v)?);
-            }
-            let sub = format!(
-                "SELECT s.rid FROM {table} s WHERE s.tenant = {tenant} AND s.type = {tcode} AND s.param = {pk} AND ({})",
-                ors.join(" OR ")
-            );
+            let src = source(q, tenant, tcode, code, *kind, modifier, values)?;
+            let sub = format!("SELECT s.rid FROM {} s WHERE {}", src.table, src.cond);
             Ok(if *modifier == Modifier::Not {
                 format!("{r}.rid NOT IN ({sub})")
             } else {
@@ -218,6 +184,80 @@ fn clause_sql(
             ))
         }
     }
+}
+
+/// How one parameter clause reads its index table: the table, the conditions on alias `s`,
+/// how selective it usually is (the lowest rank drives an index-driven search), and whether
+/// finding one resource's rows is a seek (every primary-key column before `rid` is bound by
+/// equality), so that the clause can be checked per candidate with `EXISTS`.
+struct Source {
+    table: &'static str,
+    cond: String,
+    rank: u8,
+    seekable: bool,
+}
+
+impl Source {
+    /// The clause as a condition on the candidate key `{r}.rid`.
+    fn probe(&self, r: &str) -> String {
+        if self.seekable {
+            format!(
+                "EXISTS (SELECT 1 FROM {} s WHERE {} AND s.rid = {r}.rid)",
+                self.table, self.cond
+            )
+        } else {
+            format!(
+                "{r}.rid IN (SELECT s.rid FROM {} s WHERE {})",
+                self.table, self.cond
+            )
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn source(
+    q: &mut Q,
+    tenant: &str,
+    tcode: &str,
+    code: &str,
+    kind: K,
+    modifier: &Modifier,
+    values: &[Value],
+) -> Result<Source, DbError> {
+    let table = family_table(kind, modifier);
+    let pk = q.bind(P::I(param_key(&param_name(code, modifier))));
+    let mut ors = vec![];
+    for v in values {
+        ors.push(value_cond(q, kind, modifier, v)?);
+    }
+    let single = values.len() == 1;
+    let (rank, seekable) = match (table, values.first()) {
+        ("sp_reference", Some(Value::Reference { .. })) => (1, single),
+        ("sp_reference", _) => (3, false),
+        ("sp_token", Some(Value::Token { code: Some(_), .. } | Value::OfType { .. })) => {
+            (2, single)
+        }
+        ("sp_token", _) => (6, false),
+        ("sp_string", _) if *modifier == Modifier::Exact => (2, single),
+        ("sp_string", _) if *modifier == Modifier::Contains => (7, false),
+        ("sp_string", _) => (3, false),
+        ("sp_uri", _) if matches!(modifier, Modifier::None) => (2, single),
+        ("sp_uri", _) => (5, false),
+        ("sp_quantity", Some(Value::Quantity { code: Some(_), .. })) => (4, single),
+        ("sp_quantity", _) => (5, false),
+        // date and number rows are keyed (param, rid, lo, hi): a per-resource check is a seek
+        ("sp_date" | "sp_number", _) => (6, true),
+        _ => (5, false),
+    };
+    Ok(Source {
+        table,
+        cond: format!(
+            "s.tenant = {tenant} AND s.type = {tcode} AND s.param = {pk} AND ({})",
+            ors.join(" OR ")
+        ),
+        rank,
+        seekable,
+    })
 }
 
 fn param_name(code: &str, m: &Modifier) -> String {
@@ -522,16 +562,73 @@ fn sort_sql(q: &mut Q, key: &iryo_search::query::SortKey) -> String {
     format!("(CASE WHEN {expr} IS NULL THEN 1 ELSE 0 END), {expr} {dir}")
 }
 
-/// Build the SELECT of matching resource keys.
-fn build(
+/// The condition that limits a search to resources in a compartment (`Patient/123/Observation`):
+/// resources of the searched type that reference the owner through any of the compartment's
+/// parameters, as a source on `sp_reference`.
+fn compartment_source(
+    q: &mut Q,
+    t: &str,
+    tcode: &str,
+    query: &SearchQuery,
+    (cty, cid): &(String, String),
+) -> Result<Source, DbError> {
+    let ty = query.resource_type.as_deref().unwrap_or("");
+    let params = iryo_search::model()
+        .compartment_params(cty, ty)
+        .unwrap_or(&[]);
+    if params.is_empty() {
+        return Err(unsupported(&format!(
+            "{ty} is not in the {cty} compartment"
+        )));
+    }
+    let ctc = type_code(cty).ok_or_else(|| unsupported(cty))?;
+    let (a, b) = (q.bind(P::I(ctc)), q.bind(P::T(cid.clone())));
+    let mut ors = vec![];
+    for p in params {
+        if p == "{def}" {
+            continue;
+        }
+        let pk = q.bind(P::I(param_key(p)));
+        ors.push(format!("s.param = {pk}"));
+    }
+    Ok(Source {
+        table: "sp_reference",
+        cond: format!(
+            "s.tenant = {t} AND s.type = {tcode} AND s.target_type = {a} AND s.target_id = {b} AND ({})",
+            if ors.is_empty() { "1 = 0".to_string() } else { ors.join(" OR ") }
+        ),
+        rank: 1,
+        seekable: false,
+    })
+}
+
+/// A compiled search: the SELECT of matching keys in result order (without LIMIT), and the
+/// same set for counting.
+struct Plan {
+    q: Q,
+    /// `SELECT … ORDER BY …`
+    select: String,
+    /// `SELECT COUNT(*) …`
+    count: String,
+}
+
+/// Compile a search. Index-driven when it can be: the most selective clause's index range
+/// yields candidate keys in key order, every other clause is checked per candidate (a seek
+/// where the index allows it), and the `resource` table is not touched — index rows exist only
+/// for live versions, so no `deleted` check is needed. Otherwise (sorting, `_id`,
+/// `_lastUpdated`, `_has`, system-wide searches, no positive clause) the search is driven from
+/// `resource`, each clause a key set. `bound` limits the keys to those that existed when the
+/// first page was produced, so later pages are stable while others create resources.
+fn plan(
     tenant: i64,
     query: &SearchQuery,
     compartment: Option<&(String, String)>,
-) -> Result<Q, DbError> {
-    let mut q = Q {
-        sql: String::new(),
-        p: vec![],
-    };
+    bound: i64,
+) -> Result<Plan, DbError> {
+    if let Some(p) = plan_indexed(tenant, query, compartment, bound)? {
+        return Ok(p);
+    }
+    let mut q = Q { p: vec![] };
     let t = q.bind(P::I(tenant));
     let mut wh = vec![format!("r.tenant = {t}"), "r.deleted = 0".to_string()];
     let tcode = match &query.resource_type {
@@ -543,48 +640,120 @@ fn build(
         }
         None => "r.type".to_string(),
     };
-    if let Some((cty, cid)) = compartment {
-        // resources of this type that reference the compartment owner through any of the
-        // compartment's parameters
-        let ty = query.resource_type.as_deref().unwrap_or("");
-        let params = iryo_search::model()
-            .compartment_params(cty, ty)
-            .unwrap_or(&[]);
-        if params.is_empty() {
-            return Err(unsupported(&format!(
-                "{ty} is not in the {cty} compartment"
-            )));
-        }
-        let ctc = type_code(cty).ok_or_else(|| unsupported(cty))?;
-        let (a, b) = (q.bind(P::I(ctc)), q.bind(P::T(cid.clone())));
-        let mut ors = vec![];
-        for p in params {
-            if p == "{def}" {
-                continue;
-            }
-            let pk = q.bind(P::I(param_key(p)));
-            ors.push(format!("s.param = {pk}"));
-        }
-        wh.push(format!(
-            "r.rid IN (SELECT s.rid FROM sp_reference s WHERE s.tenant = {t} AND s.type = {tcode} AND s.target_type = {a} AND s.target_id = {b} AND ({}))",
-            if ors.is_empty() { "1 = 0".to_string() } else { ors.join(" OR ") }
-        ));
+    if let Some(comp) = compartment {
+        let src = compartment_source(&mut q, &t, &tcode, query, comp)?;
+        wh.push(src.probe("r"));
     }
     for c in &query.clauses {
         let cond = clause_sql(&mut q, &t, "r", &tcode, c, 0)?;
         wh.push(cond);
     }
+    let b = q.bind(P::I(bound));
+    wh.push(format!("r.rid <= {b}"));
     let mut order = vec![];
     for k in &query.sort {
         order.push(sort_sql(&mut q, k));
     }
     order.push("r.rid ASC".to_string());
-    q.sql = format!(
-        "SELECT r.rid FROM resource r WHERE {} ORDER BY {}",
-        wh.join(" AND "),
-        order.join(", ")
+    let from = format!("FROM resource r WHERE {}", wh.join(" AND "));
+    Ok(Plan {
+        select: format!("SELECT r.rid {from} ORDER BY {}", order.join(", ")),
+        count: format!("SELECT COUNT(*) {from}"),
+        q,
+    })
+}
+
+fn plan_indexed(
+    tenant: i64,
+    query: &SearchQuery,
+    compartment: Option<&(String, String)>,
+    bound: i64,
+) -> Result<Option<Plan>, DbError> {
+    let Some(ty) = &query.resource_type else {
+        return Ok(None);
+    };
+    if !query.sort.is_empty() {
+        return Ok(None);
+    }
+    let positive = |c: &Clause| match c {
+        Clause::Param {
+            code,
+            kind,
+            modifier,
+            values,
+            ..
+        } => {
+            code != "_id"
+                && code != "_lastUpdated"
+                && *kind != K::Composite
+                && *modifier != Modifier::Not
+                && !values.iter().any(|v| matches!(v, Value::Missing(_)))
+        }
+        _ => false,
+    };
+    let resource_free = |c: &Clause| match c {
+        Clause::Param { code, .. } => code != "_id" && code != "_lastUpdated",
+        Clause::Chain { .. } => true,
+        Clause::Has { .. } => false,
+    };
+    if !query.clauses.iter().all(resource_free)
+        || (compartment.is_none() && !query.clauses.iter().any(positive))
+    {
+        return Ok(None);
+    }
+    let tc = type_code(ty).ok_or_else(|| unsupported(ty))?;
+    let mut q = Q { p: vec![] };
+    let t = q.bind(P::I(tenant));
+    let tcode = q.bind(P::I(tc));
+    // every positive clause's source (all of them are used: one drives, the others probe)
+    let mut sources: Vec<(Option<usize>, Source)> = vec![];
+    if let Some(comp) = compartment {
+        sources.push((None, compartment_source(&mut q, &t, &tcode, query, comp)?));
+    }
+    for (i, c) in query.clauses.iter().enumerate() {
+        if let Clause::Param {
+            code,
+            kind,
+            modifier,
+            values,
+            ..
+        } = c
+        {
+            if positive(c) {
+                let src = source(&mut q, &t, &tcode, code, *kind, modifier, values)?;
+                sources.push((Some(i), src));
+            }
+        }
+    }
+    let driver = sources
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, (_, s))| s.rank)
+        .map(|(i, _)| i)
+        .unwrap_or(0);
+    let (_, drv) = sources.remove(driver);
+    let mut wh = vec![];
+    for (_, s) in &sources {
+        wh.push(s.probe("d"));
+    }
+    for (i, c) in query.clauses.iter().enumerate() {
+        if !sources.iter().any(|(j, _)| *j == Some(i)) && !positive(c) {
+            wh.push(clause_sql(&mut q, &t, "d", &tcode, c, 0)?);
+        }
+    }
+    let b = q.bind(P::I(bound));
+    wh.push(format!("d.rid <= {b}"));
+    let distinct = format!(
+        "SELECT DISTINCT d.rid FROM (SELECT s.rid FROM {} s WHERE {}) d WHERE {}",
+        drv.table,
+        drv.cond,
+        wh.join(" AND ")
     );
-    Ok(q)
+    Ok(Some(Plan {
+        select: format!("{distinct} ORDER BY d.rid"),
+        count: format!("SELECT COUNT(*) FROM ({distinct}) x"),
+        q,
+    }))
 }
 
 /// Run a search inside a read transaction.
@@ -595,6 +764,27 @@ pub(crate) fn run(
     req: &SearchRequest,
 ) -> Result<SearchPage, DbError> {
     run_in(c, ctx, tenant, req, None)
+}
+
+/// The state a page link carries (`_page`): the largest key that existed when the first page
+/// was made, and the total then. Stateless, so any server sharing the database can serve the
+/// next page.
+fn parse_token(tok: &str) -> Option<(i64, Option<i64>)> {
+    let (b, t) = tok.split_once('.')?;
+    let bound = i64::from_str_radix(b, 16).ok()?;
+    let total = if t.is_empty() {
+        None
+    } else {
+        Some(t.parse().ok()?)
+    };
+    Some((bound, total))
+}
+
+fn make_token(bound: i64, total: Option<i64>) -> String {
+    match total {
+        Some(t) => format!("{bound:x}.{t}"),
+        None => format!("{bound:x}."),
+    }
 }
 
 /// A search within a compartment (`Patient/123/Observation?…`).
@@ -608,44 +798,29 @@ pub(crate) fn run_in(
     let query = &req.query;
     let count = query.count.unwrap_or(DEFAULT_COUNT).min(MAX_COUNT);
     let offset = query.offset;
-    // page through a materialized list when we have one
-    if let Some(tok) = &req.page_token {
-        let cached = {
-            let pages = PAGES.lock();
-            pages
-                .map
-                .get(tok)
-                .filter(|(_, t, _)| *t == tenant)
-                .map(|(_, _, l)| l.clone())
-        };
-        let Some(list) = cached else {
-            return Err(DbError::NotFound {
-                ty: "検索結果ページ (search page)".into(),
-                id: tok.clone(),
-            });
-        };
-        let end = (offset + count).min(list.len());
-        let slice = if offset < end {
-            &list[offset..end]
-        } else {
-            &[][..]
-        };
-        let matches = read_rids(c, ctx, tenant, slice)?;
-        let includes = includes(c, ctx, tenant, query, &matches)?;
-        return Ok(SearchPage {
-            matches,
-            includes,
-            total: Some(list.len() as i64),
-            offset,
-            count,
-            token: Some(tok.clone()),
-            has_next: end < list.len(),
-        });
-    }
-    let mut q = build(tenant, query, compartment)?;
+    let (bound, known_total) = match &req.page_token {
+        Some(tok) => parse_token(tok).ok_or_else(|| {
+            DbError::Invalid(format!(
+                "_page={tok} はこのサーバーのページ指定ではありません (malformed page token)"
+            ))
+        })?,
+        None => {
+            let max = c
+                .query_one(
+                    "SELECT MAX(rid) FROM resource WHERE tenant = $1",
+                    &[P::I(tenant)],
+                )?
+                .map(|r| r[0].i())
+                .unwrap_or(0);
+            (max, None)
+        }
+    };
+    let mut pl = plan(tenant, query, compartment, bound)?;
     if query.summary == Some(Summary::Count) {
-        let sql = format!("SELECT COUNT(*) FROM ({}) x", q.sql);
-        let n = c.query_one(&sql, &q.p)?.map(|r| r[0].i()).unwrap_or(0);
+        let n = c
+            .query_one(&pl.count, &pl.q.p)?
+            .map(|r| r[0].i())
+            .unwrap_or(0);
         return Ok(SearchPage {
             total: Some(n),
             count: 0,
@@ -653,53 +828,29 @@ pub(crate) fn run_in(
             ..Default::default()
         });
     }
-    let limit = q.bind(P::I(MAX_MATERIALIZED as i64 + 1));
-    let sql = format!("{} LIMIT {limit}", q.sql);
-    let rids: Vec<i64> = c.query(&sql, &q.p)?.into_iter().map(|r| r[0].i()).collect();
-    let overflow = rids.len() > MAX_MATERIALIZED;
-    let total = if overflow {
-        if query.total == Some(Total::None) {
-            None
-        } else {
-            q.p.pop();
-            let sql = format!("SELECT COUNT(*) FROM ({}) x", q.sql);
-            c.query_one(&sql, &q.p)?.map(|r| r[0].i())
-        }
-    } else if query.total == Some(Total::None) {
+    let n_params = pl.q.p.len();
+    let lim = pl.q.bind(P::I(count as i64 + 1));
+    let off = pl.q.bind(P::I(offset as i64));
+    let sql = format!("{} LIMIT {lim} OFFSET {off}", pl.select);
+    let mut rids: Vec<i64> = c
+        .query(&sql, &pl.q.p)?
+        .into_iter()
+        .map(|r| r[0].i())
+        .collect();
+    pl.q.p.truncate(n_params);
+    let has_next = rids.len() > count;
+    rids.truncate(count);
+    let total = if query.total == Some(Total::None) {
         None
+    } else if let Some(t) = known_total {
+        Some(t)
+    } else if !has_next && (offset == 0 || !rids.is_empty()) {
+        Some((offset + rids.len()) as i64)
     } else {
-        Some(rids.len() as i64)
+        c.query_one(&pl.count, &pl.q.p)?.map(|r| r[0].i())
     };
-    let rids = if overflow {
-        rids[..MAX_MATERIALIZED].to_vec()
-    } else {
-        rids
-    };
-    let end = (offset + count).min(rids.len());
-    let slice = if offset < end {
-        &rids[offset..end]
-    } else {
-        &[][..]
-    };
-    let matches = read_rids(c, ctx, tenant, slice)?;
-    let has_next = end < rids.len();
-    let token = if has_next || offset > 0 {
-        let tok = new_token();
-        let mut pages = PAGES.lock();
-        let now = std::time::Instant::now();
-        pages
-            .map
-            .retain(|_, (t, _, _)| now.duration_since(*t) < PAGE_TTL);
-        if pages.map.len() > 10_000 {
-            pages.map.clear();
-        }
-        pages
-            .map
-            .insert(tok.clone(), (now, tenant, std::sync::Arc::new(rids)));
-        Some(tok)
-    } else {
-        None
-    };
+    let matches = read_rids(c, ctx, tenant, &rids)?;
+    let token = (has_next || offset > 0).then(|| make_token(bound, total));
     let includes = includes(c, ctx, tenant, query, &matches)?;
     Ok(SearchPage {
         matches,
@@ -779,7 +930,8 @@ fn includes(
             for (tc, ids) in by_type {
                 for chunk in ids.chunks(200) {
                     let mut p = vec![P::I(tenant), P::I(src), P::I(tc)];
-                    let mut sql = "SELECT DISTINCT s.rid FROM sp_reference s JOIN resource r ON r.tenant = s.tenant AND r.rid = s.rid AND r.deleted = 0 \
+                    // index rows exist only for live versions: no join with `resource`
+                    let mut sql = "SELECT DISTINCT s.rid FROM sp_reference s \
                          WHERE s.tenant = $1 AND s.type = $2 AND s.target_type = $3"
                         .to_string();
                     if inc.param != "*" {

@@ -695,6 +695,19 @@ fn init_meta(c: &mut dyn Sql) -> Result<(), DbError> {
         "INSERT INTO meta (key, value) VALUES ('schema_version', $1) ON CONFLICT (key) DO NOTHING",
         &[P::T(schema::SCHEMA_VERSION.to_string())],
     )?;
+    let found = c
+        .query_one("SELECT value FROM meta WHERE key = 'schema_version'", &[])?
+        .map(|r| r.into_iter().next().map(|v| v.t()).unwrap_or_default())
+        .unwrap_or_default();
+    if found != schema::SCHEMA_VERSION.to_string() {
+        return Err(DbError::Other(format!(
+            "このデータベースは形式 {found} で、この iryo は形式 {} を使います。新しいデータディレクトリ（またはデータベース）に \
+             iryo import で取り込み直してください (the store has schema version {found}; this iryo needs {}: \
+             re-import the data into a new data directory or database)",
+            schema::SCHEMA_VERSION,
+            schema::SCHEMA_VERSION
+        )));
+    }
     c.execute(
         "INSERT INTO tenant (id, name, created, settings) VALUES (1, 'default', $1, '{}') ON CONFLICT DO NOTHING",
         &[P::I(now_ms())],

@@ -473,3 +473,67 @@ async fn jp_core_search_parameters() {
         assert!(cs.to_string().contains("jp-kana-sort"));
     }
 }
+
+/// Page links carry their state (`_page`: the newest key when the first page was made and the
+/// total then), so a second server sharing the database serves the next pages, and resources
+/// created in between do not shift or join the result.
+#[tokio::test]
+async fn paging_across_servers_sharing_the_database() {
+    for srv in TestServer::all().await {
+        let e = srv.engine;
+        for i in 1..=5 {
+            let p = json!({"resourceType": "Patient", "id": format!("p{i}"), "gender": "female"});
+            assert_eq!(srv.put(&format!("/fhir/Patient/p{i}"), &p).await.0, 201);
+        }
+        let other = srv.another_server(Default::default()).await;
+        let (st, _, b1) = srv.get("/fhir/Patient?gender=female&_count=2").await;
+        assert_eq!(st, 200, "{e}: {b1}");
+        assert_eq!(b1["total"], 5, "{e}");
+        let next = |b: &Value| {
+            b["link"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|l| l["relation"] == "next")
+                .map(|l| l["url"].as_str().unwrap().to_string())
+        };
+        // written between pages (through the other server): not part of this result
+        let p6 = json!({"resourceType": "Patient", "id": "p0", "gender": "female"});
+        assert_eq!(other.put("/fhir/Patient/p0", &p6).await.0, 201);
+        let n1 = next(&b1).expect("next link");
+        let path = n1.strip_prefix(&srv.base).unwrap();
+        let (st, _, b2) = other.get(path).await;
+        assert_eq!(st, 200, "{e}: {b2}");
+        assert_eq!(match_list(&b2), vec!["p3", "p4"], "{e}");
+        assert_eq!(b2["total"], 5, "{e}");
+        let n2 = next(&b2).expect("next link");
+        let (st, _, b3) = srv.get(n2.strip_prefix(&other.base).unwrap()).await;
+        assert_eq!(st, 200, "{e}: {b3}");
+        assert_eq!(match_list(&b3), vec!["p5"], "{e}");
+        assert!(next(&b3).is_none(), "{e}");
+        // a new search sees the new resource
+        let (_, _, b) = other.get("/fhir/Patient?gender=female&_count=2").await;
+        assert_eq!(b["total"], 6, "{e}");
+        // a malformed page token is a clear error, not a crash
+        let (st, _, oo) = srv
+            .get("/fhir/Patient?gender=female&_count=2&_offset=2&_page=zz")
+            .await;
+        assert_eq!(
+            (st, oo["resourceType"].as_str()),
+            (400, Some("OperationOutcome")),
+            "{e}"
+        );
+    }
+}
+
+fn match_list(b: &Value) -> Vec<String> {
+    b["entry"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|x| x["search"]["mode"] == "match")
+                .map(|x| x["resource"]["id"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -28,6 +28,8 @@ pub struct TestServer {
     pub store: iryo_db::Store,
     /// `sqlite` or `postgres`
     pub engine: &'static str,
+    /// What `Store::open` was given (data directory or PostgreSQL URL).
+    pub location: String,
     _dir: Option<tempfile::TempDir>,
     pg_db: Option<(String, String)>,
     task: tokio::task::JoinHandle<()>,
@@ -55,6 +57,7 @@ impl TestServer {
         store: iryo_db::Store,
         config: iryo_rest_api::Config,
         engine: &'static str,
+        location: String,
         dir: Option<tempfile::TempDir>,
         pg_db: Option<(String, String)>,
     ) -> TestServer {
@@ -71,6 +74,7 @@ impl TestServer {
             client: reqwest::Client::new(),
             store,
             engine,
+            location,
             _dir: dir,
             pg_db,
             task,
@@ -84,10 +88,11 @@ impl TestServer {
 
     pub async fn sqlite_with(config: iryo_rest_api::Config) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = iryo_db::Store::open(&dir.path().display().to_string())
+        let location = dir.path().display().to_string();
+        let store = iryo_db::Store::open(&location)
             .await
             .expect("open sqlite store");
-        Self::start(store, config, "sqlite", Some(dir), None).await
+        Self::start(store, config, "sqlite", location, Some(dir), None).await
     }
 
     /// A server on a fresh PostgreSQL database, or None (with a message) when not configured.
@@ -114,7 +119,24 @@ impl TestServer {
         let store = iryo_db::Store::open(&url)
             .await
             .expect("open postgres store");
-        Some(Self::start(store, config, "postgres", None, Some((admin_url, db))).await)
+        Some(Self::start(store, config, "postgres", url, None, Some((admin_url, db))).await)
+    }
+
+    /// Another server on the same database, as a second `iryo serve` process would be (its
+    /// own store handle, caches and connection pool). The first server keeps owning the data.
+    pub async fn another_server(&self, config: iryo_rest_api::Config) -> TestServer {
+        let store = iryo_db::Store::open(&self.location)
+            .await
+            .expect("open the same store again");
+        Self::start(
+            store,
+            config,
+            self.engine,
+            self.location.clone(),
+            None,
+            None,
+        )
+        .await
     }
 
     /// SQLite, plus PostgreSQL when configured.
