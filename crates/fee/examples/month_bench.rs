@@ -78,6 +78,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     is_insured_person: p % 4 != 0,
                     burden_percent: None,
                     public_expenses: vec![],
+                    high_cost: None,
                 },
                 visit_kind: if k == 0 && p % 3 == 0 {
                     VisitKind::Initial
@@ -97,6 +98,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 } else {
                     vec![]
                 },
+                injections: vec![],
                 prescription: Some(Prescription {
                     mode: if in_house {
                         DispensingMode::InHouse

@@ -21,9 +21,9 @@
 //! Every failure is a [`FeeError::InvalidInput`] naming the resource and element.
 
 use crate::calc::model::{
-    CommentInput, DiagnosisInput, DispensingMode, DrugOrder, Insurance, InsuranceKind,
-    MaterialOrder, Patient, Prescription, ProcedureOrder, PublicExpense, Rp, RpKind, Sex,
-    TimeCategory, VisitInput, VisitKind,
+    CommentInput, DiagnosisInput, DispensingMode, DrugOrder, HighCostCategory, Injection,
+    Insurance, InsuranceKind, MaterialOrder, Patient, Prescription, ProcedureOrder, PublicExpense,
+    Rp, RpKind, Sex, TimeCategory, VisitInput, VisitKind,
 };
 use crate::error::{FeeError, Result};
 use chrono::NaiveDate;
@@ -57,7 +57,8 @@ pub const SYSTEM_INSURER_NUMBER: &str = "http://jpfhir.jp/fhir/core/mhlw/IdSyste
 pub const SYSTEM_VISIT_KIND: &str = "https://iryo.example.jp/fhir/CodeSystem/fee-visit-kind";
 /// MedicationRequest.category: `in_house` (院内処方) or `out_of_house` (院外処方).
 pub const SYSTEM_DISPENSING: &str = "https://iryo.example.jp/fhir/CodeSystem/fee-dispensing";
-/// MedicationRequest.category: `internal` (内服), `as_needed` (頓服), `external` (外用).
+/// MedicationRequest.category: `internal` (内服), `as_needed` (頓服), `external` (外用), or
+/// `injection` (注射 given at the visit).
 pub const SYSTEM_RP_KIND: &str = "https://iryo.example.jp/fhir/CodeSystem/fee-rp-kind";
 /// Coverage.type: `shaho`, `kokuho`, `koki` or `public` (公費).
 pub const SYSTEM_COVERAGE_KIND: &str = "https://iryo.example.jp/fhir/CodeSystem/fee-coverage-kind";
@@ -80,6 +81,10 @@ pub const EXT_QUANTITY_DATA: &str =
     "https://iryo.example.jp/fhir/StructureDefinition/fee-quantity-data";
 /// ChargeItem extension, valueInteger: 診療識別 of a material or comment.
 pub const EXT_SHIKIBETSU: &str = "https://iryo.example.jp/fhir/StructureDefinition/fee-shikibetsu";
+/// Coverage extension, valueCode: 高額療養費の所得区分 (`a`, `i`, `u`, `e`, `o`, `general70`,
+/// `low_income70`), as on the 限度額適用認定証 or from オンライン資格確認.
+pub const EXT_HIGH_COST: &str =
+    "https://iryo.example.jp/fhir/StructureDefinition/fee-high-cost-category";
 /// JP Core Coverage extensions: 記号 and 番号.
 pub const EXT_INSURED_SYMBOL: &str =
     "http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_Coverage_InsuredPersonSymbol";
@@ -450,13 +455,14 @@ fn visit_from_encounter(ix: &Index, enc: &Value) -> Result<VisitInput> {
         procedures.push(service_request(sr)?);
     }
 
-    let meds: Vec<&Value> = ix
+    let (injections, meds): (Vec<&Value>, Vec<&Value>) = ix
         .referring("MedicationRequest", &enc_key)
         .iter()
         .copied()
         .filter(|m| !status_is(m, &["cancelled", "entered-in-error", "draft"]))
-        .collect();
+        .partition(|m| is_injection(m));
     let prescription = prescription_of(&meds, psychotropic_multi)?;
+    let injections = injections_of(&injections)?;
     let diagnoses = diagnoses_of(ix, enc)?;
 
     Ok(VisitInput {
@@ -473,6 +479,7 @@ fn visit_from_encounter(ix: &Index, enc: &Value) -> Result<VisitInput> {
         outpatient_management,
         procedures,
         prescription,
+        injections,
         materials,
         diagnoses,
         history: vec![],
@@ -745,6 +752,22 @@ fn insurance_of(ix: &Index, pat: &Value, patient_key: &str, date: NaiveDate) -> 
             .is_none_or(|code| code == "self"),
         burden_percent,
         public_expenses,
+        high_cost: match extension(c, EXT_HIGH_COST) {
+            None => None,
+            Some(e) => {
+                let code = e.get("valueCode").and_then(Value::as_str).unwrap_or("");
+                Some(
+                    serde_json::from_value::<HighCostCategory>(Value::String(code.to_string()))
+                        .map_err(|_| {
+                            err(
+                                c,
+                                "extension(fee-high-cost-category)",
+                                format!("unknown 所得区分 '{code}' (a, i, u, e, o, general70, low_income70)"),
+                            )
+                        })?,
+                )
+            }
+        },
     })
 }
 
@@ -912,7 +935,8 @@ fn duration_value(m: &Value, units: &[&str]) -> Option<Value> {
     units.contains(&unit).then(|| d.get("value").cloned())?
 }
 
-fn med_line(m: &Value) -> Result<(MedLine, DispensingMode)> {
+/// The 医薬品コード of a MedicationRequest and whether it is prescribed by 一般名.
+fn drug_code(m: &Value) -> Result<(String, bool)> {
     let cc = m.get("medicationCodeableConcept").ok_or_else(|| {
         err(
             m,
@@ -930,6 +954,108 @@ fn med_line(m: &Value) -> Result<(MedLine, DispensingMode)> {
     let code = nine_digits(m, "medicationCodeableConcept", code)?;
     let by_generic_name = code_in(Some(cc), SYSTEM_GENERIC_NAME).is_some()
         || code_in(Some(cc), SYSTEM_GENERIC_NAME_CORE).is_some();
+    Ok((code, by_generic_name))
+}
+
+/// Is this MedicationRequest an injection given at the visit (`category` fee-rp-kind
+/// `injection`)?
+fn is_injection(m: &Value) -> bool {
+    code_in(m.get("category"), SYSTEM_RP_KIND) == Some("injection")
+}
+
+/// The injections of an encounter: MedicationRequests with the same `groupIdentifier` (or,
+/// without one, the same 手技 and 回数) are one injection. Per MedicationRequest:
+/// `dosageInstruction[0].doseAndRate[0].doseQuantity.value` the quantity per 回,
+/// `dosageInstruction[0].timing.repeat.count` the 回数 (default 1), and a coding of the
+/// 診療行為 system in `dosageInstruction[0].method` the 手技 (実施料).
+fn injections_of(meds: &[&Value]) -> Result<Vec<Injection>> {
+    let mut out: Vec<(String, Injection)> = Vec::new();
+    for m in meds {
+        let (code, by_generic_name) = drug_code(m)?;
+        let di = m
+            .get("dosageInstruction")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first());
+        let dose = di
+            .and_then(|d| d.get("doseAndRate"))
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .and_then(|d| d.get("doseQuantity"))
+            .and_then(|q| q.get("value"))
+            .ok_or_else(|| {
+                err(
+                    m,
+                    "dosageInstruction[0].doseAndRate[0].doseQuantity",
+                    "an injection needs the quantity per 回",
+                )
+            })?;
+        let quantity = decimal_text(
+            m,
+            "dosageInstruction[0].doseAndRate[0].doseQuantity.value",
+            dose,
+        )?;
+        let count = match di
+            .and_then(|d| d.get("timing"))
+            .and_then(|t| t.get("repeat"))
+            .and_then(|r| r.get("count"))
+        {
+            Some(v) => positive_u32(m, "dosageInstruction[0].timing.repeat.count", v)?,
+            None => 1,
+        };
+        let procedure = match di.and_then(|d| d.get("method")) {
+            None => None,
+            Some(cc) => Some(nine_digits(
+                m,
+                "dosageInstruction[0].method",
+                code_in(Some(cc), SYSTEM_PROCEDURE).ok_or_else(|| {
+                    err(
+                        m,
+                        "dosageInstruction[0].method",
+                        format!("the 手技 needs a coding of {SYSTEM_PROCEDURE}"),
+                    )
+                })?,
+            )?),
+        };
+        let group = m
+            .get("groupIdentifier")
+            .and_then(|g| g.get("value"))
+            .and_then(Value::as_str)
+            .filter(|v| !v.is_empty());
+        let key = match group {
+            Some(g) => format!("group|{g}"),
+            None => format!("usage|{}|{count}", procedure.as_deref().unwrap_or("")),
+        };
+        let drug = DrugOrder {
+            code,
+            quantity,
+            by_generic_name,
+        };
+        match out.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, inj)) => {
+                if inj.procedure != procedure || inj.count != count {
+                    return Err(err(
+                        m,
+                        "groupIdentifier",
+                        "one injection mixes 手技 or 回数",
+                    ));
+                }
+                inj.drugs.push(drug);
+            }
+            None => out.push((
+                key,
+                Injection {
+                    procedure,
+                    count,
+                    drugs: vec![drug],
+                },
+            )),
+        }
+    }
+    Ok(out.into_iter().map(|(_, i)| i).collect())
+}
+
+fn med_line(m: &Value) -> Result<(MedLine, DispensingMode)> {
+    let (code, by_generic_name) = drug_code(m)?;
     let cat = m.get("category");
     let mode = match code_in(cat, SYSTEM_DISPENSING) {
         None | Some("in_house") => DispensingMode::InHouse,

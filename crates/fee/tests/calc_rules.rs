@@ -823,3 +823,343 @@ fn example_files_parse_and_calculate() {
         assert!(r.total_points > 0, "{name}");
     }
 }
+
+// ---- 画像: 写真診断・撮影 (きざみ = 2枚目から 100分の50), 電子画像管理加算, 年齢加算 (%) ---------
+
+fn qty(code: &str, q: &str) -> ProcedureOrder {
+    ProcedureOrder {
+        code: code.into(),
+        count: 1,
+        quantity: Some(q.into()),
+    }
+}
+
+#[test]
+fn chest_x_ray_two_films_digital() {
+    // 胸部 2 枚 デジタル撮影, adult:
+    //   写真診断 単純撮影（イ） 170000410: 85 + ceil((2−1)/1) × 42.5 = 127.5 → 128 (四捨五入)
+    //   単純撮影（デジタル） 170027910: 68 + 1 × 34 = 102
+    //   電子画像管理加算（単純撮影） 170000210: 57
+    //   = 287 点 (画像 診療識別 70)
+    let mut v = visit(d(2024, 7, 10), adult(), VisitKind::None);
+    v.procedures = vec![
+        qty("170000410", "2"),
+        qty("170027910", "2"),
+        order("170000210"),
+    ];
+    let r = calc(&v);
+    assert_eq!(
+        billed(&r),
+        vec![
+            ("170000410".into(), 128),
+            ("170027910".into(), 102),
+            ("170000210".into(), 57)
+        ]
+    );
+    assert!(r.lines.iter().all(|l| l.shikibetsu == 70));
+    assert!(
+        r.lines[0].reason_ja.contains("42.5"),
+        "{}",
+        r.lines[0].reason_ja
+    );
+    assert_eq!(r.total_points, 287);
+}
+
+#[test]
+fn x_ray_age_additions_are_percentages_of_the_filming() {
+    // Age 2 (乳幼児, 生後28日–3歳): 撮影 102 × 50/100 = 51 (170017270, 撮影 cols 103-105).
+    let mut v = visit(d(2024, 7, 10), d(2022, 5, 1), VisitKind::None);
+    v.procedures = vec![
+        qty("170000410", "2"),
+        qty("170027910", "2"),
+        order("170000210"),
+    ];
+    let r = calc(&v);
+    assert_eq!(
+        billed(&r),
+        vec![
+            ("170000410".into(), 128),
+            ("170027910".into(), 102),
+            ("170017270".into(), 51),
+            ("170000210".into(), 57)
+        ]
+    );
+    assert_eq!(r.total_points, 338);
+    // Age 5 (幼児 3–6歳), 4 films: 診断 85 + 3 × 42.5 = 212.5 → 213; 撮影 68 + 3 × 34 = 170;
+    // 幼児加算 170 × 30/100 = 51; 213 + 170 + 51 = 434.
+    let mut v = visit(d(2024, 7, 10), d(2019, 5, 1), VisitKind::None);
+    v.procedures = vec![qty("170000410", "4"), qty("170027910", "4")];
+    let r = calc(&v);
+    assert_eq!(
+        billed(&r),
+        vec![
+            ("170000410".into(), 213),
+            ("170027910".into(), 170),
+            ("170034170".into(), 51)
+        ]
+    );
+    // ordered by hand, the addition is not added twice
+    let mut v = visit(d(2024, 7, 10), d(2019, 5, 1), VisitKind::None);
+    v.procedures = vec![qty("170027910", "4"), order("170034170")];
+    let r = calc(&v);
+    assert_eq!(
+        billed(&r),
+        vec![("170027910".into(), 170), ("170034170".into(), 51)]
+    );
+}
+
+#[test]
+fn percent_items_apply_to_the_item_before_them() {
+    // 時間外加算２（処置） 140000190 is 点数識別 5, 40.00: ordered after 創傷処置（3000–6000cm²）
+    // 160 点 it is 160 × 40/100 = 64. Ordered first, it has nothing to apply to: an error.
+    let mut v = visit(d(2024, 7, 10), adult(), VisitKind::None);
+    v.procedures = vec![order("140000910"), order("140000190")];
+    let r = calc(&v);
+    assert_eq!(
+        billed(&r),
+        vec![("140000910".into(), 160), ("140000190".into(), 64)]
+    );
+    assert_eq!(r.lines[1].shikibetsu, 40);
+    let mut v = visit(d(2024, 7, 10), adult(), VisitKind::None);
+    v.procedures = vec![order("140000190")];
+    let r = calc(&v);
+    assert_eq!(
+        message_for(&r, "percent_addition").map(|m| m.level),
+        Some(Level::Error)
+    );
+}
+
+// ---- 処置・手術の時間外・休日・深夜加算 (J通則5, K通則12) -------------------------------------
+
+#[test]
+fn treatment_time_additions() {
+    // 時間外の再診で 創傷処置（3000–6000cm²） 160 点 (時間加算区分 1) and 創傷処置（100cm²未満）
+    // 52 点 (区分 0: under 150 点, no addition):
+    //   再診料 75 + 時間外加算（再診） 65 + 160 + 時間外加算２（処置） 160 × 40% = 64 + 52 = 416
+    //   (外来管理加算: refused, 処置 are 外来管理加算区分 1)
+    let mut v = visit(d(2024, 7, 10), adult(), VisitKind::Revisit);
+    v.time_category = TimeCategory::Overtime;
+    v.procedures = vec![order("140000910"), order("140000610")];
+    let r = calc(&v);
+    assert_eq!(
+        billed(&r),
+        vec![
+            ("112007410".into(), 75),
+            ("112001110".into(), 65),
+            ("140000910".into(), 160),
+            ("140000610".into(), 52),
+            ("140000190".into(), 64)
+        ]
+    );
+    assert_eq!(r.total_points, 416);
+    // 深夜: 深夜加算２（処置） 160 × 80% = 128
+    v.time_category = TimeCategory::LateNight;
+    let r = calc(&v);
+    assert!(
+        billed(&r).contains(&("140000390".into(), 128)),
+        "{:?}",
+        billed(&r)
+    );
+    // 手術 on a holiday: 創傷処理 530 × 休日加算２（手術） 80% = 424
+    let mut v = visit(d(2024, 7, 14), adult(), VisitKind::None);
+    v.time_category = TimeCategory::Holiday;
+    v.procedures = vec![order("150001010")];
+    let r = calc(&v);
+    assert_eq!(
+        billed(&r),
+        vec![("150001010".into(), 530), ("150000590".into(), 424)]
+    );
+    assert_eq!(r.lines[1].shikibetsu, 50);
+    // with the 届出 for 時間外加算１（手術） (施設基準 3398): 80% instead of 40%: 424.
+    // 処置 keep 加算２ under 1,000 点 even with their 届出 (3363).
+    let mut v = visit(d(2024, 7, 10), adult(), VisitKind::None);
+    v.time_category = TimeCategory::Overtime;
+    v.procedures = vec![order("150001010"), order("140000910")];
+    let mut f = clinic();
+    f.standards = vec!["3398".into(), "3363".into()];
+    let r = calculate(store(), &f, &v).unwrap();
+    assert_eq!(
+        billed(&r),
+        vec![
+            ("150001010".into(), 530),
+            ("140000910".into(), 160),
+            ("150371390".into(), 424),
+            ("140000190".into(), 64)
+        ]
+    );
+    // regular hours: nothing added
+    v.time_category = TimeCategory::Normal;
+    assert_eq!(calculate(store(), &f, &v).unwrap().total_points, 690);
+}
+
+// ---- 注射 -----------------------------------------------------------------------------------
+
+fn injection(procedure: Option<&str>, count: u32, drugs: &[(&str, &str)]) -> Injection {
+    Injection {
+        procedure: procedure.map(str::to_string),
+        count,
+        drugs: drugs
+            .iter()
+            .map(|(c, q)| DrugOrder {
+                code: c.to_string(),
+                quantity: q.to_string(),
+                by_generic_name: false,
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn injections_bill_the_procedure_and_the_drugs_per_time() {
+    // adult, 2024-07-10:
+    //   静脈内注射 130003510 37 (32) + 強力ネオミノファーゲンシー静注20mL 122円 → 12.2 → 12 点 (32)
+    //   筋肉内注射 130000510 25 (31) + 沈降破傷風トキソイド 0.5mL 1,063円 → 106.3 → 106 (31)
+    //     + 生物学的製剤注射加算 15 (医薬品 col 16 = 1, 筋注)
+    //   点滴注射（その他）（入院外） 130009310 53 (33) + ソリタ－Ｔ３号 500mL 176円 → 17.6 → 18 (33)
+    //   = 37 + 12 + 25 + 106 + 15 + 53 + 18 = 266 点
+    let mut v = visit(d(2024, 7, 10), adult(), VisitKind::None);
+    v.injections = vec![
+        injection(Some("130003510"), 1, &[("620005159", "1")]),
+        injection(Some("130000510"), 1, &[("646320003", "1")]),
+        injection(Some("130009310"), 1, &[("622345201", "1")]),
+    ];
+    let r = calc(&v);
+    let got: Vec<(String, i64, u8)> = r
+        .lines
+        .iter()
+        .map(|l| (l.items[0].code.clone(), l.total, l.shikibetsu))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("130003510".into(), 37, 32),
+            ("620005159".into(), 12, 32),
+            ("130000510".into(), 25, 31),
+            ("646320003".into(), 106, 31),
+            ("130000110".into(), 15, 31),
+            ("130009310".into(), 53, 33),
+            ("622345201".into(), 18, 33)
+        ]
+    );
+    assert_eq!(r.total_points, 266);
+    assert!(r.is_ok(), "{:?}", r.messages);
+}
+
+#[test]
+fn injection_infant_narcotic_and_count() {
+    // Age 3: 静脈内注射 37 + 乳幼児加算（静脈内注射） 52 (cols 100-102: under 6) + drug 12 = 101.
+    let mut v = visit(d(2024, 7, 10), d(2021, 5, 1), VisitKind::None);
+    v.injections = vec![injection(Some("130003510"), 1, &[("620005159", "1")])];
+    let r = calc(&v);
+    assert_eq!(
+        billed(&r),
+        vec![
+            ("130003510".into(), 37),
+            ("130003670".into(), 52),
+            ("620005159".into(), 12)
+        ]
+    );
+    // モルヒネ塩酸塩注射液10mg 305円 → (305 − 15)/10 = 29 → 30 点 (麻薬, col 14 = 1), 2 回 (皮下注):
+    //   手技 25 × 2 = 50, 薬剤 30 × 2 = 60, 麻薬注射加算 5 × 2 = 10 → 120 点
+    let mut v = visit(d(2024, 7, 10), adult(), VisitKind::None);
+    v.injections = vec![injection(Some("130000510"), 2, &[("620009277", "1")])];
+    let r = calc(&v);
+    assert_eq!(
+        billed(&r),
+        vec![
+            ("130000510".into(), 50),
+            ("620009277".into(), 60),
+            ("130000310".into(), 10)
+        ]
+    );
+    // drugs only (no 手技): 診療識別 33
+    let mut v = visit(d(2024, 7, 10), adult(), VisitKind::None);
+    v.injections = vec![injection(None, 1, &[("622345201", "1")])];
+    let r = calc(&v);
+    assert_eq!((r.lines[0].shikibetsu, r.total_points), (33, 18));
+    // a 手技 that is not an injection, or an oral drug: an error / a warning
+    let mut v = visit(d(2024, 7, 10), adult(), VisitKind::None);
+    v.injections = vec![
+        injection(Some("140000610"), 1, &[]),
+        injection(None, 1, &[("610406079", "1")]),
+    ];
+    let r = calc(&v);
+    assert_eq!(
+        message_for(&r, "injection").map(|m| m.level),
+        Some(Level::Error)
+    );
+    assert_eq!(
+        message_for(&r, "drug_form").map(|m| m.level),
+        Some(Level::Warning)
+    );
+    // bad input is an input error
+    let mut v = visit(d(2024, 7, 10), adult(), VisitKind::None);
+    v.injections = vec![injection(Some("130000510"), 0, &[])];
+    assert!(matches!(
+        calculate(store(), &clinic(), &v),
+        Err(FeeError::InvalidInput { .. })
+    ));
+}
+
+// ---- 高額療養費 (外来, 70歳未満 区分ア〜オ; simplified: this facility, the calendar month) -------
+
+#[test]
+fn high_cost_limits() {
+    // ウ: 80,100 + (300,000 − 267,000) × 1% = 80,430; ア: 252,600 + (1,000,000 − 842,000) × 1%
+    // = 254,180; the 1% part rounded to the yen: 12,345 → 123.45 → 123, 12,350 → 123.5 → 124.
+    assert_eq!(high_cost_limit(HighCostCategory::U, 300_000), 80_430);
+    assert_eq!(high_cost_limit(HighCostCategory::U, 200_000), 80_100);
+    assert_eq!(high_cost_limit(HighCostCategory::A, 1_000_000), 254_180);
+    assert_eq!(high_cost_limit(HighCostCategory::I, 570_345), 167_523);
+    assert_eq!(high_cost_limit(HighCostCategory::I, 570_350), 167_524);
+    assert_eq!(high_cost_limit(HighCostCategory::E, 1_000_000), 57_600);
+    assert_eq!(high_cost_limit(HighCostCategory::O, 10), 35_400);
+    assert_eq!(high_cost_limit(HighCostCategory::General70, 10), 18_000);
+}
+
+#[test]
+fn high_cost_caps_the_months_copay() {
+    // Each visit: 筋注 × 80 回 of 沈降破傷風トキソイド: 手技 25 × 80 = 2,000, 薬剤 106 × 80 = 8,480,
+    // 生物学的製剤注射加算 15 × 80 = 1,200 → 11,680 点 = 116,800 円; 30% = 35,040 円.
+    let one = |day: u32, cat: Option<HighCostCategory>| {
+        let mut v = visit(d(2024, 7, day), adult(), VisitKind::None);
+        v.id = format!("v{day}");
+        v.insurance.high_cost = cat;
+        v.injections = vec![injection(Some("130000510"), 80, &[("646320003", "1")])];
+        v
+    };
+    for (cat, second) in [
+        // エ: limit 57,600 → 2nd visit 57,600 − 35,040 = 22,560
+        (Some(HighCostCategory::E), 22_560),
+        // オ: 35,400 → 1st 35,040 (under), 2nd 360
+        (Some(HighCostCategory::O), 360),
+        // ウ: 80,100 + (233,600 − 267,000 → 0) = 80,100 > 70,080: no cap
+        (Some(HighCostCategory::U), 35_040),
+        (None, 35_040),
+    ] {
+        let r = calculate_month(store(), &clinic(), &[one(3, cat), one(17, cat)]).unwrap();
+        assert_eq!(r[0].total_points, 11_680);
+        assert_eq!(r[0].copay_yen, 35_040, "{cat:?}");
+        assert_eq!(r[1].copay_yen, second, "{cat:?}");
+        assert_eq!(r[1].insurance_copay_yen, second, "{cat:?}");
+        assert_eq!(
+            message_for(&r[1], "high_cost_cap").is_some(),
+            second != 35_040,
+            "{cat:?}"
+        );
+    }
+    // a new month starts again
+    let mut later = one(3, Some(HighCostCategory::O));
+    later.date = d(2024, 8, 5);
+    let r = calculate_month(
+        store(),
+        &clinic(),
+        &[
+            one(3, Some(HighCostCategory::O)),
+            one(17, Some(HighCostCategory::O)),
+            later,
+        ],
+    )
+    .unwrap();
+    assert_eq!(r[2].copay_yen, 35_040);
+}

@@ -451,3 +451,67 @@ fn service_requests_are_procedure_orders() {
         err_of(&b)
     );
 }
+
+#[test]
+fn injections_and_the_high_cost_category() {
+    let mut b = bundle();
+    let inj = |id: &str, drug: &str, group: Option<&str>| {
+        let mut m = json!({"resourceType": "MedicationRequest", "id": id, "status": "completed",
+            "intent": "order",
+            "category": [{"coding": [{"system": fhir::SYSTEM_RP_KIND, "code": "injection"}]}],
+            "medicationCodeableConcept": {"coding": [{"system": fhir::SYSTEM_DRUG, "code": drug}]},
+            "subject": {"reference": "Patient/p-003"},
+            "encounter": {"reference": "Encounter/v-0003"},
+            "dosageInstruction": [{
+                "method": {"coding": [{"system": fhir::SYSTEM_PROCEDURE, "code": "130003510"}]},
+                "timing": {"repeat": {"count": 2}},
+                "doseAndRate": [{"doseQuantity": {"value": 1}}]}]});
+        if let Some(g) = group {
+            m["groupIdentifier"] = json!({"value": g});
+        }
+        m
+    };
+    // two drugs in one 静注 (same 手技 and 回数), given twice; the 院外 prescription stays as it was
+    push(&mut b, inj("mr-i1", "620005159", None));
+    push(&mut b, inj("mr-i2", "622345201", None));
+    edit(&mut b, "cov-003", |c| {
+        c["extension"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"url": fhir::EXT_HIGH_COST, "valueCode": "e"}));
+    });
+    let v = &visits_from_bundle(&b).unwrap()[1];
+    assert_eq!(v.injections.len(), 1);
+    let i = &v.injections[0];
+    assert_eq!((i.procedure.as_deref(), i.count), (Some("130003510"), 2));
+    let drugs: Vec<(&str, &str)> = i
+        .drugs
+        .iter()
+        .map(|d| (d.code.as_str(), d.quantity.as_str()))
+        .collect();
+    assert_eq!(drugs, vec![("620005159", "1"), ("622345201", "1")]);
+    assert_eq!(
+        v.prescription.as_ref().unwrap().mode,
+        DispensingMode::OutOfHouse
+    );
+    assert_eq!(v.insurance.high_cost, Some(HighCostCategory::E));
+    // one groupIdentifier with two 回数 is an error; an unknown 所得区分 too
+    let mut b2 = b.clone();
+    let mut x = inj("mr-i3", "620005159", Some("G1"));
+    x["dosageInstruction"][0]["timing"]["repeat"]["count"] = json!(1);
+    push(&mut b2, x);
+    push(&mut b2, inj("mr-i4", "620005159", Some("G1")));
+    assert!(
+        err_of(&b2).contains("MedicationRequest/mr-i4.groupIdentifier"),
+        "{}",
+        err_of(&b2)
+    );
+    edit(&mut b, "cov-003", |c| {
+        c["extension"].as_array_mut().unwrap().last_mut().unwrap()["valueCode"] = json!("z");
+    });
+    assert!(
+        err_of(&b).contains("fee-high-cost-category"),
+        "{}",
+        err_of(&b)
+    );
+}

@@ -3,7 +3,7 @@
 use super::model::*;
 use super::rules::{self, bundle_points, shikibetsu_of_tally};
 use crate::error::{FeeError, Result};
-use crate::master::{AgeBound, ExclusionScope, MasterStore, Procedure};
+use crate::master::{AgeBound, Drug, ExclusionScope, MasterStore, Procedure};
 use crate::num::{format_fixed, parse_fixed};
 use chrono::{Datelike, NaiveDate};
 use std::sync::Arc;
@@ -59,9 +59,11 @@ pub fn calculate(
     };
     c.visit_fee()?;
     c.procedures()?;
+    c.treatment_time_additions()?;
     c.bundle_labs();
     c.judgements()?;
     c.prescription()?;
+    c.injections()?;
     c.materials()?;
     c.outpatient_management()?;
     c.addition_links()?;
@@ -121,6 +123,9 @@ pub fn calculate_month(
     let mut billed: std::collections::HashMap<&str, Vec<HistoryLine>> =
         std::collections::HashMap::new();
     let mut paid: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+    // (patient, year, month) → (医療費, copay) for 高額療養費
+    let mut month_cost: std::collections::HashMap<(&str, i32, u32), (i64, i64)> =
+        std::collections::HashMap::new();
     for i in order {
         let v = &visits[i];
         let prior = billed.entry(v.patient.id.as_str()).or_default();
@@ -153,10 +158,68 @@ pub fn calculate_month(
                 r.public_expense_yen = r.insurance_copay_yen - allowed;
             }
         }
+        // 高額療養費 (外来, this facility, the calendar month): the copay of the month so far is
+        // capped by the 所得区分's limit of the month's 医療費 so far
+        if let (Some(cat), true) = (
+            v.insurance.high_cost,
+            v.insurance.public_expenses.is_empty(),
+        ) {
+            let key = (v.patient.id.as_str(), v.date.year(), v.date.month());
+            let (medical, copaid) = month_cost.entry(key).or_default();
+            *medical += r.total_yen;
+            let limit = high_cost_limit(cat, *medical);
+            let allowed = (limit - *copaid).max(0);
+            if r.copay_yen > allowed {
+                r.messages.push(Message {
+                    level: Level::Info,
+                    rule: "high_cost_cap".into(),
+                    code: None,
+                    message_ja: format!(
+                        "高額療養費（所得区分 {}）: 当月の医療費 {}円の自己負担限度額 {limit}円（既に{}円）により窓口負担を{}円から{allowed}円にしました",
+                        high_cost_label(cat), *medical, *copaid, r.copay_yen
+                    ),
+                    message_en: format!(
+                        "高額療養費 ({cat:?}): limit {limit} yen for {} yen of care this month ({} already paid): copay {} → {allowed} yen",
+                        *medical, *copaid, r.copay_yen
+                    ),
+                });
+                r.copay_yen = allowed;
+                r.insurance_copay_yen = allowed;
+            }
+            *copaid += r.copay_yen;
+        }
         *so_far += r.copay_yen;
         results[i] = Some(r);
     }
     Ok(results.into_iter().flatten().collect())
+}
+
+/// 高額療養費の自己負担限度額 (月額, 外来) for a month's 医療費 in yen. The 1% part is rounded
+/// to the yen (四捨五入). 多数回該当 and the 世帯合算 are not applied.
+pub fn high_cost_limit(cat: HighCostCategory, medical_yen: i64) -> i64 {
+    let plus_one_percent =
+        |base: i64, threshold: i64| base + ((medical_yen - threshold).max(0) + 50) / 100;
+    match cat {
+        HighCostCategory::A => plus_one_percent(252_600, 842_000),
+        HighCostCategory::I => plus_one_percent(167_400, 558_000),
+        HighCostCategory::U => plus_one_percent(80_100, 267_000),
+        HighCostCategory::E => 57_600,
+        HighCostCategory::O => 35_400,
+        HighCostCategory::General70 => 18_000,
+        HighCostCategory::LowIncome70 => 8_000,
+    }
+}
+
+fn high_cost_label(cat: HighCostCategory) -> &'static str {
+    match cat {
+        HighCostCategory::A => "ア（現役並みⅢ）",
+        HighCostCategory::I => "イ（現役並みⅡ）",
+        HighCostCategory::U => "ウ（現役並みⅠ）",
+        HighCostCategory::E => "エ",
+        HighCostCategory::O => "オ",
+        HighCostCategory::General70 => "一般（70歳以上）",
+        HighCostCategory::LowIncome70 => "低所得（70歳以上）",
+    }
 }
 
 /// 薬剤料 points of one 剤 for one day (内服), dose (頓服) or dispensing (外用), from its price in
@@ -241,6 +304,54 @@ fn item_of(p: &Procedure, quantity: Option<String>) -> LineItem {
         unit: None,
         unit_code: None,
     }
+}
+
+/// One drug of a 剤 or an injection: price × quantity (yen × 10⁷, exact), the arithmetic for
+/// the reason (`16.5円×3`), and its line item.
+fn priced_drug(drug: &Drug, q: i64) -> (i128, String, LineItem) {
+    (
+        i128::from(drug.price_x100) * i128::from(q),
+        format!(
+            "{}円×{}",
+            format_fixed(drug.price_x100, 2),
+            format_fixed(q, 5)
+        ),
+        LineItem {
+            kind: ItemKind::Drug,
+            code: drug.code.clone(),
+            name: drug.name.clone(),
+            quantity: Some(format_fixed(q, 5)),
+            master_amount: format_fixed(drug.price_x100, 2),
+            unit: Some(drug.unit_name.clone()),
+            unit_code: Some(drug.unit_code.clone()),
+        },
+    )
+}
+
+/// A %加算 (点数識別 5) or %減算 (6) item applied to `base`'s points per count:
+/// `round(base × percent / 100)`, 1点未満四捨五入; negative for 減算.
+fn percent_of(base: &Line, p: &Procedure) -> (i64, String, String) {
+    let pct = p.points_x100; // percent × 100 (`40.00` → 4000)
+    let abs = (base.points.abs() * pct + 5_000) / 10_000;
+    let (pts, sign) = if p.point_kind == 6 {
+        (-abs, "−")
+    } else {
+        (abs, "+")
+    };
+    let base_name = base.items.last().map(|i| i.name.as_str()).unwrap_or("");
+    let pct_text = format_fixed(pct, 2);
+    let pct_text = pct_text.trim_end_matches('0').trim_end_matches('.');
+    (
+        pts,
+        format!(
+            "{}: {}{}点 × {}/100 = {}{}点（1点未満四捨五入）",
+            p.name, base_name, base.points, pct_text, sign, abs
+        ),
+        format!(
+            "{}: {} points × {}% = {}{} points (rounded half up)",
+            p.code, base.points, pct_text, sign, abs
+        ),
+    )
 }
 
 /// A positive decimal quantity (5 fraction digits), or an input error naming the field.
@@ -568,6 +679,7 @@ impl Ctx<'_> {
 
     // ---- ordered 診療行為 -------------------------------------------------------------------
     fn procedures(&mut self) -> Result<()> {
+        let mut last_ordered: Option<usize> = None;
         for (i, o) in self.visit.procedures.iter().enumerate() {
             let field = format!("procedures[{i}]");
             if o.count == 0 {
@@ -642,27 +754,31 @@ impl Ctx<'_> {
                             );
                         }
                         let steps = (capped - step.lower + step.step - 1) / step.step;
-                        let add = steps * step.step_points_x100 / 100;
+                        // fractional step points (e.g. 42.50 for the 2nd film on) are summed
+                        // exactly and the total rounded half up (1点未満四捨五入)
+                        let add = (p.points_x100 + steps * step.step_points_x100 + 50) / 100 - pts;
+                        let step_pts = format_fixed(step.step_points_x100, 2);
+                        let step_pts = step_pts.trim_end_matches('0').trim_end_matches('.');
                         ja = format!(
-                            "{} 基本{}点 + きざみ ceil(({}−{})/{})={}×{}点 = {}点",
+                            "{} 基本{}点 + きざみ ceil(({}−{})/{})={}×{}点 = {}点（1点未満四捨五入）",
                             p.name,
                             pts,
                             capped,
                             step.lower,
                             step.step,
                             steps,
-                            step.step_points_x100 / 100,
+                            step_pts,
                             pts + add
                         );
                         en = format!(
-                            "{} base {} + ceil(({}−{})/{})={} steps × {} = {} points",
+                            "{} base {} + ceil(({}−{})/{})={} steps × {} = {} points (rounded half up)",
                             p.code,
                             pts,
                             capped,
                             step.lower,
                             step.step,
                             steps,
-                            step.step_points_x100 / 100,
+                            step_pts,
                             pts + add
                         );
                         pts += add;
@@ -688,17 +804,38 @@ impl Ctx<'_> {
                         ),
                     )
                 }
+                5 | 6 => {
+                    // %加算/%減算: a percentage of the 所定点数 of the ordered item right before
+                    // it, as in a UKE 剤 (the base and its additions are recorded together)
+                    let Some(bi) = last_ordered.filter(|&i| i < self.lines.len()) else {
+                        self.msg(
+                            Level::Error,
+                            "percent_addition",
+                            Some(&o.code),
+                            format!("{}（%加算・減算）の前に対象の診療行為がありません", p.name),
+                            format!(
+                                "{} (percentage item) must follow the item it applies to",
+                                p.code
+                            ),
+                        );
+                        continue;
+                    };
+                    let base = self.lines[bi].clone();
+                    let (pts, ja, en) = percent_of(&base, &p);
+                    self.push_proc(&p, pts, base.count, None, "percent_addition", ja, en);
+                    continue;
+                }
                 k => {
                     self.msg(
                         Level::Error,
                         "point_kind",
                         Some(&o.code),
                         format!(
-                            "{}は点数識別 {} （%加算・減算・購入価格）のため自動計算に未対応です",
+                            "{}は点数識別 {} （購入価格等）のため自動計算に未対応です",
                             p.name, k
                         ),
                         format!(
-                            "{} has 点数識別 {k} (percentage / purchase price), not supported",
+                            "{} has 点数識別 {k} (purchase price …), not supported",
                             p.code
                         ),
                     );
@@ -741,6 +878,274 @@ impl Ctx<'_> {
             }
             let qtext = o.quantity.clone();
             self.push_proc(&p, points, count, qtext, "ordered", ja, en);
+            last_ordered = Some(self.lines.len() - 1);
+            if !p.is_addition() {
+                self.age_additions(self.lines.len() - 1, &p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// 年齢加算 of an ordered item (master cols 100-111: 新生児・乳幼児・幼児加算 of 撮影,
+    /// 乳幼児加算 of 静脈内注射 …): a fixed-point addition, or a percentage of the item's
+    /// points. Not added when the addition was ordered explicitly.
+    fn age_additions(&mut self, base_idx: usize, base: &Procedure) -> Result<()> {
+        let birth = self.visit.patient.birth_date;
+        for (lo, hi, code) in base.age_additions.clone() {
+            if !AgeBound::in_range(lo, hi, birth, self.date)
+                || self.visit.procedures.iter().any(|o| o.code == code)
+            {
+                continue;
+            }
+            let Some(a) = self.procedure(&code)? else {
+                continue;
+            };
+            if let Some((ja, en)) = self.inapplicable(&a) {
+                self.msg(
+                    Level::Info,
+                    "age_addition",
+                    Some(&code),
+                    format!("{}を算定しません: {ja}", a.name),
+                    format!("{} not billed: {en}", a.code),
+                );
+                continue;
+            }
+            let line = self.lines[base_idx].clone();
+            let (pts, ja, en) = match a.point_kind {
+                5 | 6 => percent_of(&line, &a),
+                _ => (
+                    a.points(),
+                    format!("{}の年齢加算: {} {}点", base.name, a.name, a.points()),
+                    format!(
+                        "age addition of {}: {} {} points",
+                        base.code,
+                        a.code,
+                        a.points()
+                    ),
+                ),
+            };
+            self.push_proc(&a, pts, line.count, None, "age_addition", ja, en);
+        }
+        Ok(())
+    }
+
+    // ---- 処置・手術の時間外・休日・深夜加算 (J通則5, K通則12) ---------------------------------
+    fn treatment_time_additions(&mut self) -> Result<()> {
+        let cat = self.visit.time_category;
+        let table: Vec<_> = rules::TREATMENT_TIME_ADDITIONS
+            .iter()
+            .filter(|(_, c, _, _)| *c == cat)
+            .collect();
+        if table.is_empty() {
+            return Ok(());
+        }
+        // ordered by hand: the caller chose the addition, nothing is added automatically
+        if self.visit.procedures.iter().any(|o| {
+            rules::TREATMENT_TIME_ADDITIONS
+                .iter()
+                .any(|(_, _, a1, a2)| o.code == *a1 || o.code == *a2)
+        }) {
+            return Ok(());
+        }
+        let n = self.lines.len();
+        for i in 0..n {
+            let l = &self.lines[i];
+            if l.rule != "ordered" || l.items.len() != 1 {
+                continue;
+            }
+            let Some(base) = self.procedure(&l.items[0].code)? else {
+                continue;
+            };
+            let Some((_, _, add1, add2)) = table
+                .iter()
+                .find(|(part, _, _, _)| base.section.starts_with(*part))
+            else {
+                continue;
+            };
+            if base.time_kind != 1 || base.is_addition() {
+                continue;
+            }
+            let base_line = self.lines[i].clone();
+            let mut chosen = None;
+            for (code, one) in [(add1, true), (add2, false)] {
+                let Some(a) = self.procedure(code)? else {
+                    continue;
+                };
+                if one
+                    && base.section.starts_with('J')
+                    && base_line.points < rules::TREATMENT_ADDITION1_MIN_POINTS
+                {
+                    continue;
+                }
+                if self.inapplicable(&a).is_none() {
+                    chosen = Some(a);
+                    break;
+                }
+            }
+            let Some(a) = chosen else {
+                continue;
+            };
+            let (pts, ja, en) = percent_of(&base_line, &a);
+            self.push_proc(
+                &a,
+                pts,
+                base_line.count,
+                None,
+                "time_addition",
+                format!("{}の受診で緊急に実施: {ja}", time_label(cat).0),
+                format!("{} visit, urgent: {en}", time_label(cat).1),
+            );
+        }
+        Ok(())
+    }
+
+    // ---- 注射: 手技料 + 薬剤料 per 回 (+ 麻薬・生物学的製剤注射加算) ---------------------------
+    fn injections(&mut self) -> Result<()> {
+        for (ii, inj) in self.visit.injections.iter().enumerate() {
+            let field = format!("injections[{ii}]");
+            if inj.count == 0 {
+                return Err(FeeError::input(
+                    format!("{field}.count"),
+                    "count must be ≥ 1 / 回数は1以上",
+                ));
+            }
+            if inj.drugs.is_empty() && inj.procedure.is_none() {
+                return Err(FeeError::input(
+                    field,
+                    "an injection needs a 手技 or drugs / 手技も薬剤もありません",
+                ));
+            }
+            // 手技 (実施料), its 年齢加算 (乳幼児加算)
+            let mut shiki = 33;
+            let mut section = String::new();
+            if let Some(code) = &inj.procedure {
+                let Some(p) = self.procedure(code)? else {
+                    self.unknown_code("診療行為", "procedure", code);
+                    continue;
+                };
+                if !p.section.starts_with('G') {
+                    self.msg(
+                        Level::Error,
+                        "injection",
+                        Some(code),
+                        format!(
+                            "{}は注射の手技料ではありません（区分 {}）",
+                            p.name, p.section
+                        ),
+                        format!(
+                            "{} is not an injection 手技 (section {})",
+                            p.code, p.section
+                        ),
+                    );
+                    continue;
+                }
+                if let Some((ja, en)) = self.inapplicable(&p) {
+                    self.msg(
+                        Level::Error,
+                        "applicability",
+                        Some(code),
+                        format!("{}を算定できません: {ja}", p.name),
+                        format!("{} cannot be billed: {en}", p.code),
+                    );
+                    continue;
+                }
+                shiki = shikibetsu_of_tally(p.tally_out);
+                section = p.section.clone();
+                let pts = p.points();
+                self.push_proc(
+                    &p,
+                    pts,
+                    inj.count,
+                    None,
+                    "injection",
+                    format!("注射の手技料: {} {}点 × {}回", p.name, pts, inj.count),
+                    format!("injection 手技: {} {} points × {}", p.code, pts, inj.count),
+                );
+                let idx = self.lines.len() - 1;
+                self.age_additions(idx, &p)?;
+            }
+            if inj.drugs.is_empty() {
+                continue;
+            }
+            // 薬剤料: the drugs of one 回 priced together, ≤ 15円 → 1点, × 回数
+            let mut amount = 0i128;
+            let mut items = Vec::new();
+            let mut parts_ja = Vec::new();
+            let (mut narcotic, mut biological, mut ok) = (false, false, true);
+            for (di, d) in inj.drugs.iter().enumerate() {
+                let q = positive_quantity(&d.quantity, format!("{field}.drugs[{di}].quantity"))?;
+                let Some(drug) = self.store.drug(&d.code, self.date)? else {
+                    self.unknown_code("医薬品", "drug", &d.code);
+                    ok = false;
+                    continue;
+                };
+                if drug.form != 4 {
+                    self.msg(
+                        Level::Warning,
+                        "drug_form",
+                        Some(&d.code),
+                        format!("{}は注射薬（剤形区分4）ではありません", drug.name),
+                        format!("{} is not an injectable (form {})", drug.code, drug.form),
+                    );
+                }
+                narcotic |= drug.narcotic == 1;
+                biological |= drug.biological;
+                let (yen, part, item) = priced_drug(&drug, q);
+                amount += yen;
+                parts_ja.push(part);
+                items.push(item);
+            }
+            if !ok {
+                continue;
+            }
+            let points = drug_points(amount);
+            let yen = format_fixed((amount / 100_000) as i64, 2);
+            self.lines.push(Line {
+                shikibetsu: shiki,
+                items,
+                points,
+                count: inj.count,
+                total: points * i64::from(inj.count),
+                rule: "injection_drug".into(),
+                reason_ja: format!(
+                    "注射の薬剤料: {} = {}円 → {}点 × {}回",
+                    parts_ja.join(" + "),
+                    yen,
+                    points,
+                    inj.count
+                ),
+                reason_en: format!(
+                    "injection drugs {} yen per 回 → {} points × {}",
+                    yen, points, inj.count
+                ),
+            });
+            let mut extra: Vec<(&str, &str, &str)> = Vec::new();
+            if narcotic {
+                extra.push((rules::NARCOTIC_INJECTION, "麻薬を注射", "narcotic injected"));
+            }
+            if biological && rules::BIOLOGICAL_INJECTION_SECTIONS.contains(&section.as_str()) {
+                extra.push((
+                    rules::BIOLOGICAL_INJECTION,
+                    "生物学的製剤を注射",
+                    "biological injected",
+                ));
+            }
+            for (code, why_ja, why_en) in extra {
+                let Some(a) = self.procedure(code)? else {
+                    continue;
+                };
+                let pts = a.points();
+                self.lines.push(Line {
+                    shikibetsu: shiki,
+                    items: vec![item_of(&a, None)],
+                    points: pts,
+                    count: inj.count,
+                    total: pts * i64::from(inj.count),
+                    rule: "injection_addition".into(),
+                    reason_ja: format!("{why_ja}: {} {}点 × {}回", a.name, pts, inj.count),
+                    reason_en: format!("{why_en}: {} {} points × {}", a.code, pts, inj.count),
+                });
+            }
         }
         Ok(())
     }
@@ -942,32 +1347,16 @@ impl Ctx<'_> {
                         generic_named += 1;
                     }
                 }
-                amount += i128::from(drug.price_x100) * i128::from(q);
-                parts_ja.push(format!(
-                    "{}円×{}",
-                    format_fixed(drug.price_x100, 2),
-                    format_fixed(q, 5)
-                ));
-                items.push(LineItem {
-                    kind: ItemKind::Drug,
-                    code: drug.code.clone(),
-                    name: drug.name.clone(),
-                    quantity: Some(format_fixed(q, 5)),
-                    master_amount: format_fixed(drug.price_x100, 2),
-                    unit: Some(drug.unit_name.clone()),
-                    unit_code: Some(drug.unit_code.clone()),
-                });
+                let (yen, part, item) = priced_drug(&drug, q);
+                amount += yen;
+                parts_ja.push(part);
+                items.push(item);
             }
             if !ok || !in_house {
                 continue;
             }
             // 薬剤料: ≤ 15円 → 1点; otherwise (円 − 15) / 10 rounded up, + 1 (= 五捨五超入 of 円/10).
-            let scale: i128 = 10_000_000;
-            let points = if amount <= 15 * scale {
-                1
-            } else {
-                ((amount - 15 * scale) + 10 * scale - 1) / (10 * scale) + 1
-            } as i64;
+            let points = drug_points(amount);
             let yen = format_fixed((amount / 100_000) as i64, 2);
             let (shiki, unit_ja, unit_en) = match rp.kind {
                 RpKind::Internal => (21, "日分", "days"),

@@ -92,6 +92,31 @@ pub struct Insurance {
     /// 公費 combined with the insurance (at most one is supported for the copay).
     #[serde(default)]
     pub public_expenses: Vec<PublicExpense>,
+    /// 高額療養費 所得区分 shown by the patient (限度額適用認定証 / オンライン資格確認): the
+    /// month's 外来 copay at this facility is capped (`calculate_month`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub high_cost: Option<HighCostCategory>,
+}
+
+/// 高額療養費の所得区分. Under 70: 区分ア〜オ; 70 and over: 現役並みⅢ/Ⅱ/Ⅰ (same limits as
+/// ア/イ/ウ), 一般, 低所得Ⅱ/Ⅰ.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HighCostCategory {
+    /// 区分ア / 現役並みⅢ: 252,600円 + (医療費 − 842,000円) × 1%.
+    A,
+    /// 区分イ / 現役並みⅡ: 167,400円 + (医療費 − 558,000円) × 1%.
+    I,
+    /// 区分ウ / 現役並みⅠ: 80,100円 + (医療費 − 267,000円) × 1%.
+    U,
+    /// 区分エ: 57,600円.
+    E,
+    /// 区分オ (住民税非課税): 35,400円.
+    O,
+    /// 70歳以上 一般: 外来 (個人) 18,000円.
+    General70,
+    /// 70歳以上 低所得Ⅱ・Ⅰ: 外来 (個人) 8,000円.
+    LowIncome70,
 }
 
 /// A 公費負担医療 combined with the health insurance.
@@ -221,6 +246,22 @@ pub struct Prescription {
     pub rps: Vec<Rp>,
 }
 
+/// An injection (注射) given at the visit: the 手技 (実施料) and the drugs of one 回, given
+/// `count` times.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Injection {
+    /// 手技料 code (G000 皮内・皮下・筋肉内 130000510, G001 静脈内 130003510, G004 点滴
+    /// 130009310 …). `None` bills the drugs only (e.g. a 点滴 whose 手技 is included).
+    #[serde(default)]
+    pub procedure: Option<String>,
+    /// How many times it was given (回数).
+    #[serde(default = "one")]
+    pub count: u32,
+    /// The drugs of one 回, quantities in the master unit.
+    pub drugs: Vec<DrugOrder>,
+}
+
 /// A 特定保険医療材料 with its quantity.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -308,6 +349,9 @@ pub struct VisitInput {
     pub procedures: Vec<ProcedureOrder>,
     #[serde(default)]
     pub prescription: Option<Prescription>,
+    /// 注射.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub injections: Vec<Injection>,
     #[serde(default)]
     pub materials: Vec<MaterialOrder>,
     #[serde(default)]

@@ -2,6 +2,8 @@
 //! variant, and the 検体検査 item-count bundling steps (告示 D006/D007/D008/D009/D012/D013/D014/D419).
 //! Every point value still comes from the master; only code choices and step tables live here.
 
+use super::model::TimeCategory;
+
 /// 初診料 (A000).
 pub const SHOSHIN: &str = "111000110";
 /// 再診料 (A001).
@@ -36,6 +38,31 @@ pub const TOKUTEI_SHOHOSEN: &str = "120005710";
 /// 一般名処方加算 1 / 2.
 pub const IPPANMEI_1: &str = "120004270";
 pub const IPPANMEI_2: &str = "120003570";
+
+/// 処置 (J通則5) and 手術 (K通則12) 時間外・休日・深夜加算 of an outpatient treated urgently
+/// outside the clinic's hours: (time category, 加算1 code (届出; 処置 only from
+/// [`TREATMENT_ADDITION1_MIN_POINTS`]), 加算2 code). The percentages come from the master.
+/// 加算2 applies to items whose 時間加算区分 (col 43) is 1; for 処置 the master sets it only on
+/// items of 150点 and more.
+pub const TREATMENT_TIME_ADDITIONS: [(char, TimeCategory, &str, &str); 8] = [
+    ('J', TimeCategory::Overtime, "140055390", "140000190"),
+    ('J', TimeCategory::Holiday, "140055290", "140000290"),
+    ('J', TimeCategory::LateNight, "140055490", "140000390"),
+    ('J', TimeCategory::OvertimeSpecial, "140055590", "140000490"),
+    ('K', TimeCategory::Overtime, "150371390", "150000490"),
+    ('K', TimeCategory::Holiday, "150371290", "150000590"),
+    ('K', TimeCategory::LateNight, "150371490", "150000690"),
+    ('K', TimeCategory::OvertimeSpecial, "150371590", "150000790"),
+];
+/// 処置 of at least this many points take 加算1 (with the 届出); below, 加算2.
+pub const TREATMENT_ADDITION1_MIN_POINTS: i64 = 1000;
+
+/// 注射 (第6部 通則): 麻薬注射加算 (a 麻薬 among the drugs, 医薬品 col 14 = 1) and 生物学的製剤注射加算
+/// (医薬品 col 16 = 1, with G000 皮内・皮下・筋肉内, G001 静脈内 or G002 動脈注射).
+pub const NARCOTIC_INJECTION: &str = "130000310";
+pub const BIOLOGICAL_INJECTION: &str = "130000110";
+/// Sections whose 手技 take 生物学的製剤注射加算.
+pub const BIOLOGICAL_INJECTION_SECTIONS: [&str; 3] = ["G000", "G001", "G002"];
 
 /// Number of 内服薬 kinds from which the "7種類以上" variants apply.
 pub const SEVEN_KINDS: usize = 7;

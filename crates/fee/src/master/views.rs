@@ -220,6 +220,8 @@ pub struct Drug {
     pub price_x100: i64,
     /// col 14 麻薬・毒薬・覚醒剤原料・向精神薬 (1, 2, 3, 5).
     pub narcotic: u8,
+    /// col 16 生物学的製剤 (生物学的製剤注射加算).
+    pub biological: bool,
     /// col 17 後発品 (1 = generic).
     pub generic: bool,
     /// col 28 剤形: 1 内用, 3 その他, 4 注射, 6 外用, 8 歯科.
@@ -237,6 +239,7 @@ impl Drug {
             unit_name: r.col(10).to_string(),
             price_x100: r.amount(12),
             narcotic: r.num(14) as u8,
+            biological: r.num(16) == 1,
             generic: r.num(17) == 1,
             form: r.num(28) as u8,
             generic_name_addition: r.num(39) as u8,
