@@ -5,7 +5,7 @@
 //! KO (公費) is parsed but not produced: 公費 input is not modelled yet.
 
 use crate::calc::Facility;
-use crate::calc::{InsuranceKind, ItemKind, Sex, VisitInput, VisitResult};
+use crate::calc::{HighCostCategory, InsuranceKind, ItemKind, Sex, VisitInput, VisitResult};
 use crate::error::{FeeError, Result};
 use crate::master::AgeBound;
 use crate::num::{parse_wareki, parse_wareki_month, wareki, wareki_month};
@@ -46,6 +46,8 @@ pub struct ReRecord {
     pub birth: String,
     /// 給付割合 (国保: e.g. `70`; empty for 社保).
     pub benefit_ratio: String,
+    /// レセプト特記事項 (field 12): `26`–`30` 区ア〜オ for a 高額療養費 所得区分.
+    pub special_note: String,
     pub chart_number: String,
     pub kana: String,
 }
@@ -208,7 +210,9 @@ impl UkeFile {
                 re.birth.clone(),
                 re.benefit_ratio.clone(),
             ];
-            f.extend(std::iter::repeat_n(String::new(), 5)); // 9-13
+            f.extend(std::iter::repeat_n(String::new(), 3)); // 9-11
+            f.push(re.special_note.clone()); // 12
+            f.push(String::new()); // 13
             f.push(text(&re.chart_number)); // 14
             f.extend(std::iter::repeat_n(String::new(), 22)); // 15-36
             f.push(text(&re.kana)); // 37
@@ -438,6 +442,7 @@ impl UkeFile {
                             sex: int(5)? as u8,
                             birth: f[6].into(),
                             benefit_ratio: f[7].into(),
+                            special_note: f[11].into(),
                             chart_number: f[13].into(),
                             kana: f[36].into(),
                         },
@@ -648,6 +653,15 @@ pub fn build_uke(
             } else {
                 String::new()
             },
+            special_note: match first.insurance.high_cost {
+                Some(HighCostCategory::A) => "26",
+                Some(HighCostCategory::I) => "27",
+                Some(HighCostCategory::U) => "28",
+                Some(HighCostCategory::E) => "29",
+                Some(HighCostCategory::O) => "30",
+                _ => "",
+            }
+            .to_string(),
             chart_number: first.patient.id.clone(),
             kana: first.patient.kana.clone(),
         };

@@ -284,3 +284,47 @@ fn public_expense_receipt_has_a_ko_record() {
     assert_eq!(parsed, f);
     assert_eq!(parsed.receipts[0].ko[0].copay, Some(260));
 }
+
+#[test]
+fn high_cost_category_is_a_special_note_and_the_capped_copay() {
+    // 区分オ on a 30% visit of 再診 127 点 + 筋注 × 80 of 沈降破傷風トキソイド 11,680 点 = 11,807 点:
+    // 35,421円 → 35,420円 is over the 35,400円 limit, so HO 負担金額 = 35,400 and RE 特記事項 30.
+    let mut a = visit(d(2024, 7, 1), d(1970, 5, 5), VisitKind::Revisit);
+    a.insurance.high_cost = Some(HighCostCategory::O);
+    a.injections = vec![Injection {
+        procedure: Some("130000510".into()),
+        count: 80,
+        drugs: vec![DrugOrder {
+            code: "646320003".into(),
+            quantity: "1".into(),
+            by_generic_name: false,
+        }],
+    }];
+    let visits = vec![a];
+    let results = calculate_month(store(), &clinic(), &visits).unwrap();
+    assert_eq!(results[0].total_points, 11_807);
+    assert_eq!(results[0].copay_yen, 35_400);
+    let pairs: Vec<_> = visits.iter().zip(results.iter()).collect();
+    let f = build_uke(&clinic(), Payer::Shaho, d(2024, 8, 1), &pairs).unwrap();
+    let bytes = f.to_bytes().unwrap();
+    let text = encoding_rs::SHIFT_JIS.decode(&bytes).0.into_owned();
+    let lines: Vec<&str> = text.split("\r\n").collect();
+    let re: Vec<&str> = lines[1].split(',').collect();
+    assert_eq!(re[11], "30", "{}", lines[1]);
+    assert!(lines[2].contains(",35400,"), "{}", lines[2]);
+    // the injection lines: 31 筋注 SI, its drug IY and the 生物学的製剤注射加算 SI, 80 回 (診療識別
+    // on the first line of the group only)
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("SI,31,1,130000510,,25,80,"))
+        .expect(&text);
+    assert!(
+        lines[at + 1].starts_with("IY,,1,646320003,1,106,80,"),
+        "{text}"
+    );
+    assert!(
+        lines[at + 2].starts_with("SI,,1,130000110,,15,80,"),
+        "{text}"
+    );
+    assert_eq!(UkeFile::parse(&bytes).unwrap(), f);
+}
