@@ -122,7 +122,7 @@ pub async fn month_resources(
     // ge/lt rather than `date=YYYY-MM`: an Encounter without period.end has an open range and
     // would not be inside the month; visits are kept by period.start afterwards.
     let qs = format!(
-        "date=ge{}&date=lt{}&_sort=date&{ENCOUNTER_INCLUDES}",
+        "date=ge{}&date=lt{}&{ENCOUNTER_INCLUDES}",
         month.format("%Y-%m-%d"),
         next_month.format("%Y-%m-%d"),
     );
