@@ -108,10 +108,16 @@ pub struct Security {
     /// Requests from a loopback peer without a token are let through (development only,
     /// `--insecure-loopback`); they are still logged as `anonymous-loopback`.
     pub open_loopback: bool,
-    /// SMART Backend Services clients allowed at `[base]/auth/token`.
+    /// SMART clients: Backend Services (keys) at `[base]/auth/token`, and public apps
+    /// (`redirect_uris`) of the authorization code flow. Client-assertion `jti`s are
+    /// recorded in `store` (`sec_jti`), so servers sharing a database refuse replays.
     pub clients: Vec<iryo_security::token::ClientRegistration>,
-    /// Client-assertion ids seen (replay refusal, per process).
-    pub jtis: iryo_security::token::MemoryJtiRegistry,
+    /// The account service behind web login, sessions, SMART authorization and
+    /// break-glass ([`crate::web`]); `None` = no web login (token-only API). It needs
+    /// `SecurityConfig::secret_key` (CSRF tokens and login-step cookies are signed with it).
+    pub accounts: Option<Arc<crate::web::WebAccounts>>,
+    /// Cookies get `Secure` and the `__Host-` prefix (HTTPS directly or behind a TLS proxy).
+    pub secure_cookies: bool,
 }
 
 impl std::fmt::Debug for Security {
@@ -170,7 +176,7 @@ fn forbidden(ja: &str, en: &str) -> FhirError {
     FhirError::new(StatusCode::FORBIDDEN, "forbidden", ja, en)
 }
 
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -643,12 +649,41 @@ pub const TOKEN_ISSUER: &str = "iryo";
 /// `aud` of the access tokens: the FHIR API of this installation.
 pub const TOKEN_AUDIENCE: &str = "iryo-fhir-api";
 
-/// `[base]/.well-known/smart-configuration` (SMART App Launch 2.0 discovery).
-pub fn smart_configuration(ctx: &crate::handlers::Ctx) -> Value {
-    iryo_security::token::smart_configuration(&ctx.base, &format!("{}/auth/token", ctx.base), None)
+/// `[base]/.well-known/smart-configuration` (SMART App Launch 2.0 discovery). With web
+/// login on, the standalone launch (authorization code + PKCE S256, public clients) is listed.
+pub fn smart_configuration(sec: &Security, ctx: &crate::handlers::Ctx) -> Value {
+    let authorize = format!("{}/auth/authorize", ctx.base);
+    let mut v = iryo_security::token::smart_configuration(
+        &ctx.base,
+        &format!("{}/auth/token", ctx.base),
+        sec.accounts.as_ref().map(|_| authorize.as_str()),
+    );
+    if sec.accounts.is_some() {
+        let push = |v: &mut Value, key: &str, items: &[&str]| {
+            if let Some(a) = v.get_mut(key).and_then(Value::as_array_mut) {
+                a.extend(items.iter().map(|i| Value::String(i.to_string())));
+            }
+        };
+        push(
+            &mut v,
+            "capabilities",
+            &[
+                "launch-standalone",
+                "client-public",
+                "context-standalone-patient",
+            ],
+        );
+        push(&mut v, "token_endpoint_auth_methods_supported", &["none"]);
+        push(&mut v, "scopes_supported", &["launch/patient"]);
+    }
+    v
 }
 
-fn oauth_error(status: StatusCode, error: &str, description: &str) -> axum::response::Response {
+pub(crate) fn oauth_error(
+    status: StatusCode,
+    error: &str,
+    description: &str,
+) -> axum::response::Response {
     use axum::response::IntoResponse;
     (
         status,
@@ -659,6 +694,27 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> axum::resp
         serde_json::json!({"error": error, "error_description": description}).to_string(),
     )
         .into_response()
+}
+
+/// Logs an attempt at the token endpoint: `login` when a token was issued, else `login-failed`.
+pub(crate) fn log_token_attempt(
+    sec: &Security,
+    tenant: &str,
+    actor: &str,
+    ok: bool,
+    details: Value,
+    peer: Option<SocketAddr>,
+    now: DateTime<Utc>,
+) {
+    let (action, outcome) = if ok {
+        (AuditAction::Login, AuditOutcome::Success)
+    } else {
+        (AuditAction::LoginFailed, AuditOutcome::Denied)
+    };
+    let mut e = NewAuditEntry::new(now, tenant, actor, action, outcome);
+    e.source_ip = source_ip(peer);
+    e.details = details;
+    sec.audit.send(e);
 }
 
 /// The unverified `iss` of a JWT (only to find the client registration; the signature is
@@ -674,8 +730,9 @@ fn jwt_issuer(jwt: &str) -> Option<String> {
 }
 
 /// `POST [base]/auth/token`: SMART Backend Services `client_credentials` with a signed JWT
-/// assertion (RS384/ES384). Success and failure are logged.
-pub fn token_endpoint(
+/// assertion (RS384/ES384), or `authorization_code` + PKCE for apps ([`crate::web`]).
+/// Success and failure are logged.
+pub async fn token_endpoint(
     sec: &Security,
     ctx: &crate::handlers::Ctx,
     body: &[u8],
@@ -692,25 +749,12 @@ pub fn token_endpoint(
             .unwrap_or("")
     };
     let log = |actor: &str, ok: bool, reason: &str| {
-        let mut e = NewAuditEntry::new(
-            now,
-            tenant,
-            actor,
-            if ok {
-                AuditAction::Login
-            } else {
-                AuditAction::LoginFailed
-            },
-            if ok {
-                AuditOutcome::Success
-            } else {
-                AuditOutcome::Denied
-            },
-        );
-        e.source_ip = source_ip(peer);
-        e.details = serde_json::json!({"channel": "smart-backend-services", "reason": reason});
-        sec.audit.send(e);
+        let d = serde_json::json!({"channel": "smart-backend-services", "reason": reason});
+        log_token_attempt(sec, tenant, actor, ok, d, peer, now);
     };
+    if field("grant_type") == "authorization_code" && sec.accounts.is_some() {
+        return crate::web::authorization_code_grant(sec, ctx, &form, peer, now).await;
+    }
     if field("grant_type") != "client_credentials" {
         log("anonymous", false, "unsupported grant_type");
         return oauth_error(
@@ -741,15 +785,23 @@ pub fn token_endpoint(
         );
     };
     let endpoint = format!("{}/auth/token", ctx.base);
-    match iryo_security::token::client_credentials_grant(
-        &sec.tokens,
-        reg,
-        assertion,
-        field("scope"),
-        &endpoint,
-        now,
-        &sec.jtis,
-    ) {
+    let (tokens, store, reg2) = (sec.tokens.clone(), sec.store.clone(), reg.clone());
+    let (assertion, scope) = (assertion.to_string(), field("scope").to_string());
+    // the jti is recorded in the (blocking) security store
+    let granted = tokio::task::spawn_blocking(move || {
+        iryo_security::token::client_credentials_grant(
+            &tokens, &reg2, &assertion, &scope, &endpoint, now, &store,
+        )
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(iryo_security::SecurityError::new(
+            iryo_security::ErrorKind::Storage,
+            "内部エラー",
+            "internal error",
+        ))
+    });
+    match granted {
         Ok(t) => {
             log(&reg.client_id, true, "token issued");
             (

@@ -371,7 +371,7 @@ async fn handle_inner(
     if let Some(sec) = &st.config.security {
         match (&method, segs.as_slice()) {
             (&Method::GET, [".well-known", "smart-configuration"]) => {
-                let v = crate::auth::smart_configuration(&ctx);
+                let v = crate::auth::smart_configuration(sec, &ctx);
                 return Ok((
                     StatusCode::OK,
                     [(header::CONTENT_TYPE, "application/json")],
@@ -381,7 +381,15 @@ async fn handle_inner(
             }
             (&Method::POST, ["auth", "token"]) => {
                 let now = chrono::Utc::now();
-                return Ok(crate::auth::token_endpoint(sec, &ctx, &body, peer, now));
+                return Ok(crate::auth::token_endpoint(sec, &ctx, &body, peer, now).await);
+            }
+            (&Method::GET | &Method::POST, ["auth", "authorize"]) => {
+                let r = crate::web::authorize(sec, &ctx, &method, &headers, &pairs, &body, peer);
+                return Ok(r.await);
+            }
+            (&Method::POST, ["auth", "break-glass"]) => {
+                let r = crate::web::break_glass_api(sec, &ctx, &headers, &body, peer);
+                return Ok(r.await);
             }
             _ => {}
         }

@@ -22,6 +22,7 @@ pub mod format;
 pub mod handlers;
 pub mod operation;
 pub mod validate;
+pub mod web;
 
 use axum::Router;
 use std::sync::Arc;
@@ -88,10 +89,12 @@ impl AppState {
     }
 }
 
-/// The API router: `/fhir/…`, `/t/{tenant}/fhir/…`, `/health`.
+/// The API router: `/fhir/…`, `/t/{tenant}/fhir/…`, `/health`, and the web login pages
+/// (`/login`, `/account`, `/t/{tenant}/login`, … — [`web`]).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", axum::routing::get(|| async { "ok" }))
+        .merge(web::routes())
         .fallback(handlers::handle)
         .with_state(state)
 }

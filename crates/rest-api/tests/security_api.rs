@@ -45,8 +45,10 @@ fn config(store: Arc<dyn SecurityStore>, audit: AuditSink) -> Config {
                 },
                 allowed_scopes: ScopeSet::parse("system/Observation.cruds system/Patient.rs")
                     .unwrap(),
+                redirect_uris: Vec::new(),
             }],
-            jtis: Default::default(),
+            accounts: None,
+            secure_cookies: false,
         })),
         operations: ops::test_operations(),
         ..Default::default()

@@ -1003,7 +1003,13 @@ impl<S: SecurityStore> Accounts<S> {
             self.store
                 .delete_session(tenant, &session::hash_secret(old))?;
         }
-        let s = session::new_session(tenant, user_id, Some(source_ip), &self.config.session, now);
+        let mut s =
+            session::new_session(tenant, user_id, Some(source_ip), &self.config.session, now);
+        if let Some(k) = &self.config.secret_key {
+            // derivable again from the id, so web pages can render it
+            s.csrf_token = session::derive_csrf_token(k, &s.id);
+            s.record.csrf_hash = session::hash_secret(&s.csrf_token);
+        }
         self.store.insert_session(&s.record)?;
         u.last_login_at = Some(now);
         self.store.update_user(&u)?;
@@ -1065,6 +1071,18 @@ impl<S: SecurityStore> Accounts<S> {
 
     /// Ends one session.
     pub fn logout(&self, tenant: &str, session_id: &str, now: DateTime<Utc>) -> Result<()> {
+        self.logout_from(tenant, session_id, None, now)
+    }
+
+    /// Ends one session, logging the address the request came from (default:
+    /// the address of the login).
+    pub fn logout_from(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        source_ip: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         let h = session::hash_secret(session_id);
         if let Some(s) = self.store.get_session(tenant, &h)? {
             self.store.delete_session(tenant, &h)?;
@@ -1075,7 +1093,7 @@ impl<S: SecurityStore> Accounts<S> {
                 None,
                 AuditAction::Logout,
                 AuditOutcome::Success,
-                s.source_ip.as_deref(),
+                source_ip.or(s.source_ip.as_deref()),
                 json!({"session_minutes": (now - s.created_at).num_minutes()}),
             )?;
         }

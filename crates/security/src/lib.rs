@@ -50,6 +50,7 @@ pub mod audit;
 pub mod authz;
 pub mod backup;
 pub mod error;
+pub mod oauth;
 pub mod password;
 pub mod report;
 pub mod roles;

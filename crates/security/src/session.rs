@@ -74,6 +74,18 @@ pub fn new_session(
     }
 }
 
+/// CSRF synchronizer token of a session, derived from the session id with the
+/// server key (HMAC-SHA256), so pages can render it again without storing it
+/// in clear; the store keeps only its hash ([`verify_csrf`]).
+pub fn derive_csrf_token(key: &[u8; 32], session_id: &str) -> String {
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    let mut m = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("any key length");
+    m.update(b"iryo-csrf\0");
+    m.update(session_id.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(m.finalize().into_bytes())
+}
+
 fn expired(en: &str) -> SecurityError {
     SecurityError::new(
         ErrorKind::Expired,
@@ -125,12 +137,48 @@ pub fn clear_session_cookie() -> String {
 
 /// Extracts the session id from a `Cookie` request header.
 pub fn session_id_from_cookie_header(header: &str) -> Option<&str> {
+    cookie_value(header, SESSION_COOKIE)
+}
+
+/// The value of cookie `name` in a `Cookie` request header (at most 4 KiB).
+pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     header
         .split(';')
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == SESSION_COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
-        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .filter(|v| !v.is_empty() && v.len() <= 4096)
+}
+
+/// How cookies are set: `secure` (HTTPS, directly or behind a TLS proxy) adds
+/// `Secure` and the `__Host-` name prefix (browsers then insist on `Secure`,
+/// `Path=/` and no `Domain`). `SameSite=Lax`: the cookie goes with top-level
+/// GET navigations from other sites (a SMART app redirecting to the
+/// authorization endpoint) but never with their POSTs; forms carry CSRF tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CookieSettings {
+    pub secure: bool,
+}
+
+impl CookieSettings {
+    /// Cookie name for `base` (e.g. `iryo-session-default`).
+    pub fn name(&self, base: &str) -> String {
+        if self.secure {
+            format!("__Host-{base}")
+        } else {
+            base.to_string()
+        }
+    }
+
+    /// `Set-Cookie` value; `max_age` 0 removes the cookie.
+    pub fn set(&self, base: &str, value: &str, max_age: Duration) -> String {
+        format!(
+            "{}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
+            self.name(base),
+            max_age.num_seconds().max(0),
+            if self.secure { "; Secure" } else { "" }
+        )
+    }
 }
 
 #[cfg(test)]

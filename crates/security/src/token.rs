@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::authz::Principal;
+use crate::authz::{BreakGlassGrant, Principal};
 use crate::error::{ErrorKind, Result, SecurityError};
 use crate::roles::Role;
 use crate::scopes::{ResourceScope, Scope, ScopeContext, ScopeSet};
@@ -56,6 +56,9 @@ pub struct AccessClaims {
     /// Patient in context (patient users, `patient/` scopes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patient: Option<String>,
+    /// Active break-glass grant of the user when the token was issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub btg: Option<BreakGlassGrant>,
 }
 
 /// What to put in a token.
@@ -120,7 +123,22 @@ impl TokenService {
 
     /// Signs a new access token.
     pub fn issue_token(&self, req: &TokenRequest, now: DateTime<Utc>) -> Result<IssuedToken> {
-        let lifetime = req.lifetime.unwrap_or(DEFAULT_TOKEN_LIFETIME);
+        self.issue_token_with_break_glass(req, None, now)
+    }
+
+    /// Signs a new access token carrying the user's active break-glass grant
+    /// (claim `btg`), so every server verifying it applies the grant without
+    /// a database lookup. The token never outlives the grant.
+    pub fn issue_token_with_break_glass(
+        &self,
+        req: &TokenRequest,
+        btg: Option<&BreakGlassGrant>,
+        now: DateTime<Utc>,
+    ) -> Result<IssuedToken> {
+        let mut lifetime = req.lifetime.unwrap_or(DEFAULT_TOKEN_LIFETIME);
+        if let Some(g) = btg {
+            lifetime = lifetime.min(g.expires_at - now);
+        }
         if lifetime <= Duration::zero() || lifetime > MAX_TOKEN_LIFETIME {
             return Err(SecurityError::invalid(
                 "トークンの有効期間は1時間以内にしてください",
@@ -151,6 +169,7 @@ impl TokenService {
             admin: req.is_admin,
             scope: scope.clone(),
             patient: req.patient.clone(),
+            btg: btg.cloned(),
         };
         let token = encode(
             &Header::new(Algorithm::HS256),
@@ -221,7 +240,8 @@ impl TokenService {
             is_admin: c.admin && role.is_some(),
             scopes: Some(ScopeSet::parse(&c.scope)?),
             patient: c.patient,
-            break_glass: None,
+            // only clinical staff can hold a grant; authorize checks its times
+            break_glass: c.btg.filter(|_| role.is_some_and(Role::is_clinical)),
         })
     }
 }
@@ -251,6 +271,9 @@ pub enum ClientKeys {
     Jwks(JwkSet),
     /// A single PEM public key with its algorithm (RS384 or ES384).
     Pem { algorithm: Algorithm, pem: String },
+    /// A public client (SMART App Launch, browser or native app): no secret,
+    /// authorization code + PKCE only.
+    Public,
 }
 
 /// A registered SMART Backend Services client.
@@ -259,8 +282,11 @@ pub struct ClientRegistration {
     pub tenant: String,
     pub client_id: String,
     pub keys: ClientKeys,
-    /// Scopes this client may be granted (`system/...`).
+    /// Scopes this client may be granted (`system/...` for backend services,
+    /// `user/`/`patient/` and `launch/patient` for apps).
     pub allowed_scopes: ScopeSet,
+    /// Registered redirect URIs (authorization code flow), compared exactly.
+    pub redirect_uris: Vec<String>,
 }
 
 impl ClientRegistration {
@@ -300,6 +326,20 @@ pub trait JtiRegistry {
         jti: &str,
         expires_at: DateTime<Utc>,
     ) -> Result<bool>;
+}
+
+/// Every security store records `jti`s in `sec_jti`, so servers sharing a
+/// PostgreSQL database refuse a replay seen by any of them.
+impl<T: crate::store::SecurityStore + ?Sized> JtiRegistry for T {
+    fn record_jti(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        jti: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool> {
+        self.record_assertion_jti(tenant, client_id, jti, expires_at)
+    }
 }
 
 /// In-memory [`JtiRegistry`] (single process).
@@ -367,6 +407,11 @@ pub fn verify_client_assertion(
             .map_err(|e| bad_assertion(format!("registered key unusable: {e}")))?;
             vec![k]
         }
+        ClientKeys::Public => {
+            return Err(bad_assertion(
+                "public client: no key registered for client credentials",
+            ))
+        }
         ClientKeys::Jwks(set) => {
             let candidates: Vec<_> = match &header.kid {
                 Some(kid) => set.find(kid).into_iter().collect(),
@@ -432,7 +477,7 @@ pub fn verify_client_assertion(
     Ok(c)
 }
 
-fn covers(reg: &ResourceScope, req: &ResourceScope) -> bool {
+pub(crate) fn covers(reg: &ResourceScope, req: &ResourceScope) -> bool {
     let p = &reg.permissions;
     let q = &req.permissions;
     reg.context == req.context

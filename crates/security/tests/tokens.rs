@@ -203,6 +203,7 @@ fn registration(keys: ClientKeys) -> ClientRegistration {
         client_id: "lab-system".into(),
         keys,
         allowed_scopes: ScopeSet::parse("system/Observation.cru system/Patient.rs").unwrap(),
+        redirect_uris: Vec::new(),
     }
 }
 

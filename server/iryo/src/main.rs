@@ -218,14 +218,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let security = iryo_rest_api::auth::Security {
                 tokens: handle.tokens(),
                 audit: iryo_rest_api::auth::AuditSink::start(shared.clone()),
-                store: shared,
+                store: shared.clone(),
                 static_token: api_token.clone(),
                 open_loopback: insecure_loopback,
                 clients: match &smart_clients {
                     Some(p) => security_cli::load_clients(p)?,
                     None => Vec::new(),
                 },
-                jtis: Default::default(),
+                accounts: Some(std::sync::Arc::new(iryo_security::accounts::Accounts::new(
+                    shared.clone(),
+                    handle.config.clone(),
+                ))),
+                secure_cookies: tls.is_some() || behind_proxy,
             };
             // load the R4 model before the first request
             let _ = iryo_fhir_spec::r4();

@@ -708,6 +708,18 @@ pub fn load_clients(path: &Path) -> anyhow::Result<Vec<iryo_security::token::Cli
         else {
             bail!("{}[{i}]: tenant, client_id, scopes が必要です / tenant, client_id and scopes are required", path.display());
         };
+        let redirect_uris: Vec<String> = match c.get("redirect_uris") {
+            None => Vec::new(),
+            Some(v) => match v.as_array() {
+                Some(a) if a.iter().all(|u| u.as_str().is_some_and(|u| u.starts_with("https://") || u.starts_with("http://127.0.0.1") || u.starts_with("http://localhost"))) => {
+                    a.iter().filter_map(|u| u.as_str().map(str::to_string)).collect()
+                }
+                _ => bail!(
+                    "{}[{i}]: redirect_uris は https:// (または http://127.0.0.1, http://localhost) の URL の配列 / redirect_uris must be an array of https:// (or loopback http://) URLs",
+                    path.display()
+                ),
+            },
+        };
         let keys = match (c.get("jwks"), s("pem")) {
             (Some(j), _) => {
                 ClientKeys::Jwks(ClientRegistration::parse_jwks(&j.to_string()).map_err(sec_err)?)
@@ -726,8 +738,9 @@ pub fn load_clients(path: &Path) -> anyhow::Result<Vec<iryo_security::token::Cli
                     pem: pem.to_string(),
                 }
             }
+            (None, None) if !redirect_uris.is_empty() => ClientKeys::Public,
             _ => bail!(
-                "{}[{i}]: jwks か pem が必要です / jwks or pem is required",
+                "{}[{i}]: jwks か pem、または redirect_uris(公開クライアント)が必要です / jwks or pem, or redirect_uris (public client) is required",
                 path.display()
             ),
         };
@@ -736,6 +749,7 @@ pub fn load_clients(path: &Path) -> anyhow::Result<Vec<iryo_security::token::Cli
             client_id: client_id.to_string(),
             keys,
             allowed_scopes: ScopeSet::parse(scopes).map_err(sec_err)?,
+            redirect_uris,
         });
     }
     Ok(out)

@@ -83,6 +83,24 @@ pub struct SessionRecord {
     pub source_ip: Option<String>,
 }
 
+/// A SMART authorization code waiting to be exchanged at the token endpoint
+/// (the code itself is never stored, only its SHA-256).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthCodeRecord {
+    pub tenant: String,
+    pub code_hash: String,
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub user_id: String,
+    /// Granted scopes, space-separated.
+    pub scope: String,
+    /// Patient in context (patient users).
+    pub patient: Option<String>,
+    /// PKCE S256 challenge (base64url of SHA-256 of the verifier).
+    pub code_challenge: String,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// A break-glass grant waiting for administrator review.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BreakGlassRecord {
@@ -237,6 +255,27 @@ pub trait SecurityStore: Send + Sync {
         reviewer: &str,
         at: DateTime<Utc>,
     ) -> Result<bool>;
+
+    /// Records a client-assertion `jti` until `expires_at`; false when it was
+    /// already recorded (a replay, also across servers sharing the database).
+    fn record_assertion_jti(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        jti: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool>;
+
+    fn insert_auth_code(&self, code: &AuthCodeRecord) -> Result<()>;
+    /// Removes and returns an authorization code: of concurrent callers only
+    /// one gets it (single use). Expired codes are returned too (the caller
+    /// refuses them with a clear reason); codes expired long ago are purged.
+    fn take_auth_code(
+        &self,
+        tenant: &str,
+        code_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<AuthCodeRecord>>;
 
     /// Appends to the tenant's hash chain atomically; returns the sealed record.
     fn append_audit(&self, entry: NewAuditEntry) -> Result<AuditRecord>;
@@ -566,5 +605,190 @@ pub(crate) fn check_details(e: &NewAuditEntry) -> Result<()> {
             "監査記録の詳細はJSONオブジェクトにしてください",
             "audit details must be a JSON object",
         ))
+    }
+}
+
+pub(crate) fn auth_code_from(r: &dyn Cols) -> Result<AuthCodeRecord> {
+    Ok(AuthCodeRecord {
+        tenant: r.text(0)?,
+        code_hash: r.text(1)?,
+        client_id: r.text(2)?,
+        redirect_uri: r.text(3)?,
+        user_id: r.text(4)?,
+        scope: r.text(5)?,
+        patient: r.opt_text(6)?,
+        code_challenge: r.text(7)?,
+        expires_at: from_ts(r.int(8)?),
+    })
+}
+
+/// A shared store (`Arc<dyn SecurityStore>`, as the server holds it) is a store too, so
+/// [`crate::accounts::Accounts`] can run on it.
+impl<T: SecurityStore + ?Sized> SecurityStore for std::sync::Arc<T> {
+    fn create_user(&self, user: &UserRecord) -> Result<()> {
+        (**self).create_user(user)
+    }
+    fn get_user(&self, tenant: &str, user_id: &str) -> Result<Option<UserRecord>> {
+        (**self).get_user(tenant, user_id)
+    }
+    fn find_user_by_name(&self, tenant: &str, username: &str) -> Result<Option<UserRecord>> {
+        (**self).find_user_by_name(tenant, username)
+    }
+    fn list_users(&self, tenant: &str) -> Result<Vec<UserRecord>> {
+        (**self).list_users(tenant)
+    }
+    fn list_tenants(&self) -> Result<Vec<String>> {
+        (**self).list_tenants()
+    }
+    fn audit_tenants(&self) -> Result<Vec<String>> {
+        (**self).audit_tenants()
+    }
+    fn update_user(&self, user: &UserRecord) -> Result<()> {
+        (**self).update_user(user)
+    }
+    fn record_login_failure(&self, tenant: &str, user_id: &str) -> Result<u32> {
+        (**self).record_login_failure(tenant, user_id)
+    }
+    fn set_locked_until(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<()> {
+        (**self).set_locked_until(tenant, user_id, until)
+    }
+    fn advance_totp_step(&self, tenant: &str, user_id: &str, step: u64) -> Result<bool> {
+        (**self).advance_totp_step(tenant, user_id, step)
+    }
+    fn add_password_history(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        hash: &str,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        (**self).add_password_history(tenant, user_id, hash, at)
+    }
+    fn recent_password_hashes(&self, tenant: &str, user_id: &str, n: usize) -> Result<Vec<String>> {
+        (**self).recent_password_hashes(tenant, user_id, n)
+    }
+    fn replace_recovery_codes(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        hashes: &[String],
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        (**self).replace_recovery_codes(tenant, user_id, hashes, at)
+    }
+    fn use_recovery_code(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        hash: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        (**self).use_recovery_code(tenant, user_id, hash, at)
+    }
+    fn remaining_recovery_codes(&self, tenant: &str, user_id: &str) -> Result<u32> {
+        (**self).remaining_recovery_codes(tenant, user_id)
+    }
+    fn insert_session(&self, s: &SessionRecord) -> Result<()> {
+        (**self).insert_session(s)
+    }
+    fn get_session(&self, tenant: &str, session_hash: &str) -> Result<Option<SessionRecord>> {
+        (**self).get_session(tenant, session_hash)
+    }
+    fn touch_session(&self, tenant: &str, session_hash: &str, at: DateTime<Utc>) -> Result<()> {
+        (**self).touch_session(tenant, session_hash, at)
+    }
+    fn delete_session(&self, tenant: &str, session_hash: &str) -> Result<bool> {
+        (**self).delete_session(tenant, session_hash)
+    }
+    fn delete_user_sessions(&self, tenant: &str, user_id: &str) -> Result<u64> {
+        (**self).delete_user_sessions(tenant, user_id)
+    }
+    fn count_user_sessions(&self, tenant: &str, user_id: &str) -> Result<u64> {
+        (**self).count_user_sessions(tenant, user_id)
+    }
+    fn purge_sessions(&self, now: DateTime<Utc>, idle_before: DateTime<Utc>) -> Result<u64> {
+        (**self).purge_sessions(now, idle_before)
+    }
+    fn insert_break_glass(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        grant: &BreakGlassGrant,
+    ) -> Result<()> {
+        (**self).insert_break_glass(tenant, user_id, grant)
+    }
+    fn active_break_glass(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<BreakGlassGrant>> {
+        (**self).active_break_glass(tenant, user_id, now)
+    }
+    fn unreviewed_break_glass(&self, tenant: &str) -> Result<Vec<BreakGlassRecord>> {
+        (**self).unreviewed_break_glass(tenant)
+    }
+    fn review_break_glass(
+        &self,
+        tenant: &str,
+        grant_id: &str,
+        reviewer: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        (**self).review_break_glass(tenant, grant_id, reviewer, at)
+    }
+    fn record_assertion_jti(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        jti: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool> {
+        (**self).record_assertion_jti(tenant, client_id, jti, expires_at)
+    }
+    fn insert_auth_code(&self, code: &AuthCodeRecord) -> Result<()> {
+        (**self).insert_auth_code(code)
+    }
+    fn take_auth_code(
+        &self,
+        tenant: &str,
+        code_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<AuthCodeRecord>> {
+        (**self).take_auth_code(tenant, code_hash, now)
+    }
+    fn append_audit(&self, entry: NewAuditEntry) -> Result<AuditRecord> {
+        (**self).append_audit(entry)
+    }
+    fn append_audit_many(&self, entries: Vec<NewAuditEntry>) -> Result<Vec<AuditRecord>> {
+        (**self).append_audit_many(entries)
+    }
+    fn audit_range(&self, tenant: &str, from_seq: u64, limit: u32) -> Result<Vec<AuditRecord>> {
+        (**self).audit_range(tenant, from_seq, limit)
+    }
+    fn audit_head(&self, tenant: &str) -> Result<Option<AuditRecord>> {
+        (**self).audit_head(tenant)
+    }
+    fn last_audit_of(
+        &self,
+        tenant: &str,
+        action: AuditAction,
+        outcome: AuditOutcome,
+    ) -> Result<Option<AuditRecord>> {
+        (**self).last_audit_of(tenant, action, outcome)
+    }
+    fn search_audit(&self, tenant: &str, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
+        (**self).search_audit(tenant, q)
+    }
+    fn verify_audit_chain(
+        &self,
+        tenant: &str,
+    ) -> Result<std::result::Result<u64, audit::ChainBreak>> {
+        (**self).verify_audit_chain(tenant)
     }
 }

@@ -73,6 +73,18 @@ pub const SCHEMA: &[&str] = &[
         expires_at BIGINT NOT NULL,
         PRIMARY KEY (tenant, client_id, jti)
     )",
+    "CREATE TABLE IF NOT EXISTS sec_auth_code (
+        tenant TEXT NOT NULL,
+        code_hash TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        redirect_uri TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        patient_ref TEXT,
+        code_challenge TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        PRIMARY KEY (tenant, code_hash)
+    )",
     "CREATE TABLE IF NOT EXISTS sec_break_glass (
         tenant TEXT NOT NULL,
         grant_id TEXT NOT NULL,
@@ -201,6 +213,15 @@ pub const COUNT_USER_SESSIONS: &str =
 pub const INSERT_JTI: &str = "INSERT INTO sec_jti (tenant, client_id, jti, expires_at) \
      VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
 pub const DELETE_EXPIRED_JTI: &str = "DELETE FROM sec_jti WHERE expires_at < $1";
+
+pub const INSERT_AUTH_CODE: &str = "INSERT INTO sec_auth_code (tenant, code_hash, client_id, \
+     redirect_uri, user_id, scope, patient_ref, code_challenge, expires_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+pub const SELECT_AUTH_CODE: &str = "SELECT tenant, code_hash, client_id, redirect_uri, user_id, \
+     scope, patient_ref, code_challenge, expires_at FROM sec_auth_code \
+     WHERE tenant = $1 AND code_hash = $2";
+pub const DELETE_AUTH_CODE: &str = "DELETE FROM sec_auth_code WHERE tenant = $1 AND code_hash = $2";
+pub const DELETE_EXPIRED_AUTH_CODES: &str = "DELETE FROM sec_auth_code WHERE expires_at < $1";
 
 pub const INSERT_BREAK_GLASS: &str =
     "INSERT INTO sec_break_glass (tenant, grant_id, user_id, reason, \

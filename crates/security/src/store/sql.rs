@@ -8,7 +8,6 @@ use super::*;
 use crate::audit::{self, AuditAction, AuditOutcome, AuditRecord};
 use crate::authz::BreakGlassGrant;
 use crate::error::{ErrorKind, Result, SecurityError};
-use crate::token::JtiRegistry;
 
 /// One connection of a database engine.
 pub trait Conn: Send {
@@ -324,6 +323,63 @@ impl<C: Conn> SecurityStore for SqlSecurityStore<C> {
         )? == 1)
     }
 
+    fn record_assertion_jti(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        jti: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool> {
+        // An assertion expires at most 5 minutes after it is presented, so ids
+        // expiring well before this one belong to assertions refused by `exp`.
+        self.exec(
+            schema::DELETE_EXPIRED_JTI,
+            &[(ts(expires_at) - 1800).into()],
+        )?;
+        Ok(self.exec(
+            schema::INSERT_JTI,
+            &[s(tenant), s(client_id), s(jti), ts(expires_at).into()],
+        )? == 1)
+    }
+
+    fn insert_auth_code(&self, c: &AuthCodeRecord) -> Result<()> {
+        self.exec(
+            schema::INSERT_AUTH_CODE,
+            &[
+                s(&c.tenant),
+                s(&c.code_hash),
+                s(&c.client_id),
+                s(&c.redirect_uri),
+                s(&c.user_id),
+                s(&c.scope),
+                Val::T(c.patient.clone()),
+                s(&c.code_challenge),
+                ts(c.expires_at).into(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn take_auth_code(
+        &self,
+        tenant: &str,
+        code_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<AuthCodeRecord>> {
+        self.exec(
+            schema::DELETE_EXPIRED_AUTH_CODES,
+            &[(ts(now) - 3600).into()],
+        )?;
+        let Some(c) = self.one(schema::SELECT_AUTH_CODE, &[s(tenant), s(code_hash)], &|r| {
+            auth_code_from(r)
+        })?
+        else {
+            return Ok(None);
+        };
+        // Only the caller whose DELETE removed the row gets the code.
+        Ok((self.exec(schema::DELETE_AUTH_CODE, &[s(tenant), s(code_hash)])? == 1).then_some(c))
+    }
+
     fn append_audit(&self, e: NewAuditEntry) -> Result<AuditRecord> {
         let mut v = self.append_audit_many(vec![e])?;
         v.pop()
@@ -389,26 +445,5 @@ impl<C: Conn> SecurityStore for SqlSecurityStore<C> {
         self.all(&schema::search_audit(), &search_values(tenant, q), &|r| {
             audit_from(r)
         })
-    }
-}
-
-impl<C: Conn> JtiRegistry for SqlSecurityStore<C> {
-    fn record_jti(
-        &self,
-        tenant: &str,
-        client_id: &str,
-        jti: &str,
-        expires_at: DateTime<Utc>,
-    ) -> Result<bool> {
-        // An assertion expires at most 5 minutes after it is presented, so ids
-        // expiring well before this one belong to assertions refused by `exp`.
-        self.exec(
-            schema::DELETE_EXPIRED_JTI,
-            &[(ts(expires_at) - 1800).into()],
-        )?;
-        Ok(self.exec(
-            schema::INSERT_JTI,
-            &[s(tenant), s(client_id), s(jti), ts(expires_at).into()],
-        )? == 1)
     }
 }
