@@ -608,8 +608,10 @@ struct Plan {
     q: Q,
     /// `SELECT … ORDER BY …`
     select: String,
-    /// `SELECT COUNT(*) …`
+    /// `SELECT COUNT(*) …`, which uses the first `count_params` parameters only (sort
+    /// expressions bind theirs last; PostgreSQL refuses parameters a statement does not use).
     count: String,
+    count_params: usize,
 }
 
 /// Compile a search. Index-driven when it can be: the most selective clause's index range
@@ -650,6 +652,7 @@ fn plan(
     }
     let b = q.bind(P::I(bound));
     wh.push(format!("r.rid <= {b}"));
+    let count_params = q.p.len();
     let mut order = vec![];
     for k in &query.sort {
         order.push(sort_sql(&mut q, k));
@@ -659,6 +662,7 @@ fn plan(
     Ok(Plan {
         select: format!("SELECT r.rid {from} ORDER BY {}", order.join(", ")),
         count: format!("SELECT COUNT(*) {from}"),
+        count_params,
         q,
     })
 }
@@ -752,6 +756,7 @@ fn plan_indexed(
     Ok(Some(Plan {
         select: format!("{distinct} ORDER BY d.rid"),
         count: format!("SELECT COUNT(*) FROM ({distinct}) x"),
+        count_params: q.p.len(),
         q,
     }))
 }
@@ -818,7 +823,7 @@ pub(crate) fn run_in(
     let mut pl = plan(tenant, query, compartment, bound)?;
     if query.summary == Some(Summary::Count) {
         let n = c
-            .query_one(&pl.count, &pl.q.p)?
+            .query_one(&pl.count, &pl.q.p[..pl.count_params])?
             .map(|r| r[0].i())
             .unwrap_or(0);
         return Ok(SearchPage {
@@ -847,7 +852,8 @@ pub(crate) fn run_in(
     } else if !has_next && (offset == 0 || !rids.is_empty()) {
         Some((offset + rids.len()) as i64)
     } else {
-        c.query_one(&pl.count, &pl.q.p)?.map(|r| r[0].i())
+        c.query_one(&pl.count, &pl.q.p[..pl.count_params])?
+            .map(|r| r[0].i())
     };
     let matches = read_rids(c, ctx, tenant, &rids)?;
     let token = (has_next || offset > 0).then(|| make_token(bound, total));

@@ -514,6 +514,13 @@ async fn paging_across_servers_sharing_the_database() {
         // a new search sees the new resource
         let (_, _, b) = other.get("/fhir/Patient?gender=female&_count=2").await;
         assert_eq!(b["total"], 6, "{e}");
+        // sorted by a parameter, paged: the count runs without the sort's parameters
+        let (st, _, b) = other
+            .get("/fhir/Patient?gender=female&_sort=-birthdate,_id&_count=2")
+            .await;
+        assert_eq!(st, 200, "{e}: {b}");
+        assert_eq!(b["total"], 6, "{e}");
+        assert_eq!(match_list(&b), vec!["p0", "p1"], "{e}");
         // a malformed page token is a clear error, not a crash
         let (st, _, oo) = srv
             .get("/fhir/Patient?gender=female&_count=2&_offset=2&_page=zz")
