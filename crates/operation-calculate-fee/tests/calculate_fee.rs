@@ -2,7 +2,12 @@
 //! masters of `crates/fee` (unchanged rows of the official 支払基金 files, R6 values).
 
 use iryo_operation_calculate_fee::CalculateFee;
+use iryo_rest_api::auth::{AuditSink, Security, TOKEN_AUDIENCE, TOKEN_ISSUER};
 use iryo_rest_api::{Config, Operations};
+use iryo_security::roles::Role;
+use iryo_security::scopes::ScopeSet;
+use iryo_security::store::{AuditQuery, SecurityStore, SqliteSecurityStore};
+use iryo_security::token::{TokenRequest, TokenService};
 use iryo_testkit::TestServer;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -30,6 +35,50 @@ fn config(master_store: PathBuf) -> Config {
         operations: Operations(vec![Arc::new(CalculateFee::new(master_store))]),
         ..Default::default()
     }
+}
+
+/// Security on: tokens signed with a test key, an in-memory security store and access log.
+fn secured(master_store: PathBuf, sec: &Arc<dyn SecurityStore>, audit: &AuditSink) -> Config {
+    Config {
+        security: Some(Arc::new(Security {
+            tokens: tokens(),
+            store: sec.clone(),
+            audit: audit.clone(),
+            static_token: None,
+            open_loopback: false,
+            clients: vec![],
+            accounts: None,
+            secure_cookies: false,
+        })),
+        ..config(master_store)
+    }
+}
+
+fn tokens() -> TokenService {
+    TokenService::new([9u8; 32], TOKEN_ISSUER, TOKEN_AUDIENCE)
+}
+
+fn token(tenant: &str, subject: &str, role: Role, patient: Option<&str>) -> String {
+    let scopes = if patient.is_some() {
+        "patient/*.rs"
+    } else {
+        "user/*.cruds"
+    };
+    tokens()
+        .issue_token(
+            &TokenRequest {
+                tenant: tenant.into(),
+                subject: subject.into(),
+                role: Some(role),
+                is_admin: false,
+                scopes: ScopeSet::parse(scopes).unwrap(),
+                patient: patient.map(str::to_string),
+                lifetime: None,
+            },
+            chrono::Utc::now(),
+        )
+        .unwrap()
+        .access_token
 }
 
 async fn servers_with(master_store: PathBuf) -> Vec<TestServer> {
@@ -447,4 +496,72 @@ async fn without_masters_the_answer_says_to_import_them() {
     std::fs::copy(masters(), &missing).unwrap();
     let (st, _, v) = srv.get("/fhir/Encounter/a2/$calculate-fee").await;
     assert_eq!(st, 200, "{v}");
+}
+
+#[tokio::test]
+async fn roles_are_enforced_and_the_call_is_logged() {
+    for engine in ["sqlite", "postgres"] {
+        let sec: Arc<dyn SecurityStore> = Arc::new(SqliteSecurityStore::open_in_memory().unwrap());
+        let audit = AuditSink::start(sec.clone());
+        let cfg = secured(masters(), &sec, &audit);
+        let srv = if engine == "sqlite" {
+            TestServer::sqlite_with(cfg).await
+        } else {
+            match TestServer::postgres_with(cfg).await {
+                Some(s) => s,
+                None => continue,
+            }
+        };
+        let t = srv.store.tenant_id("default").await.unwrap().unwrap();
+        let ops = clinic_a_data()
+            .into_iter()
+            .map(iryo_db::WriteOp::put)
+            .collect();
+        srv.store.write(t, ops).await.unwrap();
+        srv.tenant("clinic-b").await;
+        let call = |tok: Option<String>| {
+            let srv = &srv;
+            async move {
+                let auth = tok.map(|t| format!("Bearer {t}"));
+                let headers: Vec<(&str, &str)> = auth
+                    .as_deref()
+                    .map(|a| vec![("authorization", a)])
+                    .unwrap_or_default();
+                let (st, _, v) = srv
+                    .request("GET", "/fhir/Encounter/a1/$calculate-fee", &headers, vec![])
+                    .await;
+                (st, v)
+            }
+        };
+        // 医療事務 and 医師 may calculate
+        let (st, v) = call(Some(token("default", "clerk", Role::MedicalClerk, None))).await;
+        assert_eq!(st, 200, "{engine} {v}");
+        assert_eq!(param(&v, "totalPoints"), 592);
+        let (st, _) = call(Some(token("default", "doc", Role::Physician, None))).await;
+        assert_eq!(st, 200);
+        // no token: 401; a token of another tenant: 401
+        assert_eq!(call(None).await.0, 401);
+        let other = token("clinic-b", "clerk", Role::MedicalClerk, None);
+        assert_eq!(call(Some(other)).await.0, 401);
+        // システム管理者 and 保険者 read no Encounters: 403 OperationOutcome
+        for role in [Role::SystemAdministrator, Role::Insurer] {
+            let (st, v) = call(Some(token("default", "x", role, None))).await;
+            assert_eq!(
+                (st, v["resourceType"].as_str()),
+                (403, Some("OperationOutcome"))
+            );
+        }
+        // a patient user, even the visit's own patient: the operation reads beyond the
+        // compartment (Coverage search, other visits), so it is refused
+        let (st, _) = call(Some(token("default", "pt", Role::Patient, Some("p-1")))).await;
+        assert_eq!(st, 403);
+        // the clerk's call is in the access log as a read of Encounter/a1
+        audit.flush();
+        let log = sec.search_audit("default", &AuditQuery::default()).unwrap();
+        assert!(log.iter().any(|r| r.entry.actor == "clerk"
+            && r.entry.outcome == iryo_security::audit::AuditOutcome::Success
+            && r.entry.resources.iter().any(|x| x == "Encounter/a1")));
+        assert!(log.iter().any(|r| r.entry.actor == "x"
+            && r.entry.outcome == iryo_security::audit::AuditOutcome::Denied));
+    }
 }
