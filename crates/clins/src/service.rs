@@ -669,20 +669,18 @@ impl ClinsState {
             changes.0.push(items_id);
         } else {
             let patient = views::patient_of(&stored);
-            let mut entries =
-                vec![json!({"fullUrl": "urn:iryo-clins:patient", "resource": patient})];
+            let mut entries = vec![views::entry("urn:iryo-clins:patient".into(), patient)];
             for (n, mut item) in sub.items.iter().cloned().enumerate() {
                 ensure_institution(&mut item, inst);
-                entries
-                    .push(json!({"fullUrl": format!("urn:iryo-clins:item:{n}"), "resource": item}));
+                entries.push(views::entry(format!("urn:iryo-clins:item:{n}"), item));
             }
             tags[2] = tag(T_KIND, Kind::DocumentItems.code());
             tags[5] = tag(T_STAMP, &new_stamp());
             let mut items = json!({
                 "resourceType": "Bundle", "id": items_id, "type": "collection",
                 "identifier": {"system": ids::BUNDLE_ID_SYSTEM, "value": sub.unit.value},
-                "entry": entries,
             });
+            items["entry"] = Value::Array(entries);
             set_platform_tags(&mut items, tags);
             changes.1.push(items.clone());
             ops.push(WriteOp::put(items));
@@ -1013,7 +1011,12 @@ impl ClinsState {
         let checkups = units
             .iter()
             .filter(|u| tag_of(u, T_KIND) == Some(Kind::Checkup.code()))
-            .map(|u| json!({"fullUrl": format!("urn:iryo-clins:{}", u["id"].as_str().unwrap_or("")), "resource": views::clean_unit(u)}));
+            .map(|u| {
+                views::entry(
+                    format!("urn:iryo-clins:{}", u["id"].as_str().unwrap_or("")),
+                    views::clean_unit(u),
+                )
+            });
         if let Some(entries) = b["entry"].as_array_mut() {
             entries.extend(checkups);
         }
@@ -1048,7 +1051,12 @@ impl ClinsState {
         let units = self.find("Bundle", &qs).await?;
         let entries: Vec<Value> = units
             .iter()
-            .map(|u| json!({"fullUrl": format!("urn:iryo-clins:{}", u["id"].as_str().unwrap_or("")), "resource": views::checkup_for_insurer(u)}))
+            .map(|u| {
+                views::entry(
+                    format!("urn:iryo-clins:{}", u["id"].as_str().unwrap_or("")),
+                    views::checkup_for_insurer(u),
+                )
+            })
             .collect();
         Ok(self.searchset(actor, "$checkup-reports", entries).await)
     }
@@ -1064,7 +1072,9 @@ impl ClinsState {
             json!({"operation": operation, "count": entries.len()}),
         )
         .await;
-        json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries})
+        let mut b = json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len()});
+        b["entry"] = Value::Array(entries);
+        b
     }
 
     // ------------------------------------------------------------------ referrals
