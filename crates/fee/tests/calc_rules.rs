@@ -1163,3 +1163,43 @@ fn high_cost_caps_the_months_copay() {
     .unwrap();
     assert_eq!(r[2].copay_yen, 35_040);
 }
+
+// ---- 傷病名関連区分: 特定疾患療養管理料 needs a 特定疾患 as 主病 ------------------------------------
+
+#[test]
+fn specific_disease_management_needs_the_main_disease() {
+    // 再診料 75 + 特定疾患療養管理料（診療所） 113001810 225 (傷病名関連区分 5) + 外来管理加算 52 = 352,
+    // with 胃潰瘍 5319009 (特定疾患等対象区分 05) as 主病.
+    let diagnosis = |code: &str, main: bool| DiagnosisInput {
+        code: code.into(),
+        modifiers: vec![],
+        name: None,
+        start_date: d(2024, 5, 1),
+        outcome: 1,
+        main,
+    };
+    let mut v = visit(d(2024, 7, 10), adult(), VisitKind::Revisit);
+    v.procedures = vec![order("113001810")];
+    v.diagnoses = vec![diagnosis("5319009", true)];
+    let r = calc(&v);
+    assert_eq!(
+        billed(&r),
+        vec![
+            ("112007410".into(), 75),
+            ("113001810".into(), 225),
+            ("112011010".into(), 52)
+        ]
+    );
+    assert_eq!(r.lines[1].shikibetsu, 13);
+    assert!(r.is_ok());
+    // 胃潰瘍 only as a secondary disease, 急性上気道炎 4659007 (区分 00) as 主病: refused, an error
+    v.diagnoses = vec![diagnosis("4659007", true), diagnosis("5319009", false)];
+    let r = calc(&v);
+    assert!(!has_code(&r, "113001810"));
+    let m = message_for(&r, "disease_relation").unwrap();
+    assert_eq!(m.level, Level::Error);
+    assert!(m.message_ja.contains("主病"), "{}", m.message_ja);
+    // no diagnosis at all: the same
+    v.diagnoses.clear();
+    assert!(!calc(&v).is_ok());
+}

@@ -703,6 +703,10 @@ impl Ctx<'_> {
                 );
                 continue;
             }
+            if let Some((ja, en)) = self.disease_requirement(&p)? {
+                self.msg(Level::Error, "disease_relation", Some(&o.code), ja, en);
+                continue;
+            }
             let quantity = match &o.quantity {
                 Some(q) => Some(parse_fixed(q, 5).ok_or_else(|| {
                     FeeError::input(
@@ -884,6 +888,42 @@ impl Ctx<'_> {
             }
         }
         Ok(())
+    }
+
+    /// 傷病名関連区分 (col 25): a 管理料 that needs a disease of the 傷病名マスター's 特定疾患等対象区分
+    /// (col 21) of the same value: the 主病 (rank 1) for 特定疾患療養管理料 (5), any diagnosis of the
+    /// visit for 皮膚科特定疾患指導管理料 (3/4) and てんかん指導料 (7). `Some(reason)` when missing.
+    /// 難病外来指導管理料 (9) is not checked (the 傷病名マスター has no such 区分).
+    fn disease_requirement(&self, p: &Procedure) -> Result<Option<(String, String)>> {
+        let rel = p.disease_relation;
+        if !matches!(rel, 3 | 4 | 5 | 7) {
+            return Ok(None);
+        }
+        let main_only = rel == rules::SPECIFIC_DISEASE;
+        for d in &self.visit.diagnoses {
+            if main_only && !d.main {
+                continue;
+            }
+            if self
+                .store
+                .disease(&d.code, self.date)?
+                .is_some_and(|x| x.specific_disease == rel)
+            {
+                return Ok(None);
+            }
+        }
+        let whose = if main_only { "主病" } else { "傷病名" };
+        Ok(Some((
+            format!(
+                "{}の算定には対象疾患（傷病名マスター 特定疾患等対象区分 {rel:02}）の{whose}が必要です",
+                p.name
+            ),
+            format!(
+                "{} needs a {} of 特定疾患等対象区分 {rel:02} among the diagnoses",
+                p.code,
+                if main_only { "main disease" } else { "disease" }
+            ),
+        )))
     }
 
     /// 年齢加算 of an ordered item (master cols 100-111: 新生児・乳幼児・幼児加算 of 撮影,

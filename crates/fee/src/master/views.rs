@@ -91,6 +91,10 @@ pub struct Procedure {
     pub bundle_group: u8,
     /// col 19 病院・診療所区分: 0 both, 1 病院, 2 診療所.
     pub facility_kind: u8,
+    /// col 25 傷病名関連区分: 3/4 皮膚科特定疾患指導管理料(Ⅰ/Ⅱ), 5 特定疾患療養管理料・特定疾患処方管理加算,
+    /// 7 てんかん指導料, 9 難病外来指導管理料 (the 傷病名マスター col 21 value the patient's disease
+    /// must have).
+    pub disease_relation: u8,
     /// col 28 日数・回数 (1 初診料, 2 再診料 with col 27 = 2).
     pub visit_fee_kind: u8,
     /// cols 30-35 きざみ値.
@@ -176,6 +180,7 @@ impl Procedure {
             tally_out: r.num(15) as u16,
             bundle_group: r.num(16) as u8,
             facility_kind: r.num(19) as u8,
+            disease_relation: r.num(25) as u8,
             visit_fee_kind: if r.num(27) == 2 { r.num(28) as u8 } else { 0 },
             step,
             max_count: r.num(36) as u32,
