@@ -1203,3 +1203,22 @@ fn specific_disease_management_needs_the_main_disease() {
     v.diagnoses.clear();
     assert!(!calc(&v).is_ok());
 }
+
+// ---- 処置の乳幼児加算: the 年齢加算 columns of the 処置 (they match col 46 for every 処置) -------
+
+#[test]
+fn treatment_infant_addition() {
+    // 喀痰吸引 140003810 48 点, 年齢加算 (00–06) 6歳未満乳幼児加算（処置）（83） 140049370 (its
+    // 処置乳幼児加算区分 4). Age 2: 48 + 83 = 131 (診療識別 40). Age 7: 48.
+    let mut v = visit(d(2024, 7, 10), d(2022, 5, 1), VisitKind::None);
+    v.procedures = vec![order("140003810")];
+    let r = calc(&v);
+    assert_eq!(
+        billed(&r),
+        vec![("140003810".into(), 48), ("140049370".into(), 83)]
+    );
+    assert!(r.lines.iter().all(|l| l.shikibetsu == 40));
+    let mut v = visit(d(2024, 7, 10), d(2017, 5, 1), VisitKind::None);
+    v.procedures = vec![order("140003810")];
+    assert_eq!(billed(&calc(&v)), vec![("140003810".into(), 48)]);
+}
