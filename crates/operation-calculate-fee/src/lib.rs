@@ -133,6 +133,8 @@ impl Operation for CalculateFee {
             Access::new(Interaction::Read, "Encounter").with_id(call.id.unwrap_or_default()),
             Access::new(Interaction::Read, "Patient"),
             Access::new(Interaction::Read, "Condition"),
+            // the insurer of a Coverage may be an Organization (`_include=Coverage:payor`)
+            Access::new(Interaction::Read, "Organization"),
         ];
         v.extend(SEARCHED.iter().map(|t| Access::new(Interaction::Search, t)));
         v
