@@ -95,11 +95,8 @@ pub trait Sql {
 pub struct Lite(pub rusqlite::Connection);
 
 fn to_lite(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len());
-    for c in sql.chars() {
-        out.push(if c == '$' { '?' } else { c });
-    }
-    out
+    // `$` never appears in our SQL outside placeholders (values are always bound)
+    sql.replace('$', "?")
 }
 
 impl rusqlite::ToSql for P {

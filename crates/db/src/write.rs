@@ -80,8 +80,7 @@ pub(crate) fn prepare(
             let entries = extractor.extract(resource);
             let version = if_match.map(|v| v + 1).unwrap_or(1);
             let lu = iryo_search::date::format_instant(now);
-            let json = serde_json::to_vec(&with_meta(resource.clone(), version, &lu))
-                .map_err(|e| DbError::Other(e.to_string()))?;
+            let json = json_with_meta(resource, version, &lu)?;
             let body = codec.encode(&json)?;
             Ok(Prepared {
                 op,
@@ -108,12 +107,16 @@ pub(crate) struct WriteCtx<'a> {
     pub codec: &'a BodyCodec,
 }
 
-fn with_meta(mut resource: Value, version: i64, last_updated: &str) -> Value {
-    let Value::Object(ref mut map) = resource else {
-        return resource;
+/// The stored JSON of a version: the resource with server-managed `meta.versionId` and
+/// `meta.lastUpdated`, `resourceType`, `id` and `meta` first (as the spec's examples), the rest
+/// in the client's order. Serialized straight from the borrowed resource (no copy of it).
+fn json_with_meta(resource: &Value, version: i64, last_updated: &str) -> Result<Vec<u8>, DbError> {
+    let err = |e: serde_json::Error| DbError::Other(e.to_string());
+    let Value::Object(map) = resource else {
+        return serde_json::to_vec(resource).map_err(err);
     };
-    let mut meta = match map.remove("meta") {
-        Some(Value::Object(m)) => m,
+    let mut meta = match map.get("meta") {
+        Some(Value::Object(m)) => m.clone(),
         _ => Map::new(),
     };
     meta.insert("versionId".into(), Value::String(version.to_string()));
@@ -121,18 +124,32 @@ fn with_meta(mut resource: Value, version: i64, last_updated: &str) -> Value {
         "lastUpdated".into(),
         Value::String(last_updated.to_string()),
     );
-    // resourceType, id, meta first (as the spec's examples), the rest in the client's order.
-    let mut out = Map::with_capacity(map.len() + 1);
+    let meta = Value::Object(meta);
+    let mut out = Vec::with_capacity(1024);
+    out.push(b'{');
+    let mut first = true;
+    let mut field = |out: &mut Vec<u8>, k: &str, v: &Value| -> Result<(), DbError> {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        serde_json::to_writer(&mut *out, k).map_err(err)?;
+        out.push(b':');
+        serde_json::to_writer(&mut *out, v).map_err(err)
+    };
     for k in ["resourceType", "id"] {
-        if let Some(v) = map.remove(k) {
-            out.insert(k.to_string(), v);
+        if let Some(v) = map.get(k) {
+            field(&mut out, k, v)?;
         }
     }
-    out.insert("meta".into(), Value::Object(meta));
-    for (k, v) in std::mem::take(map) {
-        out.insert(k, v);
+    field(&mut out, "meta", &meta)?;
+    for (k, v) in map {
+        if !matches!(k.as_str(), "resourceType" | "id" | "meta") {
+            field(&mut out, k, v)?;
+        }
     }
-    Value::Object(out)
+    out.push(b'}');
+    Ok(out)
 }
 
 /// Apply one request's writes inside an open transaction.
@@ -212,9 +229,7 @@ pub(crate) fn apply(
                 let (json, body) = match p.body {
                     Some((v, json, body)) if v == version => (json, body),
                     _ => {
-                        let resource = with_meta(resource, version, &lu);
-                        let json = serde_json::to_vec(&resource)
-                            .map_err(|e| DbError::Other(e.to_string()))?;
+                        let json = json_with_meta(&resource, version, &lu)?;
                         let body = ctx.codec.encode(&json)?;
                         (Arc::new(json), body)
                     }
@@ -390,6 +405,20 @@ fn entry_row(rid: i64, e: &IndexEntry) -> (&'static str, &'static [&'static str]
     }
 }
 
+/// The INSERT of one index table's rows (SQL written once per table, so the writer neither
+/// formats nor hashes a new statement text per row).
+fn insert_sql(table: &str) -> &'static str {
+    match table {
+        "sp_string" => "INSERT INTO sp_string (tenant, type, param, norm, rid, exact) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        "sp_token" => "INSERT INTO sp_token (tenant, type, param, code, system, rid) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        "sp_date" => "INSERT INTO sp_date (tenant, type, param, lo, hi, rid) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        "sp_number" => "INSERT INTO sp_number (tenant, type, param, lo, hi, rid) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        "sp_quantity" => "INSERT INTO sp_quantity (tenant, type, param, code, system, lo, hi, rid) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+        "sp_reference" => "INSERT INTO sp_reference (tenant, type, param, target_type, target_id, rid) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        _ => "INSERT INTO sp_uri (tenant, type, param, value, rid) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+    }
+}
+
 /// Insert index rows, one single-row statement each: on SQLite a multi-row INSERT needs a
 /// statement journal (a savepoint per statement), which made a large group commit 10x slower.
 pub(crate) fn insert_entries(
@@ -399,21 +428,14 @@ pub(crate) fn insert_entries(
     rid: i64,
     entries: &[IndexEntry],
 ) -> Result<(), DbError> {
+    let mut p = Vec::with_capacity(8);
     for e in entries {
-        let (table, cols, vals) = entry_row(rid, e);
-        let mut sql = format!(
-            "INSERT INTO {table} (tenant, type, {}) VALUES ($1, $2",
-            cols.join(", ")
-        );
-        for i in 0..cols.len() {
-            sql.push_str(&format!(", ${}", i + 3));
-        }
-        sql.push_str(") ON CONFLICT DO NOTHING");
-        let mut p = Vec::with_capacity(cols.len() + 2);
+        let (table, _, vals) = entry_row(rid, e);
+        p.clear();
         p.push(P::I(tenant));
         p.push(P::I(tcode));
         p.extend(vals);
-        c.execute(&sql, &p)?;
+        c.execute(insert_sql(table), &p)?;
     }
     Ok(())
 }
