@@ -34,6 +34,7 @@ use iryo_security::audit::{AuditAction, AuditOutcome};
 use iryo_security::authz::Principal;
 use iryo_security::session::{derive_csrf_token, verify_csrf, CookieSettings};
 use iryo_security::store::{NewAuditEntry, SecurityStore, SessionRecord, UserRecord};
+use iryo_security::webauthn::RelyingParty;
 use iryo_security::{ErrorKind, SecurityError};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -83,6 +84,20 @@ fn esc(s: &str) -> String {
 }
 
 fn html(status: StatusCode, title: &str, body: &str) -> Response {
+    html_script(status, title, body, None)
+}
+
+/// A page with one inline script (WebAuthn ceremonies), allowed by a per-response CSP nonce.
+fn html_script(status: StatusCode, title: &str, body: &str, script: Option<&str>) -> Response {
+    let nonce = {
+        let mut b = [0u8; 16];
+        rand_fill(&mut b);
+        base64::engine::general_purpose::STANDARD.encode(b)
+    };
+    let body = match script {
+        Some(js) => format!("{body}<script nonce=\"{nonce}\">{js}</script>"),
+        None => body.to_string(),
+    };
     let doc = format!(
         "<!doctype html><html lang=\"ja\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width\"><title>{} - iryo</title>\
@@ -100,12 +115,17 @@ fn html(status: StatusCode, title: &str, body: &str) -> Response {
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
-        ),
+    let csp = format!(
+        "default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'{}",
+        if script.is_some() {
+            format!("; script-src 'nonce-{nonce}'")
+        } else {
+            String::new()
+        }
     );
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::REFERRER_POLICY,
@@ -222,6 +242,21 @@ fn enc(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, COMPONENT).to_string()
 }
 
+/// The origin of a base URL (`https://host:8443/t/x/fhir` → `https://host:8443`).
+fn origin_of(base: &str) -> String {
+    let path = path_of(base);
+    base.strip_suffix(path.as_str()).unwrap_or(base).to_string()
+}
+
+/// The WebAuthn relying-party id of an origin: its host, without port.
+fn rp_id(origin: &str) -> String {
+    let host = origin.split("://").nth(1).unwrap_or(origin);
+    if let Some(v6) = host.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or("").to_string();
+    }
+    host.split(':').next().unwrap_or("").to_string()
+}
+
 /// The path of a base URL (`http://host/t/x/fhir` → `/t/x/fhir`).
 fn path_of(base: &str) -> String {
     match base.splitn(4, '/').nth(3) {
@@ -251,6 +286,8 @@ struct Web {
     ip: String,
     cookies: CookieSettings,
     now: DateTime<Utc>,
+    /// WebAuthn relying party (host of the origin the browser sees).
+    rp: RelyingParty,
 }
 
 /// The state between the login steps (signed cookie).
@@ -263,7 +300,12 @@ struct Pending {
 }
 
 impl Web {
-    fn new(sec: &Arc<Security>, tenant: &str, peer: Option<SocketAddr>) -> Result<Web, Response> {
+    fn new(
+        sec: &Arc<Security>,
+        tenant: &str,
+        origin: &str,
+        peer: Option<SocketAddr>,
+    ) -> Result<Web, Response> {
         let unavailable = || {
             html(
                 StatusCode::NOT_FOUND,
@@ -284,6 +326,10 @@ impl Web {
                 secure: sec.secure_cookies,
             },
             now: Utc::now(),
+            rp: RelyingParty {
+                id: rp_id(origin),
+                origin: origin.to_string(),
+            },
         })
     }
 
@@ -436,7 +482,19 @@ async fn page(State(st): State<AppState>, req: Request) -> Response {
         Ok(Some(_)) => {}
         _ => return not_found(),
     }
-    let web = match Web::new(&sec, &tenant, peer) {
+    let origin = match &st.config.public_base {
+        Some(b) => origin_of(&format!("{}/", b.trim_end_matches('/'))),
+        None => format!(
+            "{}://{}",
+            if sec.secure_cookies { "https" } else { "http" },
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost")
+        ),
+    };
+    let web = match Web::new(&sec, &tenant, &origin, peer) {
         Ok(w) => w,
         Err(r) => return r,
     };
@@ -461,6 +519,7 @@ async fn page(State(st): State<AppState>, req: Request) -> Response {
         (&Method::GET, ["account"]) => account(&web, h, "").await,
         (&Method::POST, ["account", action]) => account_post(&web, h, action, &form).await,
         (&Method::GET, ["account", "admin"]) => admin(&web, h, "").await,
+        (&Method::GET, ["account", "passkey"]) => passkey_page(&web, h, "").await,
         _ => return not_found(),
     };
     r
@@ -657,16 +716,67 @@ fn code_form(web: &Web, p: &Pending, stage: &str, label: &str) -> String {
 }
 
 fn verify_page(web: &Web, p: &Pending, msg: &str, status: StatusCode) -> Response {
-    html(
-        status,
-        "二要素認証",
-        &format!(
-            "<p>認証アプリに表示されている6桁の確認コード、またはリカバリーコード(xxxx-xxxx-xxxx-xxxx)を入力してください。</p>{}{}",
-            err_p(msg),
-            code_form(web, p, "verify", "確認コード")
-        ),
-    )
+    verify_page_with(web, p, msg, status, None)
 }
+
+/// The second-factor page; with `passkeys` = (challenge, credential ids) also the passkey
+/// button (one inline script calls `navigator.credentials.get`).
+fn verify_page_with(
+    web: &Web,
+    p: &Pending,
+    msg: &str,
+    status: StatusCode,
+    passkeys: Option<(String, Vec<String>)>,
+) -> Response {
+    let mut body = format!(
+        "<p>認証アプリに表示されている6桁の確認コード、またはリカバリーコード(xxxx-xxxx-xxxx-xxxx)を入力してください。</p>{}{}",
+        err_p(msg),
+        code_form(web, p, "verify", "確認コード")
+    );
+    let Some((challenge, ids)) = passkeys else {
+        return html(status, "二要素認証", &body);
+    };
+    body.push_str(&format!(
+        "<h2>パスキー</h2><form method=\"post\" action=\"{}/login/passkey\">{}{}{}{}{}\
+         <button type=\"submit\" id=\"pk\" data-challenge=\"{}\" data-rp=\"{}\" data-ids=\"{}\">パスキーでログイン</button>\
+         <p id=\"pkerr\" class=\"err\"></p></form>",
+        esc(&web.prefix),
+        hidden("csrf", &web.pending_csrf(p)),
+        hidden("credential_id", ""),
+        hidden("client_data", ""),
+        hidden("authenticator_data", ""),
+        hidden("signature", ""),
+        esc(&challenge),
+        esc(&web.rp.id),
+        esc(&ids.join(","))
+    ));
+    html_script(status, "二要素認証", &body, Some(PASSKEY_GET_JS))
+}
+
+const PASSKEY_GET_JS: &str = concat!(
+    "const d=s=>Uint8Array.from(atob(s.replace(/-/g,'+').replace(/_/g,'/')),c=>c.charCodeAt(0));",
+    "const e=a=>btoa(String.fromCharCode(...new Uint8Array(a))).replace(/\\+/g,'-').replace(/\\//g,'_').replace(/=+$/,'');",
+    "const b=document.getElementById('pk'),f=b.form;",
+    "b.addEventListener('click',async v=>{v.preventDefault();try{",
+    "const c=await navigator.credentials.get({publicKey:{challenge:d(b.dataset.challenge),rpId:b.dataset.rp,",
+    "allowCredentials:b.dataset.ids.split(',').map(i=>({type:'public-key',id:d(i)})),userVerification:'preferred',timeout:120000}});",
+    "f.credential_id.value=e(c.rawId);f.client_data.value=e(c.response.clientDataJSON);",
+    "f.authenticator_data.value=e(c.response.authenticatorData);f.signature.value=e(c.response.signature);f.submit();",
+    "}catch(x){document.getElementById('pkerr').textContent='パスキーで確認できませんでした: '+x;}});"
+);
+
+const PASSKEY_CREATE_JS: &str = concat!(
+    "const d=s=>Uint8Array.from(atob(s.replace(/-/g,'+').replace(/_/g,'/')),c=>c.charCodeAt(0));",
+    "const e=a=>btoa(String.fromCharCode(...new Uint8Array(a))).replace(/\\+/g,'-').replace(/\\//g,'_').replace(/=+$/,'');",
+    "const b=document.getElementById('pk'),f=b.form;",
+    "b.addEventListener('click',async v=>{v.preventDefault();try{",
+    "const c=await navigator.credentials.create({publicKey:{challenge:d(b.dataset.challenge),rp:{id:b.dataset.rp,name:'iryo'},",
+    "user:{id:d(b.dataset.user),name:b.dataset.name,displayName:b.dataset.display},pubKeyCredParams:[{type:'public-key',alg:-7}],",
+    "excludeCredentials:b.dataset.ids?b.dataset.ids.split(',').map(i=>({type:'public-key',id:d(i)})):[],",
+    "attestation:'none',authenticatorSelection:{userVerification:'preferred'},timeout:120000}});",
+    "f.client_data.value=e(c.response.clientDataJSON);f.attestation.value=e(c.response.attestationObject);f.submit();",
+    "}catch(x){document.getElementById('pkerr').textContent='パスキーを登録できませんでした: '+x;}});"
+);
 
 async fn step_get(web: &Web, headers: &HeaderMap, stage: &str) -> Response {
     let Some(p) = web.pending(headers).filter(|p| p.stage == stage) else {
@@ -674,7 +784,32 @@ async fn step_get(web: &Web, headers: &HeaderMap, stage: &str) -> Response {
     };
     match stage {
         "password" => password_page(web, &p, "", StatusCode::OK),
-        "verify" => verify_page(web, &p, "", StatusCode::OK),
+        "verify" => {
+            let (acc, tenant, uid, now) = (
+                web.acc.clone(),
+                web.tenant.clone(),
+                p.user_id.clone(),
+                web.now,
+            );
+            let passkeys = blocking(move || {
+                let ids: Vec<String> = acc
+                    .store()
+                    .webauthn_credentials(&tenant, &uid)?
+                    .into_iter()
+                    .map(|c| c.credential.id)
+                    .collect();
+                if ids.is_empty() {
+                    return Ok(None);
+                }
+                Ok(Some((
+                    acc.webauthn_challenge(&tenant, &uid, "login", now)?,
+                    ids,
+                )))
+            })
+            .await
+            .unwrap_or(None);
+            verify_page_with(web, &p, "", StatusCode::OK, passkeys)
+        }
         "enrol" => {
             let (acc, tenant, uid) = (web.acc.clone(), web.tenant.clone(), p.user_id.clone());
             match blocking(move || acc.begin_totp_enrolment(&tenant, &uid)).await {
@@ -703,7 +838,9 @@ async fn step_post(
     stage: &str,
     form: &[(String, String)],
 ) -> Response {
-    let Some(p) = web.pending(headers).filter(|p| p.stage == stage) else {
+    // the passkey answers the second-factor step
+    let want = if stage == "passkey" { "verify" } else { stage };
+    let Some(p) = web.pending(headers).filter(|p| p.stage == want) else {
         return step_expired(web);
     };
     if !ct_eq(
@@ -773,6 +910,34 @@ async fn step_post(
                 Err(e) => verify_page(web, &p, &e.message_ja, status_of(&e)),
             }
         }
+        "passkey" => {
+            let rp = web.rp.clone();
+            let dec = |k: &str| iryo_security::webauthn::decode_b64url(field(form, k));
+            let (cd, ad, sig) = match (
+                dec("client_data"),
+                dec("authenticator_data"),
+                dec("signature"),
+            ) {
+                (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+                _ => {
+                    return verify_page(
+                        web,
+                        &p,
+                        "パスキーの応答の形式が正しくありません",
+                        StatusCode::BAD_REQUEST,
+                    )
+                }
+            };
+            let cid = field(form, "credential_id").to_string();
+            let r = blocking(move || {
+                acc.verify_webauthn(&tenant, &uid, &rp, &cid, &cd, &ad, &sig, &ip, now)
+            })
+            .await;
+            match r {
+                Ok(t) => start_session(web, headers, t, &p.next, None).await,
+                Err(e) => verify_page(web, &p, &e.message_ja, status_of(&e)),
+            }
+        }
         _ => step_expired(web),
     }
 }
@@ -827,6 +992,9 @@ async fn account(web: &Web, headers: &HeaderMap, msg: &str) -> Response {
             "<p><a href=\"{pre}/account/admin\">非常時アクセスの確認(管理者)</a></p>"
         ));
     }
+    body.push_str(&format!(
+        "<p><a href=\"{pre}/account/passkey\">パスキー(WebAuthn)の登録</a></p>"
+    ));
     body.push_str(&form("logout", "", "ログアウト"));
     body.push_str(&form(
         "sign-out-everywhere",
@@ -924,6 +1092,42 @@ async fn account_post(
                 }
             }
         }
+        "passkey" => {
+            let dec = |k: &str| iryo_security::webauthn::decode_b64url(field(form, k));
+            let (cd, att) = match (dec("client_data"), dec("attestation")) {
+                (Ok(a), Ok(b)) => (a, b),
+                _ => {
+                    return passkey_page(web, headers, "パスキーの応答の形式が正しくありません")
+                        .await
+                }
+            };
+            let label = match field(form, "label").trim() {
+                "" => "パスキー".to_string(),
+                l => l.to_string(),
+            };
+            let (rp, uid) = (web.rp.clone(), p.subject.clone());
+            let r = blocking(move || {
+                acc.register_webauthn(&tenant, &uid, &rp, &cd, &att, &label, &ip, now)
+            })
+            .await;
+            match r {
+                Ok(rec) => html(
+                    StatusCode::OK,
+                    "パスキーを登録しました",
+                    &format!(
+                        "<p>パスキー「{}」を登録しました。次回からログイン時に使えます。</p>\
+                         <p><a href=\"{}/account\">アカウントへ戻る</a></p>",
+                        esc(&rec.label),
+                        esc(&web.prefix)
+                    ),
+                ),
+                Err(e) => {
+                    let mut r = passkey_page(web, headers, &e.message_ja).await;
+                    *r.status_mut() = status_of(&e);
+                    r
+                }
+            }
+        }
         "review" => {
             if !p.is_admin {
                 return html(
@@ -961,6 +1165,72 @@ async fn account_post(
             "<p>このページはありません (not found).</p>",
         ),
     }
+}
+
+/// Passkey registration page of the logged-in user (one inline script calls
+/// `navigator.credentials.create`; ES256, attestation `none`).
+async fn passkey_page(web: &Web, headers: &HeaderMap, msg: &str) -> Response {
+    let Some((id, _, p)) = web.session(headers).await else {
+        return web.login_redirect(&format!("{}/account/passkey", web.prefix));
+    };
+    let Some(u) = user_of(web, &p).await else {
+        return web.login_redirect(&format!("{}/account/passkey", web.prefix));
+    };
+    let (acc, tenant, uid, now) = (
+        web.acc.clone(),
+        web.tenant.clone(),
+        u.user_id.clone(),
+        web.now,
+    );
+    let r = blocking(move || {
+        let creds = acc.store().webauthn_credentials(&tenant, &uid)?;
+        Ok((
+            acc.webauthn_challenge(&tenant, &uid, "register", now)?,
+            creds,
+        ))
+    })
+    .await;
+    let (challenge, creds) = match r {
+        Ok(v) => v,
+        Err(e) => return html(status_of(&e), "エラー", &err_p(&e.message_ja)),
+    };
+    let list: String = creds
+        .iter()
+        .map(|c| {
+            format!(
+                "<li>{} ({})</li>",
+                esc(&c.label),
+                esc(&c.created_at.format("%Y-%m-%d %H:%M UTC").to_string())
+            )
+        })
+        .collect();
+    let ids: Vec<&str> = creds.iter().map(|c| c.credential.id.as_str()).collect();
+    let body = format!(
+        "{}<p>登録済みのパスキー: {} 件</p><ul>{list}</ul>\
+         <form method=\"post\" action=\"{}/account/passkey\">{}{}{}\
+         <label>名前(例: 診察室のセキュリティキー) <input type=\"text\" name=\"label\" maxlength=\"100\"></label>\
+         <button type=\"submit\" id=\"pk\" data-challenge=\"{}\" data-rp=\"{}\" data-user=\"{}\" data-name=\"{}\" data-display=\"{}\" data-ids=\"{}\">パスキーを登録</button>\
+         <p id=\"pkerr\" class=\"err\"></p></form><p><a href=\"{}/account\">アカウントへ戻る</a></p>",
+        err_p(msg),
+        creds.len(),
+        esc(&web.prefix),
+        hidden("csrf", &web.session_csrf(&id)),
+        hidden("client_data", ""),
+        hidden("attestation", ""),
+        esc(&challenge),
+        esc(&web.rp.id),
+        esc(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(u.user_id.as_bytes())),
+        esc(&u.username),
+        esc(&u.display_name),
+        esc(&ids.join(",")),
+        esc(&web.prefix)
+    );
+    html_script(
+        StatusCode::OK,
+        "パスキーの登録",
+        &body,
+        Some(PASSKEY_CREATE_JS),
+    )
 }
 
 /// Administrators: unreviewed break-glass grants, each with a review button.
@@ -1062,7 +1332,7 @@ pub async fn authorize(
     body: &[u8],
     peer: Option<SocketAddr>,
 ) -> Response {
-    let web = match Web::new(sec, &ctx.tenant_name, peer) {
+    let web = match Web::new(sec, &ctx.tenant_name, &origin_of(&ctx.base), peer) {
         Ok(w) => w,
         Err(r) => return r,
     };
@@ -1389,7 +1659,7 @@ pub async fn break_glass_api(
     peer: Option<SocketAddr>,
 ) -> Response {
     let now = Utc::now();
-    let web = match Web::new(sec, &ctx.tenant_name, peer) {
+    let web = match Web::new(sec, &ctx.tenant_name, &origin_of(&ctx.base), peer) {
         Ok(w) => w,
         Err(r) => return r,
     };

@@ -1304,3 +1304,206 @@ async fn jti_replay_refused_across_servers() {
         );
     }
 }
+
+/// A software authenticator: an ES256 key pair, as a security key or passkey holds it.
+struct Authenticator {
+    key: ring::signature::EcdsaKeyPair,
+    id: Vec<u8>,
+    rng: ring::rand::SystemRandom,
+}
+
+fn b64u(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+fn cbor(v: &ciborium::Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::ser::into_writer(v, &mut out).unwrap();
+    out
+}
+
+impl Authenticator {
+    fn new() -> Authenticator {
+        use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING as ALG};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ALG, &rng).unwrap();
+        Authenticator {
+            key: EcdsaKeyPair::from_pkcs8(&ALG, pkcs8.as_ref(), &rng).unwrap(),
+            id: uuid::Uuid::new_v4().as_bytes().to_vec(),
+            rng,
+        }
+    }
+
+    fn auth_data(rp_id: &str, flags: u8, count: u32) -> Vec<u8> {
+        use sha2::Digest;
+        let mut d = sha2::Sha256::digest(rp_id.as_bytes()).to_vec();
+        d.push(flags);
+        d.extend_from_slice(&count.to_be_bytes());
+        d
+    }
+
+    /// `navigator.credentials.create`: (clientDataJSON, attestationObject).
+    fn create(&self, rp_id: &str, origin: &str, challenge: &str) -> (Vec<u8>, Vec<u8>) {
+        use ciborium::Value as V;
+        use ring::signature::KeyPair;
+        let cd = json!({"type": "webauthn.create", "challenge": challenge, "origin": origin,
+            "crossOrigin": false})
+        .to_string()
+        .into_bytes();
+        let pk = self.key.public_key().as_ref();
+        let cose = V::Map(vec![
+            (V::Integer(1.into()), V::Integer(2.into())),
+            (V::Integer(3.into()), V::Integer((-7).into())),
+            (V::Integer((-1).into()), V::Integer(1.into())),
+            (V::Integer((-2).into()), V::Bytes(pk[1..33].to_vec())),
+            (V::Integer((-3).into()), V::Bytes(pk[33..65].to_vec())),
+        ]);
+        let mut ad = Self::auth_data(rp_id, 0x45, 0);
+        ad.extend_from_slice(&[0u8; 16]);
+        ad.extend_from_slice(&(self.id.len() as u16).to_be_bytes());
+        ad.extend_from_slice(&self.id);
+        ad.extend_from_slice(&cbor(&cose));
+        let att = V::Map(vec![
+            (V::Text("fmt".into()), V::Text("none".into())),
+            (V::Text("attStmt".into()), V::Map(vec![])),
+            (V::Text("authData".into()), V::Bytes(ad)),
+        ]);
+        (cd, cbor(&att))
+    }
+
+    /// `navigator.credentials.get`: (clientDataJSON, authenticatorData, signature).
+    fn get(
+        &self,
+        rp_id: &str,
+        origin: &str,
+        challenge: &str,
+        count: u32,
+    ) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        use sha2::Digest;
+        let cd = json!({"type": "webauthn.get", "challenge": challenge, "origin": origin})
+            .to_string()
+            .into_bytes();
+        let ad = Self::auth_data(rp_id, 0x05, count);
+        let mut signed = ad.clone();
+        signed.extend_from_slice(&sha2::Sha256::digest(&cd));
+        let sig = self.key.sign(&self.rng, &signed).unwrap().as_ref().to_vec();
+        (cd, ad, sig)
+    }
+}
+
+async fn post_passkey(br: &Browser, tenant: &str, f: Vec<(&'static str, String)>) -> Page {
+    let f: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    br.post(&format!("{}/login/passkey", prefix(tenant)), &f)
+        .await
+}
+
+fn data_attr(page: &str, name: &str) -> String {
+    between(page, &format!("data-{name}=\""), "\"").unwrap_or_default()
+}
+
+#[tokio::test]
+async fn passkey_registration_and_second_factor() {
+    for env in envs().await {
+        for tenant in TENANTS {
+            let p = prefix(tenant);
+            let origin = env.srv.base.clone();
+            let rp = "127.0.0.1";
+            let u = env
+                .user(tenant, "doctor-pk", Role::Physician, false, None, true)
+                .await;
+            let b = env.browser();
+            assert_eq!(b.login(tenant, &u, 1).await.status, 303);
+            let reg = b.get(&format!("{p}/account/passkey")).await;
+            assert_eq!(reg.status, 200, "{}", reg.text);
+            let csp = reg.headers["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            assert!(csp.contains("script-src 'nonce-"), "{csp}");
+            assert_eq!(data_attr(&reg.text, "rp"), rp);
+            let challenge = data_attr(&reg.text, "challenge");
+            let auth = Authenticator::new();
+            // a response for another origin is refused
+            let (cd, att) = auth.create(rp, "https://evil.example", &challenge);
+            let bad = b
+                .post(
+                    &format!("{p}/account/passkey"),
+                    &[
+                        ("csrf", &reg.csrf()),
+                        ("client_data", &b64u(&cd)),
+                        ("attestation", &b64u(&att)),
+                    ],
+                )
+                .await;
+            assert_eq!(bad.status, 401, "{}", bad.text);
+            // the right one registers; its challenge cannot be used again
+            let reg = b.get(&format!("{p}/account/passkey")).await;
+            let challenge = data_attr(&reg.text, "challenge");
+            let (cd, att) = auth.create(rp, &origin, &challenge);
+            let form = [
+                ("csrf", reg.csrf()),
+                ("client_data", b64u(&cd)),
+                ("attestation", b64u(&att)),
+                ("label", "診察室のキー".to_string()),
+            ];
+            let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let ok = b.post(&format!("{p}/account/passkey"), &form).await;
+            assert_eq!(ok.status, 200, "{}", ok.text);
+            assert!(ok.text.contains("診察室のキー"));
+            let again = b.post(&format!("{p}/account/passkey"), &form).await;
+            assert_eq!(again.status, 401, "challenge used once: {}", again.text);
+            // login with the passkey as second factor
+            let c = env.browser();
+            let r = c.password(tenant, &u.username, PW1, "").await;
+            assert_eq!(r.location(), format!("{p}/login/verify"));
+            let v = c.get(&r.location()).await;
+            assert_eq!(data_attr(&v.text, "ids"), b64u(&auth.id));
+            let (cd, ad, sig) = auth.get(rp, &origin, &data_attr(&v.text, "challenge"), 1);
+            let assertion = |csrf: String, cd: &[u8], ad: &[u8], sig: &[u8]| {
+                vec![
+                    ("csrf", csrf),
+                    ("credential_id", b64u(&auth.id)),
+                    ("client_data", b64u(cd)),
+                    ("authenticator_data", b64u(ad)),
+                    ("signature", b64u(sig)),
+                ]
+            };
+            let done = post_passkey(&c, tenant, assertion(v.csrf(), &cd, &ad, &sig)).await;
+            assert_eq!(done.status, 303, "{}", done.text);
+            assert_eq!(c.account(tenant).await.status, 200);
+            // another browser: the replayed assertion, a counter that does not grow and a
+            // signature of another key are refused; then a good one
+            let d = env.browser();
+            let r = d.password(tenant, &u.username, PW1, "").await;
+            let v = d.get(&r.location()).await;
+            let replay = post_passkey(&d, tenant, assertion(v.csrf(), &cd, &ad, &sig)).await;
+            assert_eq!(replay.status, 401, "{}", replay.text);
+            let ch = data_attr(&v.text, "challenge");
+            let (cd2, ad2, sig2) = auth.get(rp, &origin, &ch, 1);
+            let stale = post_passkey(&d, tenant, assertion(v.csrf(), &cd2, &ad2, &sig2)).await;
+            assert_eq!(stale.status, 401, "counter must grow: {}", stale.text);
+            let v = d.get(&format!("{p}/login/verify")).await;
+            let ch = data_attr(&v.text, "challenge");
+            let other = Authenticator::new();
+            let (cd3, ad3, sig3) = other.get(rp, &origin, &ch, 5);
+            let forged = post_passkey(&d, tenant, assertion(v.csrf(), &cd3, &ad3, &sig3)).await;
+            assert_eq!(forged.status, 401, "{}", forged.text);
+            let v = d.get(&format!("{p}/login/verify")).await;
+            let ch = data_attr(&v.text, "challenge");
+            let (cd4, ad4, sig4) = auth.get(rp, &origin, &ch, 2);
+            let good = post_passkey(&d, tenant, assertion(v.csrf(), &cd4, &ad4, &sig4)).await;
+            assert_eq!(good.status, 303, "{}", good.text);
+            let log = env.log_async(tenant).await;
+            assert!(log.iter().any(|r| r.entry.action == AuditAction::TotpEnrol
+                && r.entry.outcome == AuditOutcome::Success
+                && r.entry.details["second_factor"] == "webauthn"));
+            assert!(refused(&log, "already used"));
+            assert!(refused(&log, "counter did not increase"));
+            assert!(refused(&log, "signature does not verify"));
+            assert!(log.iter().any(|r| r.entry.action == AuditAction::TotpEnrol
+                && r.entry.outcome == AuditOutcome::Denied
+                && r.entry.details.to_string().contains("origin")));
+        }
+    }
+}

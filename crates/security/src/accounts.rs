@@ -18,6 +18,7 @@ use crate::roles::Role;
 use crate::session::{self, NewSession, SessionPolicy};
 use crate::store::{AccountStatus, NewAuditEntry, SecurityStore, SessionRecord, UserRecord};
 use crate::totp;
+use crate::webauthn;
 
 /// Settings of the account service.
 #[derive(Debug, Clone)]
@@ -688,7 +689,7 @@ impl<S: SecurityStore> Accounts<S> {
         );
         if u.must_change_password || change_due {
             LoginStep::ChangePassword
-        } else if u.totp_enabled {
+        } else if u.totp_enabled || self.has_passkey(u) {
             LoginStep::SecondFactor
         } else if self.config.require_totp_for_staff && u.role.is_staff() {
             LoginStep::EnrolSecondFactor
@@ -1067,6 +1068,177 @@ impl<S: SecurityStore> Accounts<S> {
             break_glass: self.store.active_break_glass(tenant, &u.user_id, now)?,
         };
         Ok((s, principal))
+    }
+
+    /// Whether the user has registered a passkey (WebAuthn credential).
+    pub fn has_passkey(&self, u: &UserRecord) -> bool {
+        self.store
+            .webauthn_credentials(&u.tenant, &u.user_id)
+            .is_ok_and(|v| !v.is_empty())
+    }
+
+    fn webauthn_key(&self) -> Result<&[u8; 32]> {
+        self.config.secret_key.as_ref().ok_or_else(|| {
+            SecurityError::new(
+                ErrorKind::Crypto,
+                "サーバー鍵が設定されていません",
+                "WebAuthn needs the server key (SecurityConfig::secret_key)",
+            )
+        })
+    }
+
+    /// A challenge for a WebAuthn ceremony (`register` or `login`) of a user.
+    pub fn webauthn_challenge(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        purpose: &str,
+        now: DateTime<Utc>,
+    ) -> Result<String> {
+        Ok(webauthn::new_challenge(
+            self.webauthn_key()?,
+            purpose,
+            tenant,
+            user_id,
+            now,
+        ))
+    }
+
+    /// Checks a challenge of `purpose` and records it as used (once, across servers).
+    fn use_challenge(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        purpose: &str,
+        challenge: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let key = self.webauthn_key()?;
+        let exp = webauthn::check_challenge(key, purpose, tenant, user_id, challenge, now)?;
+        if !self
+            .store
+            .record_assertion_jti(tenant, "webauthn", challenge, exp)?
+        {
+            return Err(SecurityError::new(
+                ErrorKind::Replay,
+                "このパスキーの応答は既に使用されています",
+                "WebAuthn challenge already used",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Registers a passkey for a logged-in user (ES256, attestation `none`); logged as a
+    /// second-factor enrolment.
+    #[allow(clippy::too_many_arguments)]
+    pub fn register_webauthn(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        rp: &webauthn::RelyingParty,
+        client_data_json: &[u8],
+        attestation_object: &[u8],
+        label: &str,
+        source_ip: &str,
+        now: DateTime<Utc>,
+    ) -> Result<webauthn::CredentialRecord> {
+        let u = self.user_by_id(tenant, user_id)?;
+        self.usable(&u, now)?;
+        let role = Some(u.role.code().to_string());
+        let r = webauthn::verify_registration(rp, client_data_json, attestation_object, |c| {
+            self.use_challenge(tenant, user_id, "register", c, now)
+        })
+        .and_then(|credential| {
+            let rec = webauthn::CredentialRecord {
+                tenant: tenant.to_string(),
+                user_id: user_id.to_string(),
+                credential,
+                label: label.chars().take(100).collect(),
+                created_at: now,
+            };
+            self.store.insert_webauthn(&rec)?;
+            Ok(rec)
+        });
+        let (outcome, details) = match &r {
+            Ok(rec) => (
+                AuditOutcome::Success,
+                json!({"second_factor": "webauthn", "credential": rec.credential.id}),
+            ),
+            Err(e) => (
+                AuditOutcome::Denied,
+                json!({"second_factor": "webauthn", "reason": e.message_en}),
+            ),
+        };
+        self.log(
+            now,
+            tenant,
+            user_id,
+            role,
+            AuditAction::TotpEnrol,
+            outcome,
+            Some(source_ip),
+            details,
+        )?;
+        r
+    }
+
+    /// Second factor at login with a passkey: the assertion must verify with one of the
+    /// user's credentials, and its counter must grow. Failures count towards the lockout.
+    #[allow(clippy::too_many_arguments)]
+    pub fn verify_webauthn(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        rp: &webauthn::RelyingParty,
+        credential_id: &str,
+        client_data_json: &[u8],
+        authenticator_data: &[u8],
+        signature: &[u8],
+        source_ip: &str,
+        now: DateTime<Utc>,
+    ) -> Result<LoginTicket> {
+        let u = self.user_by_id(tenant, user_id)?;
+        self.second_factor_gate(&u, source_ip, now)?;
+        let r = self
+            .store
+            .webauthn_credentials(tenant, user_id)?
+            .into_iter()
+            .find(|c| c.credential.id == credential_id)
+            .ok_or_else(|| {
+                SecurityError::new(
+                    ErrorKind::Unauthenticated,
+                    "このパスキーは登録されていません",
+                    "WebAuthn: unknown credential for this user",
+                )
+            })
+            .and_then(|c| {
+                let n = webauthn::verify_assertion(
+                    rp,
+                    &c.credential,
+                    client_data_json,
+                    authenticator_data,
+                    signature,
+                    |ch| self.use_challenge(tenant, user_id, "login", ch, now),
+                )?;
+                if self
+                    .store
+                    .advance_webauthn_count(tenant, credential_id, n)?
+                {
+                    Ok(())
+                } else {
+                    Err(SecurityError::new(
+                        ErrorKind::Replay,
+                        "パスキーの署名カウンターが増えていません",
+                        "WebAuthn: signature counter did not increase",
+                    ))
+                }
+            });
+        if let Err(e) = r {
+            self.second_factor_failed(&u, source_ip, now, &e.message_en)?;
+            return Err(e);
+        }
+        self.clear_failures(tenant, user_id)?;
+        Ok(self.ticket(tenant, user_id, true))
     }
 
     /// Ends one session.

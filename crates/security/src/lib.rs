@@ -60,6 +60,7 @@ pub mod session;
 pub mod store;
 pub mod token;
 pub mod totp;
+pub mod webauthn;
 
 pub use error::{ErrorKind, Result, SecurityError};
 

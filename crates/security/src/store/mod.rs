@@ -277,6 +277,16 @@ pub trait SecurityStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Option<AuthCodeRecord>>;
 
+    fn insert_webauthn(&self, c: &crate::webauthn::CredentialRecord) -> Result<()>;
+    fn webauthn_credentials(
+        &self,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Vec<crate::webauthn::CredentialRecord>>;
+    /// Stores a new signature counter if it is larger (or both are 0); false otherwise.
+    fn advance_webauthn_count(&self, tenant: &str, credential_id: &str, count: u32)
+        -> Result<bool>;
+
     /// Appends to the tenant's hash chain atomically; returns the sealed record.
     fn append_audit(&self, entry: NewAuditEntry) -> Result<AuditRecord>;
     /// Appends several entries (e.g. one per resource a search returned) in
@@ -762,6 +772,24 @@ impl<T: SecurityStore + ?Sized> SecurityStore for std::sync::Arc<T> {
     ) -> Result<Option<AuthCodeRecord>> {
         (**self).take_auth_code(tenant, code_hash, now)
     }
+    fn insert_webauthn(&self, c: &crate::webauthn::CredentialRecord) -> Result<()> {
+        (**self).insert_webauthn(c)
+    }
+    fn webauthn_credentials(
+        &self,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Vec<crate::webauthn::CredentialRecord>> {
+        (**self).webauthn_credentials(tenant, user_id)
+    }
+    fn advance_webauthn_count(
+        &self,
+        tenant: &str,
+        credential_id: &str,
+        count: u32,
+    ) -> Result<bool> {
+        (**self).advance_webauthn_count(tenant, credential_id, count)
+    }
     fn append_audit(&self, entry: NewAuditEntry) -> Result<AuditRecord> {
         (**self).append_audit(entry)
     }
@@ -791,4 +819,19 @@ impl<T: SecurityStore + ?Sized> SecurityStore for std::sync::Arc<T> {
     ) -> Result<std::result::Result<u64, audit::ChainBreak>> {
         (**self).verify_audit_chain(tenant)
     }
+}
+
+pub(crate) fn webauthn_from(r: &dyn Cols) -> Result<crate::webauthn::CredentialRecord> {
+    Ok(crate::webauthn::CredentialRecord {
+        tenant: r.text(0)?,
+        user_id: r.text(1)?,
+        credential: crate::webauthn::Credential {
+            id: r.text(2)?,
+            public_key: hex::decode(r.text(3)?).map_err(|_| bad_row("public_key"))?,
+            sign_count: r.int(4)?.clamp(0, u32::MAX as i64) as u32,
+            user_verified: r.flag(5)?,
+        },
+        label: r.text(6)?,
+        created_at: from_ts(r.int(7)?),
+    })
 }

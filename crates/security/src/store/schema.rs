@@ -85,6 +85,18 @@ pub const SCHEMA: &[&str] = &[
         expires_at BIGINT NOT NULL,
         PRIMARY KEY (tenant, code_hash)
     )",
+    "CREATE TABLE IF NOT EXISTS sec_webauthn (
+        tenant TEXT NOT NULL,
+        credential_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        public_key TEXT NOT NULL,
+        sign_count BIGINT NOT NULL,
+        user_verified BOOLEAN NOT NULL,
+        label TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (tenant, credential_id)
+    )",
+    "CREATE INDEX IF NOT EXISTS sec_webauthn_user ON sec_webauthn (tenant, user_id)",
     "CREATE TABLE IF NOT EXISTS sec_break_glass (
         tenant TEXT NOT NULL,
         grant_id TEXT NOT NULL,
@@ -221,6 +233,15 @@ pub const SELECT_AUTH_CODE: &str = "SELECT tenant, code_hash, client_id, redirec
      scope, patient_ref, code_challenge, expires_at FROM sec_auth_code \
      WHERE tenant = $1 AND code_hash = $2";
 pub const DELETE_AUTH_CODE: &str = "DELETE FROM sec_auth_code WHERE tenant = $1 AND code_hash = $2";
+pub const INSERT_WEBAUTHN: &str = "INSERT INTO sec_webauthn (tenant, credential_id, user_id, \
+     public_key, sign_count, user_verified, label, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+pub const SELECT_WEBAUTHN: &str = "SELECT tenant, user_id, credential_id, public_key, sign_count, \
+     user_verified, label, created_at FROM sec_webauthn WHERE tenant = $1 AND user_id = $2 \
+     ORDER BY created_at, credential_id";
+/// Only a larger counter is stored (or 0 for authenticators without one): a concurrent or
+/// replayed assertion with the same counter loses.
+pub const ADVANCE_WEBAUTHN_COUNT: &str = "UPDATE sec_webauthn SET sign_count = $1 \
+     WHERE tenant = $2 AND credential_id = $3 AND (sign_count < $1 OR ($1 = 0 AND sign_count = 0))";
 pub const DELETE_EXPIRED_AUTH_CODES: &str = "DELETE FROM sec_auth_code WHERE expires_at < $1";
 
 pub const INSERT_BREAK_GLASS: &str =

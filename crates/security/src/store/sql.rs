@@ -380,6 +380,53 @@ impl<C: Conn> SecurityStore for SqlSecurityStore<C> {
         Ok((self.exec(schema::DELETE_AUTH_CODE, &[s(tenant), s(code_hash)])? == 1).then_some(c))
     }
 
+    fn insert_webauthn(&self, c: &crate::webauthn::CredentialRecord) -> Result<()> {
+        self.exec(
+            schema::INSERT_WEBAUTHN,
+            &[
+                s(&c.tenant),
+                s(&c.credential.id),
+                s(&c.user_id),
+                Val::from(hex::encode(&c.credential.public_key)),
+                (c.credential.sign_count as i64).into(),
+                Val::B(c.credential.user_verified),
+                s(&c.label),
+                ts(c.created_at).into(),
+            ],
+        )
+        .map_err(|e| match e.kind {
+            ErrorKind::Conflict => SecurityError::new(
+                ErrorKind::Conflict,
+                "このパスキーは既に登録されています",
+                "credential already registered",
+            ),
+            _ => e,
+        })?;
+        Ok(())
+    }
+
+    fn webauthn_credentials(
+        &self,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Vec<crate::webauthn::CredentialRecord>> {
+        self.all(schema::SELECT_WEBAUTHN, &[s(tenant), s(user_id)], &|r| {
+            webauthn_from(r)
+        })
+    }
+
+    fn advance_webauthn_count(
+        &self,
+        tenant: &str,
+        credential_id: &str,
+        count: u32,
+    ) -> Result<bool> {
+        Ok(self.exec(
+            schema::ADVANCE_WEBAUTHN_COUNT,
+            &[(count as i64).into(), s(tenant), s(credential_id)],
+        )? == 1)
+    }
+
     fn append_audit(&self, e: NewAuditEntry) -> Result<AuditRecord> {
         let mut v = self.append_audit_many(vec![e])?;
         v.pop()
