@@ -551,7 +551,7 @@ pub fn smart_configuration(
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
         "grant_types_supported": ["client_credentials"],
-        "scopes_supported": ["system/*.rs", "system/*.cruds", "user/*.rs", "user/*.cruds", "patient/*.rs", "openid", "fhirUser"],
+        "scopes_supported": ["system/*.rs", "system/*.cruds", "user/*.rs", "user/*.cruds", "patient/*.rs"],
         "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2", "permission-patient", "permission-user"],
     });
     if let (Some(a), Some(obj)) = (authorization_endpoint, v.as_object_mut()) {
