@@ -875,7 +875,10 @@ async fn smart_standalone_launch_authorization_code_pkce() {
                 .ends_with(&format!("{bt}/auth/authorize")));
             assert_eq!(conf["code_challenge_methods_supported"], json!(["S256"]));
             let supported = conf["scopes_supported"].as_array().unwrap();
-            assert!(!supported.contains(&json!("openid")), "OpenID Connect is not offered");
+            assert!(
+                !supported.contains(&json!("openid")),
+                "OpenID Connect is not offered"
+            );
             for c in [
                 "launch-standalone",
                 "client-public",
