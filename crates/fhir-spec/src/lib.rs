@@ -33,6 +33,7 @@
 mod check;
 mod data;
 mod hash;
+pub use hash::{FastMap, Fnv};
 mod model;
 pub mod primitive;
 mod raw;

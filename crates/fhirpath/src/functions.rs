@@ -1153,9 +1153,10 @@ pub(crate) fn call<'a>(f: Func, input: Coll<'a>, args: &[Ast], env: &Env<'_, 'a>
 
 /// Compiles a regular expression, reusing a per-thread cache (invariants and
 /// search expressions use the same few patterns over and over).
-fn compile_regex(p: &str) -> Result<regex::Regex, EvalError> {
+/// Shared (`Rc`), not cloned: a cloned `Regex` gets a fresh, cold match cache.
+fn compile_regex(p: &str) -> Result<std::rc::Rc<regex::Regex>, EvalError> {
     thread_local! {
-        static CACHE: std::cell::RefCell<std::collections::HashMap<String, regex::Regex>> =
+        static CACHE: std::cell::RefCell<std::collections::HashMap<String, std::rc::Rc<regex::Regex>>> =
             std::cell::RefCell::new(std::collections::HashMap::new());
     }
     if let Some(re) = CACHE.with(|c| c.borrow().get(p).cloned()) {
@@ -1164,6 +1165,7 @@ fn compile_regex(p: &str) -> Result<regex::Regex, EvalError> {
     let re = regex::RegexBuilder::new(p)
         .size_limit(1 << 20)
         .build()
+        .map(std::rc::Rc::new)
         .map_err(|e| {
             EvalError::new(
                 "正規表現が不正です",
@@ -1175,7 +1177,7 @@ fn compile_regex(p: &str) -> Result<regex::Regex, EvalError> {
         if c.len() >= 512 {
             c.clear();
         }
-        c.insert(p.to_string(), re.clone());
+        c.insert(p.to_string(), std::rc::Rc::clone(&re));
     });
     Ok(re)
 }

@@ -66,7 +66,7 @@ mod value;
 pub use error::{EvalError, ParseError};
 pub use model::{BuiltinTypes, ChildType, TypeInfo};
 pub use temporal::{PartialDateTime, PartialTime, Precision};
-pub use value::{Item, Quantity};
+pub use value::{str_equiv, Item, Quantity};
 
 use chrono::{Datelike, Timelike};
 use serde_json::Value;
@@ -259,6 +259,23 @@ impl Expression {
         &self.source
     }
 
+    /// The child names through which the expression reads its input, when it reads the input
+    /// *only* by navigating to children with these names: no `$this`/`$index`/`$total`, no
+    /// environment variable (`%resource`…), no function or type test applied to the input
+    /// itself, no type name as a first step, and no function that depends on anything but
+    /// its arguments (`resolve()`, `memberOf()`, `today()`, `children()`…). Names inside
+    /// function arguments are included, so the list may be longer than needed.
+    ///
+    /// For such an expression, an input that has none of these children (nor `_name` or a
+    /// choice variant `nameX`) gives the same result as an empty element, which lets callers
+    /// evaluate it once instead of per input (e.g. `contained.contained.empty()`).
+    /// `None` when the expression does not have this form.
+    pub fn focus_names(&self) -> Option<Vec<String>> {
+        let mut out = Vec::new();
+        focus_names(&self.ast, &mut out)?;
+        Some(out)
+    }
+
     /// Evaluates against `input` (a resource, or any element; a JSON object with
     /// `resourceType` is typed by it).
     pub fn evaluate<'a>(
@@ -312,5 +329,64 @@ impl Expression {
     ) -> Result<Option<bool>, EvalError> {
         let out = self.evaluate(ctx, input)?;
         eval::to_bool(&out)
+    }
+}
+
+fn focus_names(a: &parser::Ast, out: &mut Vec<String>) -> Option<()> {
+    use functions::Func;
+    use parser::Ast;
+    match a {
+        Ast::Empty | Ast::Lit(_) => Some(()),
+        Ast::This | Ast::Index | Ast::Total | Ast::Env(_) => None,
+        Ast::Member(None, n) => {
+            if n.starts_with(|c: char| c.is_ascii_uppercase()) {
+                return None;
+            }
+            if !out.contains(n) {
+                out.push(n.clone());
+            }
+            Some(())
+        }
+        Ast::Member(Some(t), n) => {
+            focus_names(t, out)?;
+            if !out.contains(n) {
+                out.push(n.clone());
+            }
+            Some(())
+        }
+        Ast::Call(None, _, _) | Ast::TypeOp(None, _, _) => None,
+        Ast::Call(Some(t), f, args) => {
+            if matches!(
+                f,
+                Func::Now
+                    | Func::Today
+                    | Func::TimeOfDay
+                    | Func::Resolve
+                    | Func::ConformsTo
+                    | Func::MemberOf
+                    | Func::Subsumes
+                    | Func::SubsumedBy
+                    | Func::Trace
+                    | Func::Aggregate
+                    | Func::Iif
+                    | Func::Slice
+                    | Func::CheckModifiers
+                    | Func::HtmlChecks
+                    | Func::Htmlchecks
+                    | Func::Children
+                    | Func::Descendants
+                    | Func::Coalesce
+                    | Func::Type
+            ) {
+                return None;
+            }
+            focus_names(t, out)?;
+            args.iter().try_for_each(|a| focus_names(a, out))
+        }
+        Ast::TypeOp(Some(t), _, _) | Ast::Neg(t) => focus_names(t, out),
+        Ast::Indexer(a, b) | Ast::Bin(_, a, b) => {
+            focus_names(a, out)?;
+            focus_names(b, out)
+        }
     }
 }

@@ -41,7 +41,7 @@ pub trait TypeInfo: Send + Sync {
 }
 
 /// FHIR R4 primitive types.
-pub(crate) const PRIMITIVES: &[&str] = &[
+pub const PRIMITIVES: &[&str] = &[
     "base64Binary",
     "boolean",
     "canonical",

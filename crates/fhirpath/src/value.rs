@@ -378,7 +378,8 @@ pub(crate) fn quantities_comparable(a: &Quantity, b: &Quantity) -> bool {
     quantity_common(a, b).is_some()
 }
 
-fn str_equiv(a: &str, b: &str) -> bool {
+/// String equivalence (`~`): whitespace runs collapsed, case ignored.
+pub fn str_equiv(a: &str, b: &str) -> bool {
     let norm = |s: &str| {
         s.split_whitespace()
             .collect::<Vec<_>>()

@@ -1,9 +1,21 @@
 //! Timing: first validation of a JP-CLINS Bundle (profiles loaded lazily, included), then the
 //! steady state for a ~50-resource 5情報 Bundle, single-threaded.
 //! `cargo run --release -p iryo-validator --example bench`
+//!
+//! For instruction counts (repeatable on a loaded machine):
+//! `valgrind --tool=callgrind --toggle-collect='*steady_loop*' target/release/examples/bench
+//! --steady 10` (counts only 10 steady-state validations) or `--startup` (only the first validation).
 use iryo_validator::Validator;
 use serde_json::{json, Value};
 use std::time::Instant;
+
+/// The steady-state part alone (`valgrind --tool=callgrind --toggle-collect='*steady_loop*'`).
+#[inline(never)]
+fn steady_loop(v: &Validator, bundle: &Value, n: usize) {
+    for _ in 0..n {
+        std::hint::black_box(v.validate(std::hint::black_box(bundle), &[]));
+    }
+}
 
 fn main() {
     let path = concat!(
@@ -12,6 +24,7 @@ fn main() {
     );
     let bundle: Value =
         serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let v = Validator::new();
     let t = Instant::now();
     let out = v.validate(&bundle, &[]);
@@ -20,6 +33,14 @@ fn main() {
         t.elapsed(),
         out.errors().count()
     );
+    if args.iter().any(|a| a == "--startup") {
+        return;
+    }
+    let steady: Option<usize> = args
+        .iter()
+        .position(|a| a == "--steady")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok());
 
     // 49 Observations + the Patient: the 4 Observations repeated with fresh fullUrls.
     let mut big = bundle.clone();
@@ -37,6 +58,15 @@ fn main() {
         out.errors().count(),
         out.issues.len()
     );
+    if let Some(n) = steady {
+        let t = Instant::now();
+        steady_loop(&v, &big, n);
+        println!(
+            "{n} steady-state validations: {:?} each",
+            t.elapsed() / n as u32
+        );
+        return;
+    }
     let n = 50;
     let mut times = Vec::new();
     for _ in 0..n {

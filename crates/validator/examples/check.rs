@@ -1,25 +1,10 @@
 //! Validates JSON files or directories and prints the issues (development aid):
 //! `cargo run --release -p iryo-validator --example check -- FILE|DIR… [--all]`.
+mod common;
+use common::files;
 use iryo_validator::Validator;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
-
-fn files(p: &Path, out: &mut Vec<PathBuf>) {
-    if p.is_dir() {
-        let mut entries: Vec<_> = std::fs::read_dir(p)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        entries.sort();
-        for e in entries {
-            files(&e, out);
-        }
-    } else if p.extension().is_some_and(|e| e == "json") {
-        out.push(p.to_path_buf());
-    }
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

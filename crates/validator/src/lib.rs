@@ -44,7 +44,7 @@ mod walk;
 pub use iryo_fhir_spec::Severity;
 pub use profile::ProfileError;
 
-use iryo_fhir_spec::{JpArchive, Terminology};
+use iryo_fhir_spec::{FastMap, JpArchive, Terminology};
 use parking_lot::RwLock;
 use profile::Profile;
 use serde_json::{json, Value};
@@ -181,7 +181,9 @@ static R4_DEFS: LazyLock<HashMap<String, Value>> = LazyLock::new(|| {
 /// The profile validator. Cheap to create; thread-safe (`Send + Sync`); profiles are
 /// loaded on first use and cached for the validator's lifetime.
 pub struct Validator {
-    cache: RwLock<HashMap<String, Option<Arc<Profile>>>>,
+    cache: RwLock<FastMap<String, Option<Arc<Profile>>>>,
+    /// Base R4 profiles by type name (`Coding`), for the walk into data types.
+    base: RwLock<FastMap<String, Option<Arc<Profile>>>>,
     tenant: RwLock<HashMap<String, Value>>,
     jp: JpArchive,
     terminology: &'static Terminology,
@@ -198,7 +200,8 @@ impl Validator {
     /// Nothing is loaded until the first validation.
     pub fn new() -> Validator {
         Validator {
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(FastMap::default()),
+            base: RwLock::new(FastMap::default()),
             tenant: RwLock::new(HashMap::new()),
             jp: JpArchive::open(),
             terminology: Terminology::r4_jp(),
@@ -211,9 +214,12 @@ impl Validator {
         let compiled = Profile::compile(&sd)?;
         let url = compiled.url.clone();
         self.tenant.write().insert(url.clone(), sd);
-        self.cache
-            .write()
-            .insert(url.clone(), Some(Arc::new(compiled)));
+        // Compiled profiles keep what they resolved through other profiles (slice
+        // discriminators): start afresh so that nothing refers to a replaced definition.
+        let mut cache = self.cache.write();
+        cache.clear();
+        self.base.write().clear();
+        cache.insert(url.clone(), Some(Arc::new(compiled)));
         Ok(url)
     }
 
@@ -251,9 +257,14 @@ impl Validator {
 
     /// The base R4 StructureDefinition of a type (`Patient`, `CodeableConcept`).
     pub(crate) fn base_profile(&self, type_name: &str) -> Option<Arc<Profile>> {
-        self.profile(&format!(
+        if let Some(p) = self.base.read().get(type_name) {
+            return p.clone();
+        }
+        let p = self.profile(&format!(
             "http://hl7.org/fhir/StructureDefinition/{type_name}"
-        ))
+        ));
+        self.base.write().insert(type_name.to_string(), p.clone());
+        p
     }
 
     /// Validates `resource` against `profiles` (canonical URLs, with or without `|version`);

@@ -7,7 +7,7 @@ use iryo_fhirpath::Expression;
 use parking_lot::Mutex;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 /// One `type` entry of an element.
 #[derive(Debug, Clone)]
@@ -44,15 +44,99 @@ pub(crate) struct Invariant {
     pub human: String,
     pub expression: Option<Arc<Expression>>,
     pub source_text: String,
+    /// The child names through which the expression reads the element, when it reads it
+    /// only through them (see [`Expression::focus_names`]).
+    guard: Option<Vec<String>>,
+    /// The verdict on an element that has none of the `guard` names, computed once.
+    empty: OnceLock<Verdict>,
+}
+
+/// The outcome of one invariant evaluation.
+#[derive(Debug, Clone)]
+pub(crate) enum Verdict {
+    Pass,
+    Fail,
+    /// The expression returned more than one item.
+    Several,
+    /// The expression could not be evaluated (ja, en).
+    Error(String, String),
+}
+
+impl Verdict {
+    pub(crate) fn of(
+        out: Result<Vec<iryo_fhirpath::Item<'_>>, iryo_fhirpath::EvalError>,
+    ) -> Verdict {
+        match out {
+            Ok(items) => match items.as_slice() {
+                [] => Verdict::Pass,
+                [iryo_fhirpath::Item::Boolean(b)] => {
+                    if *b {
+                        Verdict::Pass
+                    } else {
+                        Verdict::Fail
+                    }
+                }
+                [_] => Verdict::Pass,
+                _ => Verdict::Several,
+            },
+            Err(e) => Verdict::Error(e.message_ja, e.message_en),
+        }
+    }
+}
+
+static EMPTY_OBJECT: LazyLock<Value> = LazyLock::new(|| Value::Object(Default::default()));
+
+impl Invariant {
+    /// True when the expression reads `val` only through child names and none is present
+    /// (nor its `_name` or a choice variant `nameType`): the verdict is then the one on an
+    /// empty element ([`Invariant::empty_verdict`]).
+    pub(crate) fn absent_in(&self, val: &Value) -> bool {
+        let (Some(names), Value::Object(o)) = (&self.guard, val) else {
+            return false;
+        };
+        !o.keys().any(|k| {
+            let k = k.strip_prefix('_').unwrap_or(k);
+            names.iter().any(|n| {
+                k.strip_prefix(n.as_str()).is_some_and(|rest| {
+                    rest.is_empty() || rest.starts_with(|c: char| c.is_ascii_uppercase())
+                })
+            })
+        })
+    }
+
+    /// The verdict on an element without any of the guard names (evaluated once).
+    pub(crate) fn empty_verdict(&self) -> Verdict {
+        self.empty
+            .get_or_init(|| match &self.expression {
+                Some(e) => Verdict::of(e.evaluate(&iryo_fhirpath::Context::empty(), &EMPTY_OBJECT)),
+                None => Verdict::Pass,
+            })
+            .clone()
+    }
 }
 
 /// A group of instance values under one element name: the unsliced element and its slices.
-#[derive(Debug, Clone)]
 pub(crate) struct ChildGroup {
     /// Element name as in the path (`value[x]`, `coding`).
     pub name: String,
+    /// The name as shown in locations (`value`, `coding`).
+    pub shown: String,
     pub base: usize,
     pub slices: Vec<usize>,
+    /// How values are assigned to the slices, built on first use.
+    pub index: OnceLock<crate::walk::SliceIndex>,
+}
+
+impl ChildGroup {
+    fn new(name: String, base: usize) -> ChildGroup {
+        ChildGroup {
+            shown: name.trim_end_matches("[x]").to_string(),
+            name,
+            base,
+            slices: Vec::new(),
+            index: OnceLock::new(),
+        }
+    }
 }
 
 pub(crate) struct Elem {
@@ -150,13 +234,16 @@ fn invariant(c: &Value) -> Option<Arc<Invariant>> {
         Some("warning") => Severity::Warning,
         _ => Severity::Error,
     };
+    let expression = if k.1.is_empty() { None } else { compile(&k.1) };
     let inv = Arc::new(Invariant {
         key: k.0.clone(),
         rule: rule_number(&k.2),
         severity,
         human: k.2.clone(),
-        expression: if k.1.is_empty() { None } else { compile(&k.1) },
+        guard: expression.as_ref().and_then(|e| e.focus_names()),
+        expression,
         source_text: k.1.clone(),
+        empty: OnceLock::new(),
     });
     cache.insert(k, inv.clone());
     Some(inv)
@@ -307,6 +394,8 @@ impl Profile {
                 .map(|cs| {
                     cs.iter()
                         .filter(|c| !is_best_practice(c))
+                        // ele-1 (no empty elements) is enforced by the structural check.
+                        .filter(|c| c.get("key").and_then(Value::as_str) != Some("ele-1"))
                         .filter_map(invariant)
                         .collect()
                 })
@@ -345,17 +434,9 @@ impl Profile {
             match (groups.iter_mut().find(|g| g.name == name), slice) {
                 (Some(g), Some(_)) => g.slices.push(i),
                 (Some(_), None) => {}
-                (None, None) => groups.push(ChildGroup {
-                    name,
-                    base: i,
-                    slices: Vec::new(),
-                }),
+                (None, None) => groups.push(ChildGroup::new(name, i)),
                 // A slice without its base element (not in a valid snapshot): treat as the base.
-                (None, Some(_)) => groups.push(ChildGroup {
-                    name,
-                    base: i,
-                    slices: Vec::new(),
-                }),
+                (None, Some(_)) => groups.push(ChildGroup::new(name, i)),
             }
         }
         Ok(Profile {

@@ -1,48 +1,134 @@
 //! The instance walker: follows a resource and a compiled profile side by side.
+//!
+//! Nothing is formatted on the success path: locations are a chain of segments on the stack
+//! ([`Loc`]), rendered only when an issue is reported; cardinality and other messages are
+//! built only on failure. Slices are matched through a per-group index built once per
+//! profile ([`SliceIndex`]): value/pattern discriminators with string values (system,
+//! display, url, …) are looked up in a hash map instead of testing every slice.
 
 use crate::messages;
-use crate::profile::{DiscKind, Elem, Profile};
+use crate::profile::{ChildGroup, DiscKind, Elem, Invariant, Profile, Verdict};
 use crate::{strip_version, ValidationIssue, Validator};
-use iryo_fhir_spec::{BindingStrength, Severity};
+use iryo_fhir_spec::{BindingStrength, FastMap, Severity};
 use iryo_fhirpath::{Context, Item};
 use serde_json::{Map, Value};
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 /// Nested resources deeper than this are not followed.
 const MAX_DEPTH: usize = 24;
 /// At most this many issues are reported.
 const MAX_ISSUES: usize = 1000;
-/// Invariants not evaluated: `ele-1` (no empty elements) is enforced by the structural
-/// check on every element already.
-const SKIPPED: &[&str] = &["ele-1"];
 
 static NULL: Value = Value::Null;
 
-/// The expected side of a discriminator, resolved once per walk.
-enum Target {
+/// One segment of an instance location.
+#[derive(Clone, Copy)]
+pub(crate) enum Seg<'a> {
+    /// The start: a resource type (`Bundle`) or an already rendered location.
+    Root(&'a str),
+    /// `.name`
+    Name(&'a str),
+    /// `[i]`
+    Index(usize),
+    /// `.name.ofType(Type)`
+    Choice(&'a str, &'a str),
+}
+
+/// A FHIRPath location as a chain of segments on the stack, rendered only for issues.
+#[derive(Clone, Copy)]
+pub(crate) struct Loc<'a> {
+    parent: Option<&'a Loc<'a>>,
+    seg: Seg<'a>,
+}
+
+impl<'a> Loc<'a> {
+    pub(crate) fn root(s: &'a str) -> Loc<'a> {
+        Loc {
+            parent: None,
+            seg: Seg::Root(s),
+        }
+    }
+
+    fn child<'b>(&'b self, seg: Seg<'b>) -> Loc<'b> {
+        Loc {
+            parent: Some(self),
+            seg,
+        }
+    }
+
+    pub(crate) fn render(&self) -> String {
+        let mut segs = Vec::with_capacity(8);
+        let mut cur = Some(self);
+        while let Some(l) = cur {
+            segs.push(l.seg);
+            cur = l.parent;
+        }
+        let mut s = String::new();
+        for seg in segs.iter().rev() {
+            match seg {
+                Seg::Root(r) => s.push_str(r),
+                Seg::Name(n) => {
+                    s.push('.');
+                    s.push_str(n);
+                }
+                Seg::Index(i) => {
+                    let _ = write!(s, "[{i}]");
+                }
+                Seg::Choice(n, t) => {
+                    let _ = write!(s, ".{n}.ofType({t})");
+                }
+            }
+        }
+        s
+    }
+}
+
+/// The profile side of a discriminator: `None` = the slice's own profile.
+pub(crate) enum Target {
     /// The path leads nowhere in the slice's definition: the slice cannot match.
     Missing,
     /// `url` of an extension slice: the extension's canonical URL.
     ExtUrl(Option<String>),
     /// The element at the path (profile, index) and whether the path went through `resolve()`.
-    Elem(Arc<Profile>, usize, bool),
+    Elem(Option<Arc<Profile>>, usize, bool),
 }
 
-struct CachedDisc {
-    segs: Vec<String>,
-    target: Target,
+/// How the slices of one sliced element are matched, built once per profile and group.
+pub(crate) struct SliceIndex {
+    /// The discriminators in effect (declared, or implied for choice elements and extensions).
+    discs: Vec<(DiscKind, String)>,
+    /// Instance-side path segments per discriminator (`$this` removed).
+    segs: Vec<Vec<String>>,
+    /// Per slice (position in the group), per discriminator.
+    targets: Vec<Vec<Target>>,
+    /// Every discriminator path is plain element names (no function).
+    plain: bool,
+    /// Key of the expected string values (one per discriminator) → first slice with them.
+    map: FastMap<String, usize>,
+    /// Slices that are not in `map` and may match: tested one by one.
+    rest: Vec<usize>,
 }
 
-fn owned(segs: &[&str]) -> Vec<String> {
-    segs.iter().map(|s| s.to_string()).collect()
+/// The values at a plain discriminator path: none, exactly one, or several.
+enum Pv<'v> {
+    None,
+    One(&'v Value),
+    Many,
+}
+
+fn key_part(key: &mut String, s: &str) {
+    let _ = write!(key, "{}:", s.len());
+    key.push_str(s);
 }
 
 /// One instance value under an element name.
-struct Val<'v> {
+struct Val<'p, 'v> {
     value: &'v Value,
-    type_code: String,
-    loc: String,
+    type_code: &'p str,
+    seg: Seg<'p>,
+    index: Option<usize>,
 }
 
 pub(crate) struct Walk<'a, 'v> {
@@ -50,7 +136,7 @@ pub(crate) struct Walk<'a, 'v> {
     root: &'v Value,
     issues: Vec<ValidationIssue>,
     /// Bundle entries by fullUrl (when the root is a Bundle).
-    full_urls: Arc<HashMap<&'v str, &'v Value>>,
+    full_urls: Arc<FastMap<&'v str, &'v Value>>,
     depth: usize,
     pub only_base: bool,
     /// `%rootResource` for invariants: the container of a contained resource, else the
@@ -58,12 +144,10 @@ pub(crate) struct Walk<'a, 'v> {
     cur_root: &'v Value,
     /// How many leading issues come from the structural check.
     structural: usize,
-    /// Discriminator targets by (profile, slice element, discriminator index).
-    disc_cache: HashMap<(usize, usize, usize), Arc<CachedDisc>>,
 }
 
 /// `resolve()` inside a Bundle: entries by fullUrl.
-struct BundleResolver<'m, 'v>(&'m HashMap<&'v str, &'v Value>);
+struct BundleResolver<'m, 'v>(&'m FastMap<&'v str, &'v Value>);
 
 impl iryo_fhirpath::Resolver for BundleResolver<'_, '_> {
     fn resolve(&self, reference: &str) -> Option<&Value> {
@@ -82,19 +166,52 @@ fn type_name_of(code: &str) -> &str {
     }
 }
 
+use iryo_fhirpath::model::PRIMITIVES;
+
 /// `Quantity` for `valueQuantity` with prefix `value`, if the suffix names a type.
-fn choice_type(key: &str, prefix: &str) -> Option<String> {
+pub(crate) fn choice_type<'k>(key: &'k str, prefix: &str) -> Option<&'k str> {
     let suffix = key.strip_prefix(prefix)?;
-    if !suffix.starts_with(|c: char| c.is_ascii_uppercase()) {
+    let first = suffix.as_bytes().first()?;
+    if !first.is_ascii_uppercase() {
         return None;
     }
     let m = iryo_fhir_spec::r4();
     if m.type_def(suffix).is_some() {
-        return Some(suffix.to_string());
+        return Some(suffix);
     }
-    let mut lower = suffix.to_string();
-    lower[..1].make_ascii_lowercase();
-    m.type_def(&lower).is_some().then_some(lower)
+    let lower = first.to_ascii_lowercase();
+    PRIMITIVES
+        .iter()
+        .find(|p| p.as_bytes()[0] == lower && p[1..] == suffix[1..])
+        .filter(|p| m.type_def(p).is_some())
+        .copied()
+}
+
+/// Object member lookup; small objects are scanned (cheaper than hashing the key).
+#[inline]
+fn get_key<'v>(obj: &'v Map<String, Value>, name: &str) -> Option<&'v Value> {
+    if obj.len() <= 16 {
+        obj.iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v)
+    } else {
+        obj.get(name)
+    }
+}
+
+/// A member of a JSON object (`None` for other values).
+#[inline]
+fn field<'v>(v: &'v Value, name: &str) -> Option<&'v Value> {
+    match v {
+        Value::Object(o) => get_key(o, name),
+        _ => None,
+    }
+}
+
+/// The `_name` sibling of `name`.
+#[inline]
+fn get_underscore<'v>(obj: &'v Map<String, Value>, name: &str) -> Option<&'v Value> {
+    obj.iter()
+        .find(|(k, _)| k.len() == name.len() + 1 && k.starts_with('_') && &k[1..] == name)
+        .map(|(_, v)| v)
 }
 
 fn num_eq(a: &serde_json::Number, b: &serde_json::Number) -> bool {
@@ -220,31 +337,39 @@ fn codes_of(v: &Value, type_code: &str) -> Vec<(Option<String>, String)> {
 
 impl<'a, 'v> Walk<'a, 'v> {
     pub(crate) fn new(v: &'a Validator, root: &'v Value) -> Self {
-        let mut full_urls = HashMap::new();
-        if root.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
+        let mut full_urls = FastMap::default();
+        if field(root, "resourceType").and_then(Value::as_str) == Some("Bundle") {
             for e in root
                 .get("entry")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
             {
-                if let (Some(u), Some(r)) =
-                    (e.get("fullUrl").and_then(Value::as_str), e.get("resource"))
-                {
+                if let (Some(u), Some(r)) = (
+                    field(e, "fullUrl").and_then(Value::as_str),
+                    field(e, "resource"),
+                ) {
                     full_urls.insert(u, r);
                 }
             }
         }
+        Self::with_urls(v, root, Arc::new(full_urls))
+    }
+
+    fn with_urls(
+        v: &'a Validator,
+        root: &'v Value,
+        full_urls: Arc<FastMap<&'v str, &'v Value>>,
+    ) -> Self {
         Walk {
             v,
             root,
             issues: Vec::new(),
-            full_urls: Arc::new(full_urls),
+            full_urls,
             depth: 0,
             only_base: false,
             cur_root: root,
             structural: 0,
-            disc_cache: HashMap::new(),
         }
     }
 
@@ -261,14 +386,13 @@ impl<'a, 'v> Walk<'a, 'v> {
             });
         }
         self.structural = self.issues.len();
-        let Some(rt) = root.get("resourceType").and_then(Value::as_str) else {
+        let Some(rt) = field(root, "resourceType").and_then(Value::as_str) else {
             return;
         };
         if !iryo_fhir_spec::r4().is_resource_type(rt) {
             return;
         }
-        let explicit: Vec<String> = profiles.iter().map(|s| s.to_string()).collect();
-        self.resource(root, &explicit, !explicit.is_empty(), rt.to_string(), None);
+        self.resource(root, profiles, !profiles.is_empty(), &Loc::root(rt), None);
     }
 
     pub(crate) fn finish(mut self) -> Vec<ValidationIssue> {
@@ -306,15 +430,22 @@ impl<'a, 'v> Walk<'a, 'v> {
         self.issues
     }
 
-    fn push(&mut self, severity: Severity, code: &'static str, loc: &str, ja: String, en: String) {
-        self.push_key(severity, code, loc, None, ja, en);
+    fn push(
+        &mut self,
+        severity: Severity,
+        code: &'static str,
+        expression: String,
+        ja: String,
+        en: String,
+    ) {
+        self.push_key(severity, code, expression, None, ja, en);
     }
 
     fn push_key(
         &mut self,
         severity: Severity,
         code: &'static str,
-        loc: &str,
+        expression: String,
         key: Option<String>,
         ja: String,
         en: String,
@@ -322,19 +453,21 @@ impl<'a, 'v> Walk<'a, 'v> {
         if self.issues.len() >= MAX_ISSUES {
             return;
         }
+        let too_many = self.issues.len() + 1 == MAX_ISSUES;
+        let last = too_many.then(|| expression.clone());
         self.issues.push(ValidationIssue {
             severity,
             code,
-            expression: loc.to_string(),
+            expression,
             key,
             message_ja: ja,
             message_en: en,
         });
-        if self.issues.len() == MAX_ISSUES {
+        if let Some(expression) = last {
             self.issues.push(ValidationIssue {
                 severity: Severity::Error,
                 code: "too-costly",
-                expression: loc.to_string(),
+                expression,
                 key: None,
                 message_ja: format!("問題が多すぎるため、{MAX_ISSUES} 件で打ち切りました"),
                 message_en: format!("Too many issues; stopped after {MAX_ISSUES}"),
@@ -347,28 +480,29 @@ impl<'a, 'v> Walk<'a, 'v> {
     fn resource(
         &mut self,
         res: &'v Value,
-        explicit: &[String],
+        explicit: &[&str],
         only_explicit: bool,
-        loc: String,
+        loc: &Loc<'_>,
         container: Option<&'v Value>,
     ) {
-        let Some(rt) = res.get("resourceType").and_then(Value::as_str) else {
+        let Some(rt) = field(res, "resourceType").and_then(Value::as_str) else {
             return;
         };
         if self.depth > MAX_DEPTH {
             return;
         }
-        let mut urls: Vec<String> = explicit.to_vec();
+        let mut urls: Vec<&str> = explicit.to_vec();
         if !only_explicit && !self.only_base {
             for p in res
-                .pointer("/meta/profile")
+                .get("meta")
+                .and_then(|m| field(m, "profile"))
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
                 .filter_map(Value::as_str)
             {
                 if !urls.iter().any(|u| strip_version(u) == strip_version(p)) {
-                    urls.push(p.to_string());
+                    urls.push(p);
                 }
             }
         }
@@ -385,7 +519,7 @@ impl<'a, 'v> Walk<'a, 'v> {
                 Some(p) => self.push(
                     Severity::Error,
                     "invalid",
-                    &loc,
+                    loc.render(),
                     format!(
                         "プロファイル {u} は {} 用であり、{rt} には適用できません",
                         p.type_name
@@ -395,7 +529,7 @@ impl<'a, 'v> Walk<'a, 'v> {
                 None => self.push(
                     Severity::Warning,
                     "not-found",
-                    &loc,
+                    loc.render(),
                     format!("プロファイル {u} が不明なため、このプロファイルでは検証していません"),
                     format!("Profile {u} is unknown, so the resource was not checked against it"),
                 ),
@@ -410,7 +544,7 @@ impl<'a, 'v> Walk<'a, 'v> {
         self.depth += 1;
         let saved = std::mem::replace(&mut self.cur_root, container.unwrap_or(res));
         for p in profiles {
-            self.element(&p, 0, res, rt, &loc, res);
+            self.element(&p, 0, res, rt, loc, res);
         }
         self.cur_root = saved;
         self.depth -= 1;
@@ -423,7 +557,7 @@ impl<'a, 'v> Walk<'a, 'v> {
         ei: usize,
         val: &'v Value,
         type_code: &str,
-        loc: &str,
+        loc: &Loc<'_>,
         resource: &'v Value,
     ) {
         let e = &prof.elements[ei];
@@ -435,7 +569,7 @@ impl<'a, 'v> Walk<'a, 'v> {
                 self.push(
                     Severity::Error,
                     "value",
-                    loc,
+                    loc.render(),
                     format!(
                         "値は固定値 {} でなければなりません（実際: {}）",
                         quote(f),
@@ -454,7 +588,7 @@ impl<'a, 'v> Walk<'a, 'v> {
                 self.push(
                     Severity::Error,
                     "value",
-                    loc,
+                    loc.render(),
                     format!(
                         "値がパターン {} に一致しません（実際: {}）",
                         quote(p),
@@ -477,21 +611,21 @@ impl<'a, 'v> Walk<'a, 'v> {
         if type_code == "Reference" {
             self.reference(e, val, loc);
         }
-        if !is_primitive(type_code) {
+        if !is_primitive(type_code) && !e.invariants.is_empty() {
             self.invariants(e, val, type_code, ei == 0, loc, resource);
         }
         let Value::Object(obj) = val else {
             return;
         };
         // A nested resource (contained, Bundle.entry.resource, Parameters.parameter.resource).
-        if ei != 0 && obj.contains_key("resourceType") {
-            let explicit: Vec<String> = e
+        if ei != 0 && get_key(obj, "resourceType").is_some() {
+            let explicit: Vec<&str> = e
                 .types
                 .iter()
-                .flat_map(|t| t.profiles.iter().cloned())
+                .flat_map(|t| t.profiles.iter().map(String::as_str))
                 .collect();
             let container = e.path.ends_with(".contained").then_some(resource);
-            self.resource(val, &explicit, false, loc.to_string(), container);
+            self.resource(val, &explicit, false, loc, container);
             return;
         }
         let ce = prof.resolve_content(ei);
@@ -524,56 +658,49 @@ impl<'a, 'v> Walk<'a, 'v> {
         prof: &Arc<Profile>,
         pe: usize,
         obj: &'v Map<String, Value>,
-        loc: &str,
+        loc: &Loc<'_>,
         resource: &'v Value,
     ) {
         for g in &prof.elements[pe].children {
             let base = &prof.elements[g.base];
-            let vals = self.collect(base, &g.name, obj, loc);
-            let shown_loc = format!("{loc}.{}", g.name.trim_end_matches("[x]"));
-            self.cardinality(base, None, vals.len(), &shown_loc);
-            let slicing = base.slicing.as_ref();
+            let vals = self.collect(base, g, obj, loc);
+            let shown = loc.child(Seg::Name(&g.shown));
+            self.cardinality(base, None, vals.len(), &shown);
             if g.slices.is_empty() {
                 for x in &vals {
-                    self.element(prof, g.base, x.value, &x.type_code, &x.loc, resource);
+                    at(loc, x, |l| {
+                        self.element(prof, g.base, x.value, x.type_code, l, resource)
+                    });
                 }
                 continue;
             }
-            let implicit;
-            let discs: &[(DiscKind, String)] = match slicing {
-                Some(s) if !s.discriminators.is_empty() => &s.discriminators,
-                _ => {
-                    implicit = if g.name.ends_with("[x]") {
-                        vec![(DiscKind::Type, "$this".to_string())]
-                    } else if g.name == "extension" || g.name == "modifierExtension" {
-                        vec![(DiscKind::Value, "url".to_string())]
-                    } else {
-                        Vec::new()
-                    };
-                    &implicit
+            if vals.is_empty() {
+                for &s in &g.slices {
+                    let se = &prof.elements[s];
+                    self.cardinality(se, se.slice_name.as_deref(), 0, &shown);
                 }
-            };
-            let mut matched: Vec<Option<usize>> = Vec::with_capacity(vals.len());
-            for x in &vals {
-                let m = g
-                    .slices
-                    .iter()
-                    .position(|&s| self.slice_matches(prof, s, x, discs));
-                matched.push(m);
+                continue;
             }
+            let idx = g.index.get_or_init(|| self.slice_index(prof, g));
+            let matched: Vec<Option<usize>> = vals
+                .iter()
+                .map(|x| self.match_slice(prof, idx, x))
+                .collect();
             for (si, &s) in g.slices.iter().enumerate() {
                 let n = matched.iter().filter(|m| **m == Some(si)).count();
                 let se = &prof.elements[s];
-                self.cardinality(se, se.slice_name.as_deref(), n, &shown_loc);
+                self.cardinality(se, se.slice_name.as_deref(), n, &shown);
             }
+            let slicing = base.slicing.as_ref();
             let rules = slicing.map_or("open", |s| s.rules.as_str());
             if rules == "closed" {
                 for (x, m) in vals.iter().zip(&matched) {
                     if m.is_none() {
+                        let l = val_loc(loc, x);
                         self.push(
                             Severity::Error,
                             "structure",
-                            &x.loc,
+                            l,
                             format!(
                                 "{} のスライス定義（closed）のいずれにも一致しません",
                                 base.path
@@ -597,7 +724,7 @@ impl<'a, 'v> Walk<'a, 'v> {
                                 self.push(
                                     Severity::Error,
                                     "structure",
-                                    &x.loc,
+                                    val_loc(loc, x),
                                     format!("{} のスライスの順序が定義と異なります", base.path),
                                     format!(
                                         "The slices of {} are not in the defined order",
@@ -613,39 +740,34 @@ impl<'a, 'v> Walk<'a, 'v> {
                 }
             }
             for (x, m) in vals.iter().zip(&matched) {
-                match m {
-                    Some(i) => {
-                        self.element(prof, g.slices[*i], x.value, &x.type_code, &x.loc, resource)
+                at(loc, x, |l| match m {
+                    Some(i) => self.element(prof, g.slices[*i], x.value, x.type_code, l, resource),
+                    None if g.name == "extension" || g.name == "modifierExtension" => {
+                        self.unsliced_extension(x.value, l, resource)
                     }
-                    None => {
-                        if g.name == "extension" || g.name == "modifierExtension" {
-                            self.unsliced_extension(x, resource);
-                        } else {
-                            self.element(prof, g.base, x.value, &x.type_code, &x.loc, resource);
-                        }
-                    }
-                }
+                    None => self.element(prof, g.base, x.value, x.type_code, l, resource),
+                });
             }
         }
     }
 
     /// An extension that matches no slice: checked against its own definition when known.
-    fn unsliced_extension(&mut self, x: &Val<'v>, resource: &'v Value) {
-        let Some(url) = x.value.get("url").and_then(Value::as_str) else {
+    fn unsliced_extension(&mut self, value: &'v Value, loc: &Loc<'_>, resource: &'v Value) {
+        let Some(url) = field(value, "url").and_then(Value::as_str) else {
             return;
         };
         match self.v.profile(url) {
             Some(p) if p.type_name == "Extension" => {
-                self.element(&p, 0, x.value, "Extension", &x.loc, resource)
+                self.element(&p, 0, value, "Extension", loc, resource)
             }
             _ => {
                 if let Some(base) = self.v.base_profile("Extension") {
-                    self.element(&base, 0, x.value, "Extension", &x.loc, resource);
+                    self.element(&base, 0, value, "Extension", loc, resource);
                 }
                 self.push(
                     Severity::Warning,
                     "not-found",
-                    &x.loc,
+                    loc.render(),
                     format!("拡張 {url} の定義が不明なため、内容を検証していません"),
                     format!("Extension {url} is unknown, so its content was not checked"),
                 );
@@ -653,25 +775,29 @@ impl<'a, 'v> Walk<'a, 'v> {
         }
     }
 
-    /// The instance values of child `name` (choice names end in `[x]`).
-    fn collect(
+    /// The instance values of child group `g` (choice names end in `[x]`).
+    fn collect<'p>(
         &mut self,
-        base: &Elem,
-        name: &str,
+        base: &'p Elem,
+        g: &'p ChildGroup,
         obj: &'v Map<String, Value>,
-        loc: &str,
-    ) -> Vec<Val<'v>> {
+        loc: &Loc<'_>,
+    ) -> Vec<Val<'p, 'v>>
+    where
+        'v: 'p,
+    {
         let mut out = Vec::new();
-        if let Some(prefix) = name.strip_suffix("[x]") {
+        if let Some(prefix) = g.name.strip_suffix("[x]") {
             for (k, v) in obj {
                 let Some(t) = choice_type(k, prefix) else {
                     continue;
                 };
-                if !base.types.iter().any(|bt| bt.code.eq_ignore_ascii_case(&t)) {
+                if !base.types.iter().any(|bt| bt.code.eq_ignore_ascii_case(t)) {
+                    let l = loc.child(Seg::Name(prefix));
                     self.push(
                         Severity::Error,
                         "structure",
-                        &format!("{loc}.{prefix}"),
+                        l.render(),
                         format!(
                             "型 {t} は {} では許可されていません（許可: {}）",
                             base.path,
@@ -685,65 +811,66 @@ impl<'a, 'v> Walk<'a, 'v> {
                     );
                     continue;
                 }
-                let l = format!("{loc}.{prefix}.ofType({t})");
-                push_values(&mut out, v, obj.get(&format!("_{k}")), &t, &l);
+                push_values(
+                    &mut out,
+                    v,
+                    get_underscore(obj, k),
+                    t,
+                    Seg::Choice(prefix, t),
+                );
             }
+            return out;
+        }
+        let v = get_key(obj, &g.name);
+        let ext = get_underscore(obj, &g.name);
+        if v.is_none() && ext.is_none() {
             return out;
         }
         let t = base
             .types
             .first()
-            .map(|t| type_name_of(&t.code).to_string())
-            .unwrap_or_else(|| "BackboneElement".to_string());
-        let t = if t == "BackboneElement" || t == "Element" {
+            .map(|t| type_name_of(&t.code))
+            .unwrap_or("BackboneElement");
+        let t: &'p str = if t == "BackboneElement" || t == "Element" {
             // Model path for FHIRPath typing of backbone elements.
-            if base.content_reference.is_some() {
-                base.content_reference.clone().unwrap_or(t)
-            } else {
-                base.path.clone()
+            match &base.content_reference {
+                Some(r) => r,
+                None => &base.path,
             }
         } else {
             t
         };
-        let v = obj.get(name);
-        let ext = obj.get(&format!("_{name}"));
-        if v.is_none() && ext.is_none() {
-            return out;
-        }
-        push_values(
-            &mut out,
-            v.unwrap_or(&NULL),
-            ext,
-            &t,
-            &format!("{loc}.{name}"),
-        );
+        push_values(&mut out, v.unwrap_or(&NULL), ext, t, Seg::Name(&g.name));
         out
     }
 
-    fn cardinality(&mut self, e: &Elem, slice: Option<&str>, n: usize, loc: &str) {
+    fn cardinality(&mut self, e: &Elem, slice: Option<&str>, n: usize, loc: &Loc<'_>) {
+        let low = (n as u64) < e.min as u64;
+        let high = e.max.is_some_and(|max| n as u64 > max as u64);
+        if !low && !high {
+            return;
+        }
         let what = match slice {
             Some(s) => format!("{}:{s}", e.path),
             None => e.path.clone(),
         };
-        if (n as u64) < e.min as u64 {
+        if low {
             self.push(
                 Severity::Error,
                 "required",
-                loc,
+                loc.render(),
                 format!("{what} は最低 {} 個必要ですが、{n} 個です", e.min),
                 format!("{what}: minimum required = {}, but only found {n}", e.min),
             );
         }
-        if let Some(max) = e.max {
-            if n as u64 > max as u64 {
-                self.push(
-                    Severity::Error,
-                    "structure",
-                    loc,
-                    format!("{what} は最大 {max} 個ですが、{n} 個あります"),
-                    format!("{what}: max allowed = {max}, but found {n}"),
-                );
-            }
+        if let Some(max) = e.max.filter(|_| high) {
+            self.push(
+                Severity::Error,
+                "structure",
+                loc.render(),
+                format!("{what} は最大 {max} 個ですが、{n} 個あります"),
+                format!("{what}: max allowed = {max}, but found {n}"),
+            );
         }
     }
 
@@ -753,12 +880,9 @@ impl<'a, 'v> Walk<'a, 'v> {
         val: &'v Value,
         type_code: &str,
         is_root: bool,
-        loc: &str,
+        loc: &Loc<'_>,
         resource: &'v Value,
     ) {
-        if e.invariants.is_empty() {
-            return;
-        }
         let term = TermAdapter(self.v.terminology());
         let urls = self.full_urls.clone();
         let resolver = BundleResolver(&urls);
@@ -767,9 +891,6 @@ impl<'a, 'v> Walk<'a, 'v> {
             .with_terminology(&term)
             .with_resolver(&resolver);
         for inv in &e.invariants {
-            if SKIPPED.contains(&inv.key.as_str()) {
-                continue;
-            }
             // dom-3 walks the whole resource four times per contained resource in FHIRPath;
             // the same rule natively: every contained resource is referenced by `#id` from
             // somewhere in the resource, or references its container (`#`).
@@ -780,7 +901,7 @@ impl<'a, 'v> Walk<'a, 'v> {
                     self.push_key(
                         inv.severity,
                         "invariant",
-                        loc,
+                        loc.render(),
                         Some(inv.key.clone()),
                         ja,
                         en,
@@ -791,49 +912,45 @@ impl<'a, 'v> Walk<'a, 'v> {
             let Some(expr) = &inv.expression else {
                 continue;
             };
-            let out = if is_root && val.get("resourceType").is_some() {
-                expr.evaluate(&ctx, val)
+            // An invariant that reads the element only through child names none of which
+            // is present has the same result as on an empty element: computed once.
+            let verdict = if inv.absent_in(val) {
+                inv.empty_verdict()
             } else {
-                expr.evaluate_typed(&ctx, val, type_code.to_string())
+                let out = if is_root && field(val, "resourceType").is_some() {
+                    expr.evaluate(&ctx, val)
+                } else {
+                    expr.evaluate_typed(&ctx, val, type_code)
+                };
+                Verdict::of(out)
             };
-            let rule = inv.rule.clone().unwrap_or_else(|| inv.key.clone());
-            let ok = match out {
-                Ok(items) => match items.as_slice() {
-                    [] => true,
-                    [Item::Boolean(b)] => *b,
-                    [_] => true,
-                    _ => {
-                        self.push_key(
-                            Severity::Warning,
-                            "processing",
-                            loc,
-                            Some(rule.clone()),
-                            format!("{rule}: 制約式の結果が単一の真偽値ではありません"),
-                            format!(
-                                "{rule}: the constraint expression returned more than one item"
-                            ),
-                        );
-                        true
-                    }
-                },
-                Err(err) => {
-                    self.push_key(
-                        Severity::Warning,
-                        "processing",
-                        loc,
-                        Some(rule.clone()),
-                        format!("{rule}: 制約式を評価できませんでした: {}", err.message_ja),
-                        format!(
-                            "{rule}: the constraint could not be evaluated: {}",
-                            err.message_en
-                        ),
-                    );
-                    true
-                }
-            };
-            if !ok {
+            self.report(inv, verdict, loc);
+        }
+    }
+
+    fn report(&mut self, inv: &Invariant, verdict: Verdict, loc: &Loc<'_>) {
+        let rule = || inv.rule.clone().unwrap_or_else(|| inv.key.clone());
+        match verdict {
+            Verdict::Pass => {}
+            Verdict::Fail => {
+                let rule = rule();
                 let (ja, en) = messages::invariant(&rule, &inv.key, &inv.human, &inv.source_text);
-                self.push_key(inv.severity, "invariant", loc, Some(rule), ja, en);
+                self.push_key(inv.severity, "invariant", loc.render(), Some(rule), ja, en);
+            }
+            Verdict::Several | Verdict::Error(..) => {
+                let rule = rule();
+                let (ja, en) = match verdict {
+                    Verdict::Error(ja, en) => (
+                        format!("{rule}: 制約式を評価できませんでした: {ja}"),
+                        format!("{rule}: the constraint could not be evaluated: {en}"),
+                    ),
+                    _ => (
+                        format!("{rule}: 制約式の結果が単一の真偽値ではありません"),
+                        format!("{rule}: the constraint expression returned more than one item"),
+                    ),
+                };
+                let at = loc.render();
+                self.push_key(Severity::Warning, "processing", at, Some(rule), ja, en);
             }
         }
     }
@@ -844,7 +961,7 @@ impl<'a, 'v> Walk<'a, 'v> {
         vs: &str,
         val: &Value,
         type_code: &str,
-        loc: &str,
+        loc: &Loc<'_>,
     ) {
         if !matches!(
             strength,
@@ -890,7 +1007,7 @@ impl<'a, 'v> Walk<'a, 'v> {
         self.push(
             sev,
             "code-invalid",
-            loc,
+            loc.render(),
             format!(
                 "コード {shown} は値セット {vs} に含まれていません（{}バインディング）",
                 messages::strength_ja(strength)
@@ -903,10 +1020,10 @@ impl<'a, 'v> Walk<'a, 'v> {
     }
 
     /// Display and code existence of a Coding against shipped code systems.
-    fn coding(&mut self, val: &Value, loc: &str) {
+    fn coding(&mut self, val: &Value, loc: &Loc<'_>) {
         let (Some(system), Some(code)) = (
-            val.get("system").and_then(Value::as_str),
-            val.get("code").and_then(Value::as_str),
+            field(val, "system").and_then(Value::as_str),
+            field(val, "code").and_then(Value::as_str),
         ) else {
             return;
         };
@@ -915,24 +1032,23 @@ impl<'a, 'v> Walk<'a, 'v> {
         };
         match cs.concept(code) {
             Some(concept) => {
-                let Some(display) = val.get("display").and_then(Value::as_str) else {
+                let Some(display) = field(val, "display").and_then(Value::as_str) else {
                     return;
                 };
-                let norm = |s: &str| {
-                    s.split_whitespace()
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                        .to_lowercase()
-                };
-                let d = norm(display);
-                let ok = concept.display.as_deref().is_none_or(|x| norm(x) == d)
-                    || concept.designations.iter().any(|(_, x)| norm(x) == d);
+                let ok = concept
+                    .display
+                    .as_deref()
+                    .is_none_or(|x| same_display(x, display))
+                    || concept
+                        .designations
+                        .iter()
+                        .any(|(_, x)| same_display(x, display));
                 if !ok {
                     let expected = concept.display.as_deref().unwrap_or("");
                     self.push(
                         Severity::Warning,
                         "code-invalid",
-                        &format!("{loc}.display"),
+                        format!("{}.display", loc.render()),
                         format!("{system}#{code} の表示名は '{expected}' であるべきですが、'{display}' です"),
                         format!("Wrong display '{display}' for {system}#{code}: expected '{expected}'"),
                     );
@@ -941,7 +1057,7 @@ impl<'a, 'v> Walk<'a, 'v> {
             None if cs.is_complete() => self.push(
                 Severity::Error,
                 "code-invalid",
-                &format!("{loc}.code"),
+                format!("{}.code", loc.render()),
                 format!("コード {code} はコードシステム {system} に存在しません"),
                 format!("Unknown code '{code}' in the code system {system}"),
             ),
@@ -950,8 +1066,8 @@ impl<'a, 'v> Walk<'a, 'v> {
     }
 
     /// The resource type a reference points to, if it can be told.
-    fn reference_type(&self, val: &'v Value) -> Option<(String, Option<&'v Value>)> {
-        let r = val.get("reference").and_then(Value::as_str);
+    fn reference_type(&self, val: &'v Value) -> Option<(&'v str, Option<&'v Value>)> {
+        let r = field(val, "reference").and_then(Value::as_str);
         if let Some(r) = r {
             if let Some(id) = r.strip_prefix('#') {
                 let c = self
@@ -960,11 +1076,11 @@ impl<'a, 'v> Walk<'a, 'v> {
                     .and_then(Value::as_array)
                     .into_iter()
                     .flatten()
-                    .find(|c| c.get("id").and_then(Value::as_str) == Some(id))?;
-                return Some((c.get("resourceType")?.as_str()?.to_string(), Some(c)));
+                    .find(|c| field(c, "id").and_then(Value::as_str) == Some(id))?;
+                return Some((field(c, "resourceType")?.as_str()?, Some(c)));
             }
             if let Some(res) = self.full_urls.get(r) {
-                return Some((res.get("resourceType")?.as_str()?.to_string(), Some(res)));
+                return Some((field(res, "resourceType")?.as_str()?, Some(res)));
             }
             if r.starts_with("urn:") {
                 return None;
@@ -979,22 +1095,16 @@ impl<'a, 'v> Walk<'a, 'v> {
                 return None;
             };
             if iryo_fhir_spec::r4().is_resource_type(t) {
-                return Some((t.to_string(), None));
+                return Some((t, None));
             }
             return None;
         }
-        val.get("type")
+        field(val, "type")
             .and_then(Value::as_str)
-            .map(|t| (t.to_string(), None))
+            .map(|t| (t, None))
     }
 
-    fn reference(&mut self, e: &Elem, val: &'v Value, loc: &str) {
-        let targets: Vec<&String> = e
-            .types
-            .iter()
-            .filter(|t| t.code == "Reference")
-            .flat_map(|t| t.target_profiles.iter())
-            .collect();
+    fn reference(&mut self, e: &Elem, val: &'v Value, loc: &Loc<'_>) {
         if let Some(id) = val
             .get("reference")
             .and_then(Value::as_str)
@@ -1007,33 +1117,40 @@ impl<'a, 'v> Walk<'a, 'v> {
                     .and_then(Value::as_array)
                     .into_iter()
                     .flatten()
-                    .any(|c| c.get("id").and_then(Value::as_str) == Some(id));
+                    .any(|c| field(c, "id").and_then(Value::as_str) == Some(id));
             if !found {
                 self.push(
                     Severity::Error,
                     "not-found",
-                    &format!("{loc}.reference"),
+                    format!("{}.reference", loc.render()),
                     format!("参照先の contained リソース #{id} がありません"),
                     format!("The contained resource #{id} referenced here does not exist"),
                 );
                 return;
             }
         }
-        if targets.is_empty() {
+        let mut targets = e
+            .types
+            .iter()
+            .filter(|t| t.code == "Reference")
+            .flat_map(|t| t.target_profiles.iter())
+            .peekable();
+        if targets.peek().is_none() {
             return;
         }
         let Some((actual, _)) = self.reference_type(val) else {
             return;
         };
-        let mut allowed: Vec<String> = Vec::new();
-        for t in &targets {
-            let name = match t.strip_prefix("http://hl7.org/fhir/StructureDefinition/") {
-                Some(n) => n.to_string(),
-                None => match self.v.profile(t) {
-                    Some(p) => p.type_name.clone(),
-                    None => return,
-                },
-            };
+        let mut allowed: Vec<Cow<'_, str>> = Vec::new();
+        for t in targets {
+            let name: Cow<'_, str> =
+                match t.strip_prefix("http://hl7.org/fhir/StructureDefinition/") {
+                    Some(n) => Cow::Borrowed(n),
+                    None => match self.v.profile(t) {
+                        Some(p) => Cow::Owned(p.type_name.clone()),
+                        None => return,
+                    },
+                };
             if name == "Resource" || name == "DomainResource" {
                 return;
             }
@@ -1041,12 +1158,16 @@ impl<'a, 'v> Walk<'a, 'v> {
                 allowed.push(name);
             }
         }
-        if !allowed.contains(&actual) {
-            let list = allowed.join(", ");
+        if !allowed.iter().any(|n| n == actual) {
+            let list = allowed
+                .iter()
+                .map(|c| c.as_ref())
+                .collect::<Vec<_>>()
+                .join(", ");
             self.push(
                 Severity::Error,
                 "structure",
-                loc,
+                loc.render(),
                 format!("参照先のリソース型 {actual} はここでは許可されていません（許可: {list}）"),
                 format!(
                     "The referenced resource type {actual} is not allowed here (allowed: {list})"
@@ -1055,35 +1176,161 @@ impl<'a, 'v> Walk<'a, 'v> {
         }
     }
 
-    /// Whether instance value `x` belongs to slice element `s`.
+    /// The discriminators in effect for a group, its targets per slice, and the value index.
+    fn slice_index(&self, prof: &Arc<Profile>, g: &ChildGroup) -> SliceIndex {
+        let base = &prof.elements[g.base];
+        let discs: Vec<(DiscKind, String)> = match base.slicing.as_ref() {
+            Some(s) if !s.discriminators.is_empty() => s.discriminators.clone(),
+            _ => {
+                if g.name.ends_with("[x]") {
+                    vec![(DiscKind::Type, "$this".to_string())]
+                } else if g.name == "extension" || g.name == "modifierExtension" {
+                    vec![(DiscKind::Value, "url".to_string())]
+                } else {
+                    Vec::new()
+                }
+            }
+        };
+        let segs: Vec<Vec<String>> = discs
+            .iter()
+            .map(|(_, p)| {
+                split_path(p)
+                    .into_iter()
+                    .filter(|s| *s != "$this")
+                    .map(str::to_string)
+                    .collect()
+            })
+            .collect();
+        let plain = segs.iter().flatten().all(|s| !s.contains('('));
+        let targets: Vec<Vec<Target>> = g
+            .slices
+            .iter()
+            .map(|&s| {
+                discs
+                    .iter()
+                    .zip(&segs)
+                    .map(|(_, segs)| self.disc_target(prof, s, segs))
+                    .collect()
+            })
+            .collect();
+        let mut map = FastMap::default();
+        let mut rest = Vec::new();
+        for (pos, ts) in targets.iter().enumerate() {
+            if discs.is_empty() {
+                continue;
+            }
+            // The expected string of each discriminator, when it is one.
+            let mut key = String::new();
+            let mut never = false;
+            let mut indexable = plain;
+            for ((kind, _), t) in discs.iter().zip(ts) {
+                match t {
+                    Target::Missing | Target::ExtUrl(None) => never = true,
+                    Target::ExtUrl(Some(u)) => key_part(&mut key, u),
+                    Target::Elem(p, ei, _) => {
+                        let e = &p.as_ref().unwrap_or(prof).elements[*ei];
+                        let expected = match (kind, &e.fixed, &e.pattern) {
+                            (DiscKind::Value | DiscKind::Pattern, Some(Value::String(f)), _) => {
+                                Some(f)
+                            }
+                            (DiscKind::Value | DiscKind::Pattern, None, Some(Value::String(p))) => {
+                                Some(p)
+                            }
+                            _ => None,
+                        };
+                        match expected {
+                            Some(x) => key_part(&mut key, x),
+                            None => indexable = false,
+                        }
+                    }
+                }
+            }
+            if never {
+                continue;
+            }
+            if indexable {
+                map.entry(key).or_insert(pos);
+            } else {
+                rest.push(pos);
+            }
+        }
+        SliceIndex {
+            discs,
+            segs,
+            targets,
+            plain,
+            map,
+            rest,
+        }
+    }
+
+    /// The slice (position in the group) an instance value belongs to: the first that matches.
+    fn match_slice(
+        &mut self,
+        prof: &Arc<Profile>,
+        idx: &SliceIndex,
+        x: &Val<'_, 'v>,
+    ) -> Option<usize> {
+        if idx.discs.is_empty() {
+            return None;
+        }
+        if idx.plain && !idx.map.is_empty() {
+            let mut key = String::new();
+            let mut possible = true;
+            for segs in &idx.segs {
+                match plain_value(x.value, segs) {
+                    Pv::Many => return self.match_linear(prof, idx, x, 0..idx.targets.len()),
+                    Pv::One(Value::String(s)) => key_part(&mut key, s),
+                    Pv::One(_) | Pv::None => possible = false,
+                }
+            }
+            let hit = if possible {
+                idx.map.get(&key).copied()
+            } else {
+                None
+            };
+            let bound = hit.unwrap_or(usize::MAX);
+            let rest = idx
+                .rest
+                .iter()
+                .copied()
+                .take_while(|&pos| pos < bound)
+                .find(|&pos| self.slice_matches(prof, idx, pos, x));
+            return rest.or(hit);
+        }
+        self.match_linear(prof, idx, x, 0..idx.targets.len())
+    }
+
+    fn match_linear(
+        &mut self,
+        prof: &Arc<Profile>,
+        idx: &SliceIndex,
+        x: &Val<'_, 'v>,
+        range: std::ops::Range<usize>,
+    ) -> Option<usize> {
+        range
+            .into_iter()
+            .find(|&pos| self.slice_matches(prof, idx, pos, x))
+    }
+
+    /// Whether instance value `x` belongs to slice `pos` of the group.
     fn slice_matches(
         &mut self,
         prof: &Arc<Profile>,
-        s: usize,
-        x: &Val<'v>,
-        discs: &[(DiscKind, String)],
+        idx: &SliceIndex,
+        pos: usize,
+        x: &Val<'_, 'v>,
     ) -> bool {
-        if discs.is_empty() {
-            return false;
-        }
-        discs
-            .iter()
-            .enumerate()
-            .all(|(di, (kind, path))| self.discriminator(prof, s, x, *kind, path, di))
+        !idx.discs.is_empty()
+            && (0..idx.discs.len()).all(|di| self.discriminator(prof, idx, pos, di, x))
     }
 
-    /// The expected side of a discriminator: the element at `path` below slice `s`.
-    fn disc_target(&self, prof: &Arc<Profile>, s: usize, path: &str) -> CachedDisc {
-        let segs: Vec<&str> = split_path(path)
-            .into_iter()
-            .filter(|s| *s != "$this")
-            .collect();
-        // Expected side: the element at `path` below the slice.
+    /// The expected side of a discriminator: the element at `segs` below slice `s`.
+    fn disc_target(&self, prof: &Arc<Profile>, s: usize, segs: &[String]) -> Target {
         let mut cur: (Arc<Profile>, usize) = (prof.clone(), s);
         let mut resolved = false;
-        let mut found = true;
-        for seg in &segs {
-            if *seg == "resolve()" {
+        for seg in segs {
+            if seg == "resolve()" {
                 resolved = true;
                 continue;
             }
@@ -1093,32 +1340,29 @@ impl<'a, 'v> Walk<'a, 'v> {
             let (p, ei) = (cur.0.clone(), cur.1);
             let (name, ext_url) = match quoted_arg(seg, "extension") {
                 Some(u) => ("extension", Some(u)),
-                None => (*seg, None),
+                None => (seg.as_str(), None),
             };
             let ce = p.resolve_content(ei);
             let g = p
                 .group(ce, name)
                 .or_else(|| p.group(ce, &format!("{name}[x]")))
-                .cloned();
+                .map(|g| (g.base, g.slices.clone()));
             match g {
-                Some(g) => {
+                Some((gbase, slices)) => {
                     let next = match ext_url {
-                        Some(u) => g.slices.iter().copied().find(|&si| {
+                        Some(u) => slices.iter().copied().find(|&si| {
                             p.elements[si]
                                 .types
                                 .iter()
                                 .any(|t| t.profiles.iter().any(|pu| strip_version(pu) == u))
                         }),
-                        None => Some(g.base),
+                        None => Some(gbase),
                     };
                     match next {
                         Some(n) => cur = (p, n),
                         None => match ext_url.and_then(|u| self.v.profile(u)) {
                             Some(ep) => cur = (ep, 0),
-                            None => {
-                                found = false;
-                                break;
-                            }
+                            None => return Target::Missing,
                         },
                     }
                 }
@@ -1128,10 +1372,7 @@ impl<'a, 'v> Walk<'a, 'v> {
                     if name == "url" && e.types.iter().any(|t| t.code == "Extension") {
                         // Extension slice: the url is the extension's canonical.
                         let u = e.types.iter().find_map(|t| t.profiles.first());
-                        return CachedDisc {
-                            segs: owned(&segs),
-                            target: Target::ExtUrl(u.map(|u| strip_version(u).to_string())),
-                        };
+                        return Target::ExtUrl(u.map(|u| strip_version(u).to_string()));
                     }
                     let tp = e.types.first().and_then(|t| {
                         t.profiles
@@ -1148,59 +1389,39 @@ impl<'a, 'v> Walk<'a, 'v> {
                         Some((tp, g))
                     }) {
                         Some(n) => cur = n,
-                        None => {
-                            found = false;
-                            break;
-                        }
+                        None => return Target::Missing,
                     }
                 }
             }
         }
-        if !found {
-            return CachedDisc {
-                segs: owned(&segs),
-                target: Target::Missing,
-            };
-        }
-        CachedDisc {
-            segs: owned(&segs),
-            target: Target::Elem(cur.0, cur.1, resolved),
-        }
+        let same = Arc::ptr_eq(&cur.0, prof);
+        Target::Elem((!same).then_some(cur.0), cur.1, resolved)
     }
 
     fn discriminator(
         &mut self,
         prof: &Arc<Profile>,
-        s: usize,
-        x: &Val<'v>,
-        kind: DiscKind,
-        path: &str,
+        idx: &SliceIndex,
+        pos: usize,
         di: usize,
+        x: &Val<'_, 'v>,
     ) -> bool {
-        let key = (Arc::as_ptr(prof) as usize, s, di);
-        let c = match self.disc_cache.get(&key) {
-            Some(c) => c.clone(),
-            None => {
-                let c = Arc::new(self.disc_target(prof, s, path));
-                self.disc_cache.insert(key, c.clone());
-                c
-            }
-        };
-        let segs: Vec<&str> = c.segs.iter().map(String::as_str).collect();
-        let (p, ei, resolved) = match &c.target {
+        let kind = idx.discs[di].0;
+        let segs = &idx.segs[di];
+        let (p, ei, resolved) = match &idx.targets[pos][di] {
             Target::Missing => return false,
             Target::ExtUrl(u) => {
                 return match u {
-                    Some(u) => x_values(self, x, &segs)
+                    Some(u) => x_values(self, x, segs)
                         .iter()
                         .any(|v| v.as_str() == Some(u.as_str())),
                     None => false,
                 }
             }
-            Target::Elem(p, ei, resolved) => (p.clone(), *ei, *resolved),
+            Target::Elem(p, ei, resolved) => (p.as_ref().unwrap_or(prof), *ei, *resolved),
         };
         let e = &p.elements[ei];
-        let actual = x_values(self, x, &segs);
+        let actual = x_values(self, x, segs);
         match kind {
             DiscKind::Value | DiscKind::Pattern => {
                 if let Some(f) = &e.fixed {
@@ -1229,30 +1450,31 @@ impl<'a, 'v> Walk<'a, 'v> {
                 }
             }
             DiscKind::Type => {
-                let types: Vec<String> = e
-                    .types
-                    .iter()
-                    .map(|t| type_name_of(&t.code).to_string())
-                    .collect();
                 if segs.is_empty() {
-                    return types.iter().any(|t| t.eq_ignore_ascii_case(&x.type_code));
+                    return e
+                        .types
+                        .iter()
+                        .any(|t| type_name_of(&t.code).eq_ignore_ascii_case(x.type_code));
                 }
                 actual.iter().any(|v| {
-                    let t = v.get("resourceType").and_then(Value::as_str).unwrap_or("");
-                    types.iter().any(|x| x == t)
+                    let t = field(v, "resourceType")
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
+                    e.types.iter().any(|x| type_name_of(&x.code) == t)
                 })
             }
             DiscKind::Profile => {
-                let urls: Vec<String> = e
+                let urls: Vec<&str> = e
                     .types
                     .iter()
                     .flat_map(|t| {
                         if resolved {
-                            t.target_profiles.clone()
+                            t.target_profiles.iter()
                         } else {
-                            t.profiles.clone()
+                            t.profiles.iter()
                         }
                     })
+                    .map(String::as_str)
                     .collect();
                 if urls.is_empty() {
                     return false;
@@ -1270,13 +1492,14 @@ impl<'a, 'v> Walk<'a, 'v> {
         let Some(p) = self.v.profile(url) else {
             return false;
         };
-        let t = v.get("resourceType").and_then(Value::as_str);
+        let t = field(v, "resourceType").and_then(Value::as_str);
         if let Some(t) = t {
             if t != p.type_name {
                 return false;
             }
             let declared = v
-                .pointer("/meta/profile")
+                .get("meta")
+                .and_then(|m| field(m, "profile"))
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
@@ -1289,15 +1512,69 @@ impl<'a, 'v> Walk<'a, 'v> {
         if self.depth > MAX_DEPTH {
             return false;
         }
-        let mut sub = Walk::new(self.v, self.root);
+        let mut sub = Walk::with_urls(self.v, self.root, self.full_urls.clone());
         sub.depth = self.depth + 1;
-        sub.full_urls = self.full_urls.clone();
         let tn = p.type_name.clone();
-        sub.element(&p, 0, v, &tn, "", v);
+        sub.element(&p, 0, v, &tn, &Loc::root(""), v);
         !sub.issues
             .iter()
             .any(|i| matches!(i.severity, Severity::Error | Severity::Fatal))
     }
+}
+
+/// Same display text: whitespace runs collapsed, case ignored.
+fn same_display(a: &str, b: &str) -> bool {
+    a == b || iryo_fhirpath::str_equiv(a, b)
+}
+
+/// Calls `f` with the location of an instance value below `loc`.
+fn at<R>(loc: &Loc<'_>, x: &Val<'_, '_>, f: impl FnOnce(&Loc<'_>) -> R) -> R {
+    let l1 = loc.child(x.seg);
+    match x.index {
+        Some(i) => f(&l1.child(Seg::Index(i))),
+        None => f(&l1),
+    }
+}
+
+/// The location of an instance value below `loc`, rendered.
+fn val_loc(loc: &Loc<'_>, x: &Val<'_, '_>) -> String {
+    at(loc, x, |l| l.render())
+}
+
+/// The value at a discriminator path of plain element names, if there is at most one.
+fn plain_value<'v>(start: &'v Value, segs: &[String]) -> Pv<'v> {
+    let mut cur = start;
+    for seg in segs {
+        let Value::Object(o) = cur else {
+            return Pv::None;
+        };
+        let next = match get_key(o, seg) {
+            Some(Value::Array(a)) => match a.len() {
+                0 => None,
+                1 => Some(&a[0]),
+                _ => return Pv::Many,
+            },
+            Some(v) => Some(v),
+            None => {
+                // Choice element named without its type suffix.
+                let mut found = None;
+                for (k, v) in o {
+                    if choice_type(k, seg).is_some() {
+                        if found.is_some() {
+                            return Pv::Many;
+                        }
+                        found = Some(v);
+                    }
+                }
+                found
+            }
+        };
+        match next {
+            Some(n) => cur = n,
+            None => return Pv::None,
+        }
+    }
+    Pv::One(cur)
 }
 
 /// Collects every string value starting with `#` below `v`.
@@ -1315,13 +1592,13 @@ fn local_refs<'v>(v: &'v Value, out: &mut std::collections::HashSet<&'v str>) {
 /// dom-3: each contained resource is referenced from the resource (`#id`) or refers to its
 /// container (`#`).
 fn contained_all_referenced(res: &Value) -> bool {
-    let Some(contained) = res.get("contained").and_then(Value::as_array) else {
+    let Some(contained) = field(res, "contained").and_then(Value::as_array) else {
         return true;
     };
     let mut refs = std::collections::HashSet::new();
     local_refs(res, &mut refs);
     contained.iter().all(|c| {
-        let Some(id) = c.get("id").and_then(Value::as_str) else {
+        let Some(id) = field(c, "id").and_then(Value::as_str) else {
             return true;
         };
         if refs.contains(format!("#{id}").as_str()) {
@@ -1334,19 +1611,19 @@ fn contained_all_referenced(res: &Value) -> bool {
 }
 
 /// The instance values at a discriminator path.
-fn x_values<'v>(w: &Walk<'_, 'v>, x: &Val<'v>, segs: &[&str]) -> Vec<&'v Value> {
+fn x_values<'v>(w: &Walk<'_, 'v>, x: &Val<'_, 'v>, segs: &[String]) -> Vec<&'v Value> {
     let mut cur: Vec<&'v Value> = vec![x.value];
     for seg in segs {
         let mut next = Vec::new();
         for v in cur {
-            if *seg == "resolve()" {
+            if seg == "resolve()" {
                 if let Some((_, Some(r))) = w.reference_type(v) {
                     next.push(r);
                 }
                 continue;
             }
             if let Some(t) = quoted_arg(seg, "ofType") {
-                if v.get("resourceType")
+                if field(v, "resourceType")
                     .and_then(Value::as_str)
                     .is_some_and(|rt| rt == t)
                     || x.type_code == t
@@ -1363,13 +1640,13 @@ fn x_values<'v>(w: &Walk<'_, 'v>, x: &Val<'v>, segs: &[&str]) -> Vec<&'v Value> 
                     .into_iter()
                     .flatten()
                 {
-                    if e.get("url").and_then(Value::as_str) == Some(u) {
+                    if field(e, "url").and_then(Value::as_str) == Some(u) {
                         next.push(e);
                     }
                 }
                 continue;
             }
-            match o.get(*seg) {
+            match get_key(o, seg) {
                 Some(Value::Array(a)) => next.extend(a.iter()),
                 Some(v) => next.push(v),
                 None => {
@@ -1395,54 +1672,40 @@ fn type_list(e: &Elem) -> String {
         .join(", ")
 }
 
-fn push_values<'v>(
-    out: &mut Vec<Val<'v>>,
+fn push_values<'p, 'v>(
+    out: &mut Vec<Val<'p, 'v>>,
     v: &'v Value,
     ext: Option<&'v Value>,
-    t: &str,
-    loc: &str,
+    t: &'p str,
+    seg: Seg<'p>,
 ) {
+    let val = |value: &'v Value, index: Option<usize>| Val {
+        value,
+        type_code: t,
+        seg,
+        index,
+    };
     match v {
         Value::Array(a) => {
             for (i, item) in a.iter().enumerate() {
-                out.push(Val {
-                    value: item,
-                    type_code: t.to_string(),
-                    loc: format!("{loc}[{i}]"),
-                });
+                out.push(val(item, Some(i)));
             }
             // Extension-only entries of a primitive array beyond the values.
             if let Some(Value::Array(ea)) = ext {
                 for i in a.len()..ea.len() {
-                    out.push(Val {
-                        value: &NULL,
-                        type_code: t.to_string(),
-                        loc: format!("{loc}[{i}]"),
-                    });
+                    out.push(val(&NULL, Some(i)));
                 }
             }
         }
         Value::Null => {
             if let Some(Value::Array(ea)) = ext {
                 for i in 0..ea.len() {
-                    out.push(Val {
-                        value: &NULL,
-                        type_code: t.to_string(),
-                        loc: format!("{loc}[{i}]"),
-                    });
+                    out.push(val(&NULL, Some(i)));
                 }
             } else if ext.is_some() {
-                out.push(Val {
-                    value: &NULL,
-                    type_code: t.to_string(),
-                    loc: loc.to_string(),
-                });
+                out.push(val(&NULL, None));
             }
         }
-        _ => out.push(Val {
-            value: v,
-            type_code: t.to_string(),
-            loc: loc.to_string(),
-        }),
+        _ => out.push(val(v, None)),
     }
 }
