@@ -820,9 +820,17 @@ pub(crate) fn read_rids(
     rids: &[i64],
 ) -> Result<Vec<StoredResource>, DbError> {
     let mut out = Vec::with_capacity(rids.len());
+    // Without statistics SQLite's planner prefers scanning the tenant's whole `resource` range
+    // to looking each key up in `resource_rid` (2.9 ms for 20 keys at 35k resources, growing
+    // with the data); the hint pins the lookup. PostgreSQL plans it right by itself.
+    let hint = if c.is_postgres() {
+        ""
+    } else {
+        " INDEXED BY resource_rid"
+    };
     for chunk in rids.chunks(200) {
-        let mut sql = String::from(
-            "SELECT r.rid, r.type, r.id, v.version, v.last_updated, v.op, v.body FROM resource r JOIN resource_version v ON v.tenant = r.tenant AND v.rid = r.rid AND v.version = r.version WHERE r.tenant = $1 AND r.rid IN (",
+        let mut sql = format!(
+            "SELECT r.rid, r.type, r.id, v.version, v.last_updated, v.op, v.body FROM resource r{hint} JOIN resource_version v ON v.tenant = r.tenant AND v.rid = r.rid AND v.version = r.version WHERE r.tenant = $1 AND r.rid IN (",
         );
         let mut p = vec![P::I(tenant)];
         for (i, rid) in chunk.iter().enumerate() {
