@@ -436,6 +436,10 @@ async fn handle_inner(
             check_type(ty)?;
             crate::validate::validate_operation(&st, &ctx, Some(ty), &headers, &body, &pairs).await
         }
+        (&Method::POST, [ty, id, "$validate"]) => {
+            check_type(ty)?;
+            crate::validate::validate_instance(&st, &ctx, ty, id, &headers, &body, &pairs).await
+        }
         (&Method::GET, ["_history"]) => history(&st, &ctx, None, None, &pairs).await,
         (&Method::GET, ["$export"]) | (&Method::POST, ["$export"]) => {
             crate::export::kick_off(&st, &ctx, &headers, None, &pairs).await

@@ -48,6 +48,118 @@ pub fn prefers_english(headers: &HeaderMap) -> bool {
     best.is_some_and(|(_, e)| e)
 }
 
+/// What a `$validate` request asks: the resource (absent only where allowed), the profiles
+/// and the mode, from a Parameters body or a bare resource plus the query.
+struct ValidateRequest {
+    resource: Option<Value>,
+    profiles: Vec<String>,
+    mode: Option<String>,
+}
+
+/// Reads the body and query of a `$validate` call. `resource_type` is the type in the URL
+/// (a Parameters body at `Parameters/$validate` is the resource itself). An empty body is
+/// accepted only when `empty_ok` (instance-level `mode=delete`).
+fn validate_request(
+    body: &[u8],
+    query_pairs: &[(String, String)],
+    resource_type: Option<&str>,
+    empty_ok: bool,
+) -> Result<ValidateRequest, FhirError> {
+    let mut profiles: Vec<String> = query_pairs
+        .iter()
+        .filter(|(k, _)| k == "profile")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let mut mode: Option<String> = query_pairs
+        .iter()
+        .find(|(k, _)| k == "mode")
+        .map(|(_, v)| v.clone());
+    let body = if body.iter().all(u8::is_ascii_whitespace) && empty_ok {
+        None
+    } else {
+        Some(parse_json(body)?)
+    };
+    let resource = match body {
+        Some(b)
+            if b.get("resourceType").and_then(Value::as_str) == Some("Parameters")
+                && resource_type != Some("Parameters") =>
+        {
+            let mut res = None;
+            for p in b
+                .get("parameter")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                match p.get("name").and_then(Value::as_str) {
+                    Some("resource") => res = p.get("resource").cloned(),
+                    Some("profile") => {
+                        if let Some(u) = p
+                            .get("valueUri")
+                            .or_else(|| p.get("valueCanonical"))
+                            .and_then(Value::as_str)
+                        {
+                            profiles.push(u.to_string());
+                        }
+                    }
+                    Some("mode") => {
+                        mode = p
+                            .get("valueCode")
+                            .and_then(Value::as_str)
+                            .map(str::to_string)
+                    }
+                    _ => {}
+                }
+            }
+            if res.is_none() && !(empty_ok && mode.as_deref() == Some("delete")) {
+                return Err(FhirError::bad_request(
+                    "Parameters に resource パラメータがありません",
+                    "the Parameters has no 'resource' parameter",
+                ));
+            }
+            res
+        }
+        other => other,
+    };
+    if let Some(m) = mode.as_deref() {
+        if !matches!(m, "create" | "update" | "delete" | "profile") {
+            return Err(FhirError::bad_request(
+                format!("mode '{m}' は不正です（create, update, delete, profile のいずれか）"),
+                format!("invalid mode '{m}' (create, update, delete or profile)"),
+            ));
+        }
+    }
+    if resource.is_none() && mode.as_deref() != Some("delete") {
+        return Err(FhirError::bad_request(
+            "検証するリソースがありません（本文が空です）",
+            "no resource to validate (empty body)",
+        ));
+    }
+    if let (Some(t), Some(r)) = (resource_type, &resource) {
+        if r.get("resourceType").and_then(Value::as_str) != Some(t) {
+            return Err(FhirError::bad_request(
+                format!("リソース型が URL の {t} と一致しません"),
+                format!("the resource type does not match {t} in the URL"),
+            ));
+        }
+    }
+    Ok(ValidateRequest {
+        resource,
+        profiles,
+        mode,
+    })
+}
+
+fn outcome_response(outcome: &iryo_validator::Outcome, english: bool, ctx: &Ctx) -> Response {
+    let oo = outcome.to_operation_outcome(english);
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, crate::FHIR_JSON)],
+        crate::format::to_bytes(&oo, ctx.pretty),
+    )
+        .into_response()
+}
+
 /// `POST [base]/$validate` and `POST [base]/[type]/$validate`.
 ///
 /// The body is the resource, or a Parameters with `resource` (and optionally `profile`,
@@ -63,85 +175,100 @@ pub async fn validate_operation(
     query_pairs: &[(String, String)],
 ) -> Result<Response, FhirError> {
     let english = prefers_english(headers);
-    let body = parse_json(body)?;
-    let mut profiles: Vec<String> = query_pairs
-        .iter()
-        .filter(|(k, _)| k == "profile")
-        .map(|(_, v)| v.clone())
-        .collect();
-    let mut mode: Option<String> = query_pairs
-        .iter()
-        .find(|(k, _)| k == "mode")
-        .map(|(_, v)| v.clone());
-    let resource = if body.get("resourceType").and_then(Value::as_str) == Some("Parameters")
-        && resource_type != Some("Parameters")
-    {
-        let mut res = None;
-        for p in body
-            .get("parameter")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            match p.get("name").and_then(Value::as_str) {
-                Some("resource") => res = p.get("resource").cloned(),
-                Some("profile") => {
-                    if let Some(u) = p
-                        .get("valueUri")
-                        .or_else(|| p.get("valueCanonical"))
-                        .and_then(Value::as_str)
-                    {
-                        profiles.push(u.to_string());
-                    }
-                }
-                Some("mode") => {
-                    mode = p
-                        .get("valueCode")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                }
-                _ => {}
-            }
+    let req = validate_request(body, query_pairs, resource_type, false)?;
+    let outcome = match &req.resource {
+        Some(resource) if req.mode.as_deref() != Some("delete") => {
+            let refs: Vec<&str> = req.profiles.iter().map(String::as_str).collect();
+            VALIDATOR.validate(resource, &refs)
         }
-        res.ok_or_else(|| {
-            FhirError::bad_request(
-                "Parameters に resource パラメータがありません",
-                "the Parameters has no 'resource' parameter",
-            )
-        })?
-    } else {
-        body
+        _ => iryo_validator::Outcome::default(),
     };
-    if let Some(m) = mode.as_deref() {
-        if !matches!(m, "create" | "update" | "delete" | "profile") {
-            return Err(FhirError::bad_request(
-                format!("mode '{m}' は不正です（create, update, delete, profile のいずれか）"),
-                format!("invalid mode '{m}' (create, update, delete or profile)"),
-            ));
+    Ok(outcome_response(&outcome, english, ctx))
+}
+
+/// `POST [base]/[type]/[id]/$validate`: the body validated as the resource `[type]/[id]`.
+///
+/// Modes (FHIR R4 `Resource/$validate`):
+/// - none or `profile`: the content is validated (against `profile`, or its `meta.profile`);
+/// - `update`: the content is validated as an update of `[type]/[id]`: it needs an `id`
+///   equal to `[id]` (iryo lets an update create the resource, so the resource need not
+///   exist yet);
+/// - `delete`: the content is ignored (the body may be empty) and the answer says whether
+///   `[type]/[id]` may be deleted: iryo has no rules that forbid a delete (no referential
+///   integrity checks), so the answer is an information issue. The store is not read, so the
+///   answer does not tell whether the resource exists;
+/// - `create` is refused (400): a create has no id.
+pub async fn validate_instance(
+    _st: &AppState,
+    ctx: &Ctx,
+    resource_type: &str,
+    id: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    query_pairs: &[(String, String)],
+) -> Result<Response, FhirError> {
+    let english = prefers_english(headers);
+    if !crate::handlers::is_valid_id(id) {
+        return Err(FhirError::bad_request(
+            format!("id '{id}' は不正です（英数字・'-'・'.' で 64 文字まで）"),
+            format!("invalid id '{id}' (letters, digits, '-', '.', at most 64)"),
+        ));
+    }
+    let req = validate_request(body, query_pairs, Some(resource_type), true)?;
+    let mode = req.mode.as_deref();
+    if mode == Some("create") {
+        return Err(FhirError::bad_request(
+            "mode=create はインスタンスレベル（[type]/[id]/$validate）では使えません（作成には id がありません）",
+            "mode=create cannot be used at the instance level ([type]/[id]/$validate): a create has no id",
+        ));
+    }
+    if mode == Some("delete") {
+        let outcome = iryo_validator::Outcome {
+            issues: vec![iryo_validator::ValidationIssue {
+                severity: Severity::Information,
+                code: "informational",
+                expression: resource_type.to_string(),
+                key: None,
+                message_ja: format!(
+                    "{resource_type}/{id} の削除を妨げる規則はありません（参照整合性の検査はありません）"
+                ),
+                message_en: format!(
+                    "No rule prevents deleting {resource_type}/{id} (no referential integrity checks)"
+                ),
+            }],
+        };
+        return Ok(outcome_response(&outcome, english, ctx));
+    }
+    let resource = req.resource.unwrap_or_default();
+    let refs: Vec<&str> = req.profiles.iter().map(String::as_str).collect();
+    let mut outcome = VALIDATOR.validate(&resource, &refs);
+    if mode == Some("update") {
+        let body_id = resource.get("id").and_then(Value::as_str);
+        if body_id != Some(id) {
+            let (ja, en) = match body_id {
+                None => (
+                    format!("更新として検証するには id（{id}）が必要です"),
+                    format!("an update needs the resource id ({id})"),
+                ),
+                Some(b) => (
+                    format!("リソースの id '{b}' が URL の id '{id}' と一致しません"),
+                    format!("the resource id '{b}' does not match the id '{id}' in the URL"),
+                ),
+            };
+            outcome.issues.insert(
+                0,
+                iryo_validator::ValidationIssue {
+                    severity: Severity::Error,
+                    code: "invalid",
+                    expression: format!("{resource_type}.id"),
+                    key: None,
+                    message_ja: ja,
+                    message_en: en,
+                },
+            );
         }
     }
-    let rt = resource.get("resourceType").and_then(Value::as_str);
-    if let Some(t) = resource_type {
-        if rt != Some(t) {
-            return Err(FhirError::bad_request(
-                format!("リソース型が URL の {t} と一致しません"),
-                format!("the resource type does not match {t} in the URL"),
-            ));
-        }
-    }
-    let outcome = if mode.as_deref() == Some("delete") {
-        iryo_validator::Outcome::default()
-    } else {
-        let refs: Vec<&str> = profiles.iter().map(String::as_str).collect();
-        VALIDATOR.validate(&resource, &refs)
-    };
-    let oo = outcome.to_operation_outcome(english);
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, crate::FHIR_JSON)],
-        crate::format::to_bytes(&oo, ctx.pretty),
-    )
-        .into_response())
+    Ok(outcome_response(&outcome, english, ctx))
 }
 
 /// Validation on write, per tenant setting: `off` (nothing), `base` (the base R4
