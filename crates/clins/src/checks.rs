@@ -146,11 +146,13 @@ fn strip_version(url: &str) -> &str {
     url.split('|').next().unwrap_or(url)
 }
 
-fn s<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+/// `v[key]` as a string.
+pub fn s<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
 }
 
-fn arr<'a>(v: &'a Value, key: &str) -> &'a [Value] {
+/// `v[key]` as a slice (empty when absent or not an array).
+pub fn arr<'a>(v: &'a Value, key: &str) -> &'a [Value] {
     v.get(key)
         .and_then(Value::as_array)
         .map(Vec::as_slice)

@@ -152,6 +152,9 @@ const LOG_BATCH: usize = 256;
 /// `iryo clins bind` into the store reach a running server within this time).
 const BINDING_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// A parsed stored unit: (version, stamp, JSON).
+type CachedUnit = (i64, String, Arc<Value>);
+
 pub(crate) struct Inner {
     pub store: Store,
     pub tenant: i64,
@@ -162,7 +165,7 @@ pub(crate) struct Inner {
     log_tx: tokio::sync::mpsc::UnboundedSender<LogMsg>,
     /// Parsed stored units by id, with their version (views parse nothing already seen).
     /// Parsed stored units by id: (version, stamp, JSON).
-    parsed: parking_lot::Mutex<HashMap<String, (i64, String, Arc<Value>)>>,
+    parsed: parking_lot::Mutex<HashMap<String, CachedUnit>>,
 }
 
 /// The service state shared by all requests; cheap to clone.

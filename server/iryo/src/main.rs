@@ -1,6 +1,7 @@
 //! `iryo`: the one binary. Subcommands: `serve`, `import`, `tenant`, and the security
 //! commands `user`, `token`, `audit`, `security`, `backup`, `restore` (see docs/SECURITY.md).
 
+mod clins_cli;
 mod fee;
 mod import;
 mod security_cli;
@@ -95,6 +96,11 @@ enum Cmd {
     Fee {
         #[command(subcommand)]
         cmd: fee::FeeCmd,
+    },
+    /// 電子カルテ情報共有サービス: bind clients, users and tenants to institution / insurer numbers.
+    Clins {
+        #[command(subcommand)]
+        cmd: clins_cli::ClinsCmd,
     },
     /// Manage tenants (one per institution).
     Tenant {
@@ -238,7 +244,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 api_token,
                 public_base,
                 security: Some(std::sync::Arc::new(security)),
-                operations: operations(&store.data),
+                operations: operations(&store.data, &clins),
             };
             let app = iryo_rest_api::router(iryo_rest_api::AppState::new(s, config))
                 .merge(iryo_clins::router(clins));
@@ -294,6 +300,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             import::run(s, &tenant, concurrency.max(1), &paths).await
         }
         Cmd::Fee { cmd } => fee::run(cmd).await,
+        Cmd::Clins { cmd } => clins_cli::run(cmd).await,
         Cmd::Validate(args) => std::process::exit(validate::run(args)),
         Cmd::Tenant { cmd } => match cmd {
             TenantCmd::Create { store, name } => {
@@ -344,10 +351,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// The FHIR operations served besides the core interactions (each from its own crate).
-fn operations(data: &std::path::Path) -> iryo_rest_api::Operations {
-    iryo_rest_api::Operations(vec![std::sync::Arc::new(
-        iryo_operation_calculate_fee::CalculateFee::new(
+fn operations(data: &std::path::Path, clins: &iryo_clins::ClinsState) -> iryo_rest_api::Operations {
+    iryo_rest_api::Operations(vec![
+        std::sync::Arc::new(iryo_operation_calculate_fee::CalculateFee::new(
             iryo_operation_calculate_fee::master_store_path(data),
-        ),
-    )])
+        )),
+        std::sync::Arc::new(iryo_operation_clins_submit::ClinsSubmit::in_process(
+            clins.clone(),
+        )),
+    ])
 }
