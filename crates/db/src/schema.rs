@@ -5,7 +5,7 @@
 //! by tenant (Citus `create_distributed_table(…, 'tenant')`) without change.
 
 /// Current schema version, kept in `meta`.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const TABLES: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS resource_version (
   op BIGINT NOT NULL,
   body @BLOB,
   PRIMARY KEY (tenant, rid, version)
-) @WR;
+);
 CREATE INDEX IF NOT EXISTS resource_version_tx ON resource_version (tenant, tx);
 CREATE INDEX IF NOT EXISTS resource_version_type_tx ON resource_version (tenant, type, tx);
 CREATE TABLE IF NOT EXISTS sp_string (
