@@ -86,6 +86,13 @@ impl Records<'_> {
             .and_then(|r| serde_json::from_slice(r.json.as_deref()?).ok()))
     }
 
+    /// The Patient `pid` (404 when the tenant has none).
+    pub async fn patient(&self, pid: &str) -> Result<Value, FhirError> {
+        self.read("Patient", pid)
+            .await?
+            .ok_or_else(|| FhirError::not_found("Patient", pid))
+    }
+
     /// Every match of a search (all pages).
     pub async fn search(&self, ty: &str, qs: &str) -> Result<Vec<Value>, FhirError> {
         let query = parse_query(iryo_search::model(), Some(ty), qs, Handling::Strict)?;
@@ -560,10 +567,7 @@ pub async fn build(
     types: &[&str],
     now: DateTime<Utc>,
 ) -> Result<Built, FhirError> {
-    let patient = rec
-        .read("Patient", pid)
-        .await?
-        .ok_or_else(|| FhirError::not_found("Patient", pid))?;
+    let patient = rec.patient(pid).await?;
     let inst = institution(rec, settings).await?;
     let key = patient_key(rec, &patient, pid).await?;
     let p = clins_patient(&patient, pid, &inst, &key);
@@ -622,6 +626,178 @@ pub async fn build(
         institution: inst,
         patient_key: key,
         units,
+    })
+}
+
+/// Document kinds by Composition.type (jp-clins.md §4): LOINC code → (name, Bundle profile).
+const DOCUMENTS: &[(&str, &str, &str)] = &[
+    (
+        "57133-1",
+        "eReferral",
+        "http://jpfhir.jp/fhir/clins/StructureDefinition/JP_Bundle_eReferral|1.10.0",
+    ),
+    (
+        "18842-5",
+        "eDischargeSummary",
+        "http://jpfhir.jp/fhir/clins/StructureDefinition/JP_Bundle_eDischargeSummary|1.10.0",
+    ),
+    (
+        "53576-5",
+        "eCheckupGeneral",
+        "http://jpfhir.jp/fhir/clins/StructureDefinition/JP_Bundle_eCheckupGeneral|1.5.0",
+    ),
+];
+
+/// Largest number of resources a document may gather.
+const MAX_DOCUMENT_RESOURCES: usize = 1000;
+
+/// The relative references (`Type/id`, version suffix dropped) anywhere in `v`.
+fn relative_refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(r) = m.get("reference").and_then(Value::as_str) {
+                let r = r.split("/_history/").next().unwrap_or(r);
+                let mut parts = r.split('/');
+                if let (Some(ty), Some(id), None) = (parts.next(), parts.next(), parts.next()) {
+                    if ty.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && !id.is_empty() {
+                        out.push(format!("{ty}/{id}"));
+                    }
+                }
+            }
+            m.values().for_each(|c| relative_refs(c, out));
+        }
+        Value::Array(a) => a.iter().for_each(|c| relative_refs(c, out)),
+        _ => {}
+    }
+}
+
+/// Point every relative reference of `v` that `map` knows at its fullUrl.
+fn rewrite_refs(v: &mut Value, map: &std::collections::HashMap<String, String>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get_mut("reference") {
+                let key = r.split("/_history/").next().unwrap_or(r).to_string();
+                if let Some(u) = map.get(&key) {
+                    *r = u.clone();
+                }
+            }
+            m.values_mut().for_each(|c| rewrite_refs(c, map));
+        }
+        Value::Array(a) => a.iter_mut().for_each(|c| rewrite_refs(c, map)),
+        _ => {}
+    }
+}
+
+/// Build the document Bundle (jp-clins.md §4) of the tenant's Composition `composition_id`
+/// about Patient `pid`: the Composition first, then every resource it reaches through
+/// references (subject, author, custodian, section entries, and theirs), each with a fresh
+/// `urn:uuid` fullUrl that the references point at; the Patient carries the patient key.
+pub async fn build_document(
+    rec: &Records<'_>,
+    tenant_name: &str,
+    settings: &Value,
+    pid: &str,
+    composition_id: &str,
+    now: DateTime<Utc>,
+) -> Result<Built, FhirError> {
+    let patient = rec.patient(pid).await?;
+    let comp = rec
+        .read("Composition", composition_id)
+        .await?
+        .ok_or_else(|| FhirError::not_found("Composition", composition_id))?;
+    let subject = comp
+        .pointer("/subject/reference")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if subject != format!("Patient/{pid}") {
+        return Err(refuse(
+            "CLINS-SUBMIT-DOCUMENT",
+            format!("Composition/{composition_id} はこの患者 (Patient/{pid}) の文書ではありません"),
+            format!("Composition/{composition_id} is not about Patient/{pid}"),
+        ));
+    }
+    let codes: Vec<&str> = arr(comp.get("type").unwrap_or(&Value::Null), "coding")
+        .iter()
+        .filter_map(|c| s(c, "code"))
+        .collect();
+    let Some((_, kind, profile)) = DOCUMENTS.iter().find(|(c, _, _)| codes.contains(c)) else {
+        return Err(refuse(
+            "CLINS-SUBMIT-DOCUMENT",
+            "Composition.type は 57133-1 (診療情報提供書)、18842-5 (退院時サマリー)、53576-5 (健診結果報告書) のいずれかです",
+            "Composition.type must be 57133-1 (referral), 18842-5 (discharge summary) or 53576-5 (checkup report)",
+        ));
+    };
+    let inst = institution(rec, settings).await?;
+    let key = patient_key(rec, &patient, pid).await?;
+    // the Composition and everything it reaches
+    let mut order = vec![format!("Composition/{composition_id}")];
+    let mut resources = vec![comp];
+    let mut next = 0;
+    while next < resources.len() {
+        let mut refs = vec![];
+        relative_refs(&resources[next], &mut refs);
+        next += 1;
+        for r in refs {
+            if order.contains(&r) {
+                continue;
+            }
+            if order.len() >= MAX_DOCUMENT_RESOURCES {
+                return Err(refuse(
+                    "CLINS-SUBMIT-DOCUMENT",
+                    format!("文書が {MAX_DOCUMENT_RESOURCES} を超えるリソースを参照しています"),
+                    format!("the document reaches more than {MAX_DOCUMENT_RESOURCES} resources"),
+                ));
+            }
+            if let Some((_, res)) = rec.resolve(&r).await? {
+                order.push(r);
+                resources.push(res);
+            }
+        }
+    }
+    let urls: std::collections::HashMap<String, String> =
+        order.iter().map(|r| (r.clone(), fresh_urn())).collect();
+    let mut entries = vec![];
+    for (r, mut res) in order.iter().zip(resources) {
+        rewrite_refs(&mut res, &urls);
+        if *r == format!("Patient/{pid}")
+            && !arr(&res, "identifier")
+                .iter()
+                .any(|i| s(i, "system") == Some(ids::MEMBER_ID_SYSTEM))
+        {
+            let mut list = arr(&res, "identifier").to_vec();
+            list.push(json!({"system": ids::MEMBER_ID_SYSTEM, "value": key}));
+            res["identifier"] = Value::Array(list);
+        }
+        let mut e = Map::new();
+        e.insert("fullUrl".into(), json!(urls[r]));
+        e.insert("resource".into(), res);
+        entries.push(Value::Object(e));
+    }
+    let stamp = jst(now).to_rfc3339_opts(SecondsFormat::Secs, false);
+    let local = format!(
+        "D-{}",
+        ids::hash_hex(&format!("{tenant_name}/{pid}/{composition_id}"), 32)
+    );
+    let year = jst(now).year();
+    let identifier = format!("{inst}^{year}^{local}");
+    let mut bundle = json!({
+        "resourceType": "Bundle",
+        "meta": {"lastUpdated": stamp, "profile": [profile]},
+        "identifier": {"system": ids::BUNDLE_ID_SYSTEM, "value": identifier},
+        "type": "document",
+        "timestamp": stamp,
+    });
+    let n = entries.len();
+    bundle["entry"] = Value::Array(entries);
+    Ok(Built {
+        institution: inst,
+        patient_key: key,
+        units: vec![Unit {
+            kind,
+            identifier,
+            bundle,
+            items: n,
+        }],
     })
 }
 

@@ -11,6 +11,9 @@
 //!   "token": "…"}` is present: `POST {url}/$register` with that bearer token (HTTPS; plain
 //!   HTTP only to a loopback address).
 //!
+//! With `composition=Composition/{cid}` it sends that document instead (診療情報提供書,
+//! 退院時サマリー or 健診結果報告書 by `Composition.type`; [`build::build_document`]).
+//!
 //! The tenant's 医療機関番号 is its setting `clins_institution`, otherwise the institution number
 //! of its Organization. The result of every submission is kept as a `Task` (`for` = the
 //! Patient, one output per report unit with its identifier and the platform's
@@ -249,11 +252,17 @@ impl ClinsSubmit {
         };
         let platform = self.platform(&settings)?;
         let now = Utc::now();
+        let built = match requested_composition(call)? {
+            Some(c) => {
+                build::build_document(&rec, call.tenant_name, &settings, pid, &c, now).await?
+            }
+            None => build::build(&rec, call.tenant_name, &settings, pid, &types, now).await?,
+        };
         let Built {
             institution,
             patient_key,
             units,
-        } = build::build(&rec, call.tenant_name, &settings, pid, &types, now).await?;
+        } = built;
         if units.is_empty() {
             return Err(build::refuse(
                 "R02143",
@@ -357,6 +366,23 @@ impl ClinsSubmit {
     }
 }
 
+/// The `composition` parameter (`Composition/{id}` or `{id}`, query or Parameters body):
+/// submit that document instead of the 5情報 lists.
+fn requested_composition(call: &OperationCall<'_>) -> Result<Option<String>, FhirError> {
+    let mut c = call.param("composition").map(str::to_string);
+    if let Some(body) = call.body_json()? {
+        for p in body["parameter"].as_array().into_iter().flatten() {
+            if p["name"] == "composition" {
+                c = p["valueReference"]["reference"]
+                    .as_str()
+                    .or(p["valueString"].as_str())
+                    .map(str::to_string);
+            }
+        }
+    }
+    Ok(c.map(|c| c.trim_start_matches("Composition/").to_string()))
+}
+
 /// The `type` parameters (query, form or Parameters body): Condition, AllergyIntolerance,
 /// Observation; all three when none is given.
 fn requested_types(call: &OperationCall<'_>) -> Result<Vec<&'static str>, FhirError> {
@@ -414,7 +440,7 @@ impl Operation for ClinsSubmit {
             a.patient = Some(id.to_string());
             a
         };
-        vec![
+        let mut v = vec![
             Access::new(Interaction::Read, "Patient").with_id(id),
             in_compartment(Interaction::Search, "Condition"),
             in_compartment(Interaction::Search, "AllergyIntolerance"),
@@ -424,7 +450,19 @@ impl Operation for ClinsSubmit {
             Access::new(Interaction::Read, "Practitioner"),
             Access::new(Interaction::Read, "Organization"),
             in_compartment(Interaction::Create, "Task"),
-        ]
+        ];
+        if call.param("composition").is_some() || !call.body.is_empty() {
+            // a document: the Composition and what it reaches
+            for ty in [
+                "Composition",
+                "MedicationRequest",
+                "DocumentReference",
+                "Consent",
+            ] {
+                v.push(Access::new(Interaction::Read, ty));
+            }
+        }
+        v
     }
     fn call<'a>(&'a self, call: OperationCall<'a>) -> OperationFuture<'a> {
         Box::pin(async move { self.run(&call).await })

@@ -242,14 +242,20 @@ async fn platform_view(state: &ClinsState, viewer: &str, key: &str) -> Value {
         .unwrap_or_else(|e| panic!("{}", e.outcome()))
 }
 
+/// The platform in the clinic server's process, on its store; tenants clinic-a and clinic-b.
+async fn in_process(srv: &TestServer, op: &ClinsSubmit) -> ClinsState {
+    let state = platform(srv.store.clone()).await;
+    op.set_platform(state.clone());
+    srv.tenant("clinic-a").await;
+    srv.tenant("clinic-b").await;
+    state
+}
+
 #[tokio::test]
 async fn clinics_submit_to_the_platform_in_process() {
     for (srv, op) in clinic_servers().await {
         let e = srv.engine;
-        let state = platform(srv.store.clone()).await;
-        op.set_platform(state.clone());
-        srv.tenant("clinic-a").await;
-        srv.tenant("clinic-b").await;
+        let state = in_process(&srv, &op).await;
         // clinic A: number from its settings, key from its Coverage
         settings(&srv, "clinic-a", json!({"clins_institution": A})).await;
         clinic_records(&srv, "clinic-a", "p1", None).await;
@@ -528,4 +534,137 @@ async fn clinics_submit_to_a_remote_platform() {
         assert_eq!(statuses.iter().filter(|s| *s == "completed").count(), 1);
     }
     task.abort();
+}
+
+/// The official referral example, stored in a clinic tenant as separate resources (plain
+/// `Type/id` references), is sent again as a document with `composition=`.
+async fn store_referral(srv: &TestServer, tenant: &str) -> (String, String) {
+    let b = fixture("Bundle-Bundle-CLINS-Referral-Example-01.json");
+    let mut map = std::collections::HashMap::new();
+    for e in b["entry"].as_array().unwrap() {
+        let r = &e["resource"];
+        map.insert(
+            e["fullUrl"].as_str().unwrap().to_string(),
+            format!(
+                "{}/{}",
+                r["resourceType"].as_str().unwrap(),
+                r["id"].as_str().unwrap()
+            ),
+        );
+    }
+    fn rewrite(v: &mut Value, map: &std::collections::HashMap<String, String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get_mut("reference") {
+                    if let Some(t) = map.get(r.as_str()) {
+                        *r = t.clone();
+                    }
+                }
+                m.values_mut().for_each(|c| rewrite(c, map));
+            }
+            Value::Array(a) => a.iter_mut().for_each(|c| rewrite(c, map)),
+            _ => {}
+        }
+    }
+    let (mut pid, mut cid) = (String::new(), String::new());
+    for e in b["entry"].as_array().unwrap() {
+        let mut r = e["resource"].clone();
+        rewrite(&mut r, &map);
+        // the IG 1.5.2 example predates 1.10.0, which requires display on status codings
+        for k in ["clinicalStatus", "verificationStatus"] {
+            if let Some(c) = r
+                .pointer_mut(&format!("/{k}/coding/0"))
+                .and_then(Value::as_object_mut)
+            {
+                let code = c["code"].as_str().unwrap_or("").to_string();
+                c.entry("display").or_insert(json!(code));
+            }
+        }
+        match r["resourceType"].as_str().unwrap() {
+            "Patient" => pid = r["id"].as_str().unwrap().to_string(),
+            "Composition" => cid = r["id"].as_str().unwrap().to_string(),
+            _ => {}
+        }
+        put(srv, tenant, r).await;
+    }
+    (pid, cid)
+}
+
+#[tokio::test]
+async fn clinics_submit_documents() {
+    for (srv, op) in clinic_servers().await {
+        let e = srv.engine;
+        let state = in_process(&srv, &op).await;
+        settings(&srv, "clinic-a", json!({"clins_institution": A})).await;
+        settings(&srv, "clinic-b", json!({"clins_institution": B})).await;
+        state
+            .bind_client(&tenant_client("clinic-a"), Binding::Institution(A.into()))
+            .await
+            .unwrap();
+        state
+            .bind_client(&tenant_client("clinic-b"), Binding::Institution(B.into()))
+            .await
+            .unwrap();
+        let (pid, cid) = store_referral(&srv, "clinic-a").await;
+        let q = format!("?composition=Composition/{cid}");
+        let (s, task) = submit(&srv, "clinic-a", &pid, &q).await;
+        assert_eq!(s, 200, "{e}: {task}");
+        assert_eq!(task["status"], "completed");
+        let ident = task["output"][0]["valueIdentifier"]["value"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            ident.starts_with(&format!("{A}^")) && ident.contains("^D-"),
+            "{ident}"
+        );
+        // the destination (B, 紹介先 of the example) fetches it after the patient's consent
+        let key = "00012345:あいう:187:05";
+        let now = chrono::Utc::now();
+        state
+            .record_consent(&inst(B), key, false, now)
+            .await
+            .unwrap();
+        let b_actor = inst(B);
+        let doc = state
+            .fetch_referral(&b_actor, &ident, now)
+            .await
+            .unwrap_or_else(|r| panic!("{e}: {}", r.outcome()));
+        assert_eq!(doc["type"], "document");
+        assert_eq!(doc["entry"][0]["resource"]["resourceType"], "Composition");
+        let urls: Vec<&str> = doc["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|x| x["fullUrl"].as_str())
+            .collect();
+        assert!(urls.iter().all(|u| u.starts_with("urn:uuid:")));
+        let subject = doc["entry"][0]["resource"]["subject"]["reference"]
+            .as_str()
+            .unwrap();
+        assert!(urls.contains(&subject), "references point at the entries");
+        // its Conditions reach the 6情報 view with A as source (item 2)
+        let v = state.institution_view(&b_actor, key, now).await.unwrap();
+        let conditions = of_type(&v, "Condition");
+        assert!(!conditions.is_empty(), "{v}");
+        assert!(conditions
+            .iter()
+            .all(|c| c["meta"]["source"].as_str().unwrap().ends_with(A)));
+        // sending again replaces the same unit
+        let (s, again) = submit(&srv, "clinic-a", &pid, &q).await;
+        assert_eq!(s, 200, "{again}");
+        assert_eq!(again["output"][0]["valueIdentifier"]["value"], ident);
+
+        // another tenant cannot send clinic A's document; another patient's document is refused
+        let (s, _) = submit(&srv, "clinic-b", &pid, &q).await;
+        assert_eq!(s, 404);
+        put(&srv, "clinic-a", json!({"resourceType": "Patient", "id": "other",
+            "identifier": [{"system": "http://jpfhir.jp/fhir/clins/Idsystem/JP_Insurance_memberID", "value": KEY_B}]}))
+        .await;
+        let (s, oo) = submit(&srv, "clinic-a", "other", &q).await;
+        assert_eq!(s, 422, "{oo}");
+        assert!(oo.to_string().contains("CLINS-SUBMIT-DOCUMENT"));
+        let (s, _) = submit(&srv, "clinic-a", &pid, "?composition=Composition/none").await;
+        assert_eq!(s, 404);
+    }
 }
