@@ -1111,3 +1111,47 @@ async fn documents_feed_the_six_info_views() {
         assert!(entries_of(&v, "Observation").is_empty(), "{e}: {v}");
     }
 }
+
+/// Concurrent registrations for one patient all land in the per-patient index (a lost race
+/// on the index is retried), so the view shows every unit.
+#[tokio::test]
+async fn concurrent_registrations_keep_the_index_complete() {
+    for env in envs().await {
+        let mut tasks = vec![];
+        for n in 0..8 {
+            let state = env.state.clone();
+            let inst = if n % 2 == 0 { A } else { B };
+            let b = obs_bundle(inst, &format!("conc-{n}"), PK_A, &today());
+            tasks.push(tokio::spawn(async move {
+                let actor = iryo_clins::Actor::Institution {
+                    client: format!("c-{inst}"),
+                    number: inst.into(),
+                };
+                state.register(&actor, b).await
+            }));
+        }
+        for t in tasks {
+            t.await
+                .unwrap()
+                .unwrap_or_else(|r| panic!("{}", r.outcome()));
+        }
+        env.consent(B, PK_B, false).await;
+        let (s, v) = env.view(B, PK_B).await;
+        assert_eq!(s, 200);
+        assert_eq!(
+            entries_of(&v, "Observation").len(),
+            8 * 4,
+            "{}: {v}",
+            env.engine
+        );
+        // withdrawing one of them concurrently with a new registration
+        let p = json!({"resourceType": "Parameters", "parameter": [
+            {"name": "patientKey", "valueString": PK_A},
+            {"name": "identifier", "valueString": format!("{A}^2025^conc-0")}]});
+        let (tok, b9) = (env.inst(A), obs_bundle(B, "conc-9", PK_B, &today()));
+        let (w, r) = tokio::join!(env.post(&tok, "$withdraw", &p), env.register(B, &b9));
+        assert_eq!((w.0, r.0), (200, 200), "{} {}", w.1, r.1);
+        let (_, v) = env.view(B, PK_B).await;
+        assert_eq!(entries_of(&v, "Observation").len(), 8 * 4, "{}", env.engine);
+    }
+}
