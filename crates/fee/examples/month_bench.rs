@@ -99,6 +99,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     vec![]
                 },
                 injections: vec![],
+                treatment_drugs: vec![],
                 prescription: Some(Prescription {
                     mode: if in_house {
                         DispensingMode::InHouse

@@ -23,7 +23,7 @@
 use crate::calc::model::{
     CommentInput, DiagnosisInput, DispensingMode, DrugOrder, HighCostCategory, Injection,
     Insurance, InsuranceKind, MaterialOrder, Patient, Prescription, ProcedureOrder, PublicExpense,
-    Rp, RpKind, Sex, TimeCategory, VisitInput, VisitKind,
+    Rp, RpKind, Sex, TimeCategory, TreatmentDrugs, VisitInput, VisitKind,
 };
 use crate::error::{FeeError, Result};
 use chrono::NaiveDate;
@@ -57,8 +57,8 @@ pub const SYSTEM_INSURER_NUMBER: &str = "http://jpfhir.jp/fhir/core/mhlw/IdSyste
 pub const SYSTEM_VISIT_KIND: &str = "https://iryo.example.jp/fhir/CodeSystem/fee-visit-kind";
 /// MedicationRequest.category: `in_house` (院内処方) or `out_of_house` (院外処方).
 pub const SYSTEM_DISPENSING: &str = "https://iryo.example.jp/fhir/CodeSystem/fee-dispensing";
-/// MedicationRequest.category: `internal` (内服), `as_needed` (頓服), `external` (外用), or
-/// `injection` (注射 given at the visit).
+/// MedicationRequest.category: `internal` (内服), `as_needed` (頓服), `external` (外用),
+/// `injection` (注射 given at the visit) or `treatment` (used in a 処置/手術).
 pub const SYSTEM_RP_KIND: &str = "https://iryo.example.jp/fhir/CodeSystem/fee-rp-kind";
 /// Coverage.type: `shaho`, `kokuho`, `koki` or `public` (公費).
 pub const SYSTEM_COVERAGE_KIND: &str = "https://iryo.example.jp/fhir/CodeSystem/fee-coverage-kind";
@@ -455,14 +455,32 @@ fn visit_from_encounter(ix: &Index, enc: &Value) -> Result<VisitInput> {
         procedures.push(service_request(sr)?);
     }
 
-    let (injections, meds): (Vec<&Value>, Vec<&Value>) = ix
+    let active: Vec<&Value> = ix
         .referring("MedicationRequest", &enc_key)
         .iter()
         .copied()
         .filter(|m| !status_is(m, &["cancelled", "entered-in-error", "draft"]))
-        .partition(|m| is_injection(m));
+        .collect();
+    let of_kind = |kind: &str| -> Vec<&Value> {
+        active
+            .iter()
+            .copied()
+            .filter(|m| code_in(m.get("category"), SYSTEM_RP_KIND) == Some(kind))
+            .collect()
+    };
+    let meds: Vec<&Value> = active
+        .iter()
+        .copied()
+        .filter(|m| {
+            !matches!(
+                code_in(m.get("category"), SYSTEM_RP_KIND),
+                Some("injection" | "treatment")
+            )
+        })
+        .collect();
     let prescription = prescription_of(&meds, psychotropic_multi)?;
-    let injections = injections_of(&injections)?;
+    let injections = injections_of(&of_kind("injection"))?;
+    let treatment_drugs = treatment_drugs_of(&of_kind("treatment"))?;
     let diagnoses = diagnoses_of(ix, enc)?;
 
     Ok(VisitInput {
@@ -480,6 +498,7 @@ fn visit_from_encounter(ix: &Index, enc: &Value) -> Result<VisitInput> {
         procedures,
         prescription,
         injections,
+        treatment_drugs,
         materials,
         diagnoses,
         history: vec![],
@@ -957,10 +976,66 @@ fn drug_code(m: &Value) -> Result<(String, bool)> {
     Ok((code, by_generic_name))
 }
 
-/// Is this MedicationRequest an injection given at the visit (`category` fee-rp-kind
-/// `injection`)?
-fn is_injection(m: &Value) -> bool {
-    code_in(m.get("category"), SYSTEM_RP_KIND) == Some("injection")
+/// The quantity per 回 of an injection or a treatment drug:
+/// `dosageInstruction[0].doseAndRate[0].doseQuantity.value`.
+fn dose_per_time(m: &Value, what: &str) -> Result<String> {
+    let dose = m
+        .get("dosageInstruction")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+        .and_then(|d| d.get("doseAndRate"))
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+        .and_then(|d| d.get("doseQuantity"))
+        .and_then(|q| q.get("value"))
+        .ok_or_else(|| {
+            err(
+                m,
+                "dosageInstruction[0].doseAndRate[0].doseQuantity",
+                format!("{what} needs the quantity used"),
+            )
+        })?;
+    decimal_text(
+        m,
+        "dosageInstruction[0].doseAndRate[0].doseQuantity.value",
+        dose,
+    )
+}
+
+/// Drugs used in 処置/手術 (`category` fee-rp-kind `treatment`): grouped by `groupIdentifier`
+/// (else one group per 診療識別 of extension `fee-shikibetsu`, default 40), the quantity in
+/// `doseQuantity`.
+fn treatment_drugs_of(meds: &[&Value]) -> Result<Vec<TreatmentDrugs>> {
+    let mut out: Vec<(String, TreatmentDrugs)> = Vec::new();
+    for m in meds {
+        let (code, by_generic_name) = drug_code(m)?;
+        let quantity = dose_per_time(m, "a treatment drug")?;
+        let shikibetsu = shikibetsu_ext(m)?;
+        let key = match m
+            .get("groupIdentifier")
+            .and_then(|g| g.get("value"))
+            .and_then(Value::as_str)
+        {
+            Some(g) => format!("group|{g}"),
+            None => format!("shikibetsu|{}", shikibetsu.unwrap_or(40)),
+        };
+        let drug = DrugOrder {
+            code,
+            quantity,
+            by_generic_name,
+        };
+        match out.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, g)) => g.drugs.push(drug),
+            None => out.push((
+                key,
+                TreatmentDrugs {
+                    shikibetsu,
+                    drugs: vec![drug],
+                },
+            )),
+        }
+    }
+    Ok(out.into_iter().map(|(_, g)| g).collect())
 }
 
 /// The injections of an encounter: MedicationRequests with the same `groupIdentifier` (or,
@@ -976,24 +1051,7 @@ fn injections_of(meds: &[&Value]) -> Result<Vec<Injection>> {
             .get("dosageInstruction")
             .and_then(Value::as_array)
             .and_then(|a| a.first());
-        let dose = di
-            .and_then(|d| d.get("doseAndRate"))
-            .and_then(Value::as_array)
-            .and_then(|a| a.first())
-            .and_then(|d| d.get("doseQuantity"))
-            .and_then(|q| q.get("value"))
-            .ok_or_else(|| {
-                err(
-                    m,
-                    "dosageInstruction[0].doseAndRate[0].doseQuantity",
-                    "an injection needs the quantity per 回",
-                )
-            })?;
-        let quantity = decimal_text(
-            m,
-            "dosageInstruction[0].doseAndRate[0].doseQuantity.value",
-            dose,
-        )?;
+        let quantity = dose_per_time(m, "an injection")?;
         let count = match di
             .and_then(|d| d.get("timing"))
             .and_then(|t| t.get("repeat"))

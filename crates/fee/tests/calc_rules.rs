@@ -1222,3 +1222,34 @@ fn treatment_infant_addition() {
     v.procedures = vec![order("140003810")];
     assert_eq!(billed(&calc(&v)), vec![("140003810".into(), 48)]);
 }
+
+// ---- 処置・手術の薬剤 (J300): 15円以下は算定しない ---------------------------------------------
+
+#[test]
+fn treatment_drugs_under_fifteen_yen_are_not_billed() {
+    // 創傷処置（100cm²未満） 52 + アクアチム軟膏1% 22.10円/g × 2 g = 44.2円 → 4.42 → 4 点 (診療識別 40)
+    let mut v = visit(d(2024, 7, 10), adult(), VisitKind::None);
+    v.procedures = vec![order("140000610")];
+    v.treatment_drugs = vec![TreatmentDrugs {
+        shikibetsu: None,
+        drugs: vec![DrugOrder {
+            code: "620000348".into(),
+            quantity: "2".into(),
+            by_generic_name: false,
+        }],
+    }];
+    let r = calc(&v);
+    assert_eq!(
+        billed(&r),
+        vec![("140000610".into(), 52), ("620000348".into(), 4)]
+    );
+    assert_eq!(r.lines[1].shikibetsu, 40);
+    // 0.5 g = 11.05円 ≤ 15円: not billed, said so
+    v.treatment_drugs[0].drugs[0].quantity = "0.5".into();
+    let r = calc(&v);
+    assert_eq!(billed(&r), vec![("140000610".into(), 52)]);
+    assert_eq!(
+        message_for(&r, "treatment_drug").map(|m| m.level),
+        Some(Level::Info)
+    );
+}

@@ -515,3 +515,43 @@ fn injections_and_the_high_cost_category() {
         err_of(&b)
     );
 }
+
+#[test]
+fn treatment_drugs_are_grouped_per_shikibetsu() {
+    let mut b = bundle();
+    let t = |id: &str, qty: f64, shiki: Option<u8>| {
+        let mut m = json!({"resourceType": "MedicationRequest", "id": id, "status": "completed",
+            "intent": "order",
+            "category": [{"coding": [{"system": fhir::SYSTEM_RP_KIND, "code": "treatment"}]}],
+            "medicationCodeableConcept": {"coding": [{"system": fhir::SYSTEM_DRUG, "code": "620000348"}]},
+            "subject": {"reference": "Patient/p-003"},
+            "encounter": {"reference": "Encounter/v-0003"},
+            "dosageInstruction": [{"doseAndRate": [{"doseQuantity": {"value": qty}}]}]});
+        if let Some(s) = shiki {
+            m["extension"] = json!([{"url": fhir::EXT_SHIKIBETSU, "valueInteger": s}]);
+        }
+        m
+    };
+    push(&mut b, t("mr-t1", 2.0, None));
+    push(&mut b, t("mr-t2", 1.0, None));
+    push(&mut b, t("mr-t3", 3.0, Some(50)));
+    let v = &visits_from_bundle(&b).unwrap()[1];
+    let got: Vec<(Option<u8>, usize)> = v
+        .treatment_drugs
+        .iter()
+        .map(|g| (g.shikibetsu, g.drugs.len()))
+        .collect();
+    assert_eq!(got, vec![(None, 2), (Some(50), 1)]);
+    // the 院外 prescription is untouched, no injection
+    assert_eq!(v.prescription.as_ref().unwrap().rps.len(), 1);
+    assert!(v.injections.is_empty());
+    // the quantity is required
+    let mut bad = t("mr-t4", 1.0, None);
+    bad["dosageInstruction"] = json!([{}]);
+    push(&mut b, bad);
+    let e = err_of(&b);
+    assert!(
+        e.contains("MedicationRequest/mr-t4.dosageInstruction[0].doseAndRate[0].doseQuantity"),
+        "{e}"
+    );
+}

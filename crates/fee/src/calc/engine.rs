@@ -64,6 +64,7 @@ pub fn calculate(
     c.judgements()?;
     c.prescription()?;
     c.injections()?;
+    c.treatment_drugs()?;
     c.materials()?;
     c.outpatient_management()?;
     c.addition_links()?;
@@ -1186,6 +1187,66 @@ impl Ctx<'_> {
                     reason_en: format!("{why_en}: {} {} points × {}", a.code, pts, inj.count),
                 });
             }
+        }
+        Ok(())
+    }
+
+    // ---- 処置・手術の薬剤 (J300, K940): ≤ 15円 not billed, otherwise the 薬剤料 formula ------------
+    fn treatment_drugs(&mut self) -> Result<()> {
+        for (gi, g) in self.visit.treatment_drugs.iter().enumerate() {
+            let field = format!("treatment_drugs[{gi}]");
+            if g.drugs.is_empty() {
+                return Err(FeeError::input(
+                    format!("{field}.drugs"),
+                    "no drugs / 薬剤がありません",
+                ));
+            }
+            let shiki = g.shikibetsu.unwrap_or(40);
+            let mut amount = 0i128;
+            let (mut items, mut parts_ja, mut ok) = (Vec::new(), Vec::new(), true);
+            for (di, d) in g.drugs.iter().enumerate() {
+                let q = positive_quantity(&d.quantity, format!("{field}.drugs[{di}].quantity"))?;
+                let Some(drug) = self.store.drug(&d.code, self.date)? else {
+                    self.unknown_code("医薬品", "drug", &d.code);
+                    ok = false;
+                    continue;
+                };
+                let (yen, part, item) = priced_drug(&drug, q);
+                amount += yen;
+                parts_ja.push(part);
+                items.push(item);
+            }
+            if !ok {
+                continue;
+            }
+            let yen = format_fixed((amount / 100_000) as i64, 2);
+            if amount <= 15 * 10_000_000 {
+                self.msg(
+                    Level::Info,
+                    "treatment_drug",
+                    items.first().map(|i| i.code.as_str()),
+                    format!(
+                        "処置・手術の薬剤 {} = {yen}円は15円以下のため算定しません",
+                        parts_ja.join(" + ")
+                    ),
+                    format!("treatment drugs {yen} yen: 15 yen or less is not billed"),
+                );
+                continue;
+            }
+            let points = drug_points(amount);
+            self.lines.push(Line {
+                shikibetsu: shiki,
+                items,
+                points,
+                count: 1,
+                total: points,
+                rule: "treatment_drug".into(),
+                reason_ja: format!(
+                    "処置・手術の薬剤料: {} = {yen}円 → {points}点",
+                    parts_ja.join(" + ")
+                ),
+                reason_en: format!("treatment drugs {yen} yen → {points} points"),
+            });
         }
         Ok(())
     }

@@ -262,6 +262,16 @@ pub struct Injection {
     pub drugs: Vec<DrugOrder>,
 }
 
+/// Drugs used in a 処置 or 手術 (J300/K940 薬剤): priced together; 15円 or less is not billed.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TreatmentDrugs {
+    /// 診療識別 (default 40 処置; 50 手術).
+    #[serde(default)]
+    pub shikibetsu: Option<u8>,
+    pub drugs: Vec<DrugOrder>,
+}
+
 /// A 特定保険医療材料 with its quantity.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -352,6 +362,9 @@ pub struct VisitInput {
     /// 注射.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub injections: Vec<Injection>,
+    /// 処置・手術の薬剤.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub treatment_drugs: Vec<TreatmentDrugs>,
     #[serde(default)]
     pub materials: Vec<MaterialOrder>,
     #[serde(default)]

@@ -66,6 +66,7 @@ pub fn visit(date: NaiveDate, birth: NaiveDate, kind: VisitKind) -> VisitInput {
         procedures: vec![],
         prescription: None,
         injections: vec![],
+        treatment_drugs: vec![],
         materials: vec![],
         diagnoses: vec![],
         history: vec![],
