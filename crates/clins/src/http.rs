@@ -286,7 +286,15 @@ async fn institution_view(
     let Some(pk) = q.get("patientKey") else {
         return missing(&s, &a, "patientKey").await;
     };
-    done(s.institution_view(&a, pk, Utc::now()).await)
+    match s.institution_view_json(&a, pk, Utc::now()).await {
+        Ok(bytes) => (
+            StatusCode::OK,
+            [("content-type", "application/fhir+json; charset=utf-8")],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => fhir(e.status, e.outcome()),
+    }
 }
 
 async fn patient_view(State(s): State<ClinsState>, Caller(a): Caller) -> Response {

@@ -959,7 +959,40 @@ impl ClinsState {
         patient_key: &str,
         now: DateTime<Utc>,
     ) -> Result<Value, Refusal> {
-        let r: Result<(PatientKey, Value), (Option<PatientKey>, Refusal)> = async {
+        self.institution_view_as(actor, patient_key, now, |key, units| {
+            let v = views::six_info(key, units, now, false);
+            let n = v["entry"].as_array().map_or(0, Vec::len);
+            (v, n)
+        })
+        .await
+    }
+
+    /// [`ClinsState::institution_view`] serialized to JSON bytes, written straight from the
+    /// stored units (what the HTTP answer sends; no copy of the items is made).
+    pub async fn institution_view_json(
+        &self,
+        actor: &Actor,
+        patient_key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<u8>, Refusal> {
+        self.institution_view_as(actor, patient_key, now, |key, units| {
+            let view = views::six_info_view(key, units, now, false);
+            (
+                serde_json::to_vec(&view).unwrap_or_default(),
+                view.entries(),
+            )
+        })
+        .await
+    }
+
+    async fn institution_view_as<T>(
+        &self,
+        actor: &Actor,
+        patient_key: &str,
+        now: DateTime<Utc>,
+        render: impl FnOnce(&PatientKey, &[Arc<Value>]) -> (T, usize),
+    ) -> Result<T, Refusal> {
+        let r: Result<(PatientKey, T, usize), (Option<PatientKey>, Refusal)> = async {
             let inst = Self::institution(actor, "view").map_err(|e| (None, e))?;
             let key = checks::patient_key(patient_key, "patientKey")
                 .map_err(|i| (None, Refusal::new(422, i)))?;
@@ -974,22 +1007,22 @@ impl ClinsState {
                 .view_units(&key, now, false)
                 .await
                 .map_err(|e| (Some(key.clone()), e))?;
-            let view = views::six_info(&key, &units, now, false);
-            Ok((key, view))
+            let (view, entries) = render(&key, &units);
+            Ok((key, view, entries))
         }
         .await;
         match r {
-            Ok((key, b)) => {
+            Ok((key, view, entries)) => {
                 self.log(
                     actor,
                     AuditAction::Read,
                     AuditOutcome::Success,
                     Some(&key),
                     vec![],
-                    json!({"operation": "$clins-view", "entries": b["entry"].as_array().map_or(0, Vec::len)}),
+                    json!({"operation": "$clins-view", "entries": entries}),
                 )
                 .await;
-                Ok(b)
+                Ok(view)
             }
             Err((key, e)) => Err(self.refuse(actor, AuditAction::Read, key.as_ref(), e).await),
         }

@@ -3,7 +3,7 @@
 
 use crate::checks::Kind;
 use crate::ids::{self, PatientKey};
-use crate::service::{ensure_institution, tag_of, T_KIND, T_REGISTERED, T_SOURCE, T_STAMP};
+use crate::service::{tag_of, T_KIND, T_REGISTERED, T_SOURCE, T_STAMP};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::{json, Value};
 
@@ -288,17 +288,28 @@ pub fn six_info(
     now: DateTime<Utc>,
     for_patient: bool,
 ) -> Value {
+    serde_json::to_value(six_info_view(key, units, now, for_patient)).unwrap_or(Value::Null)
+}
+
+/// [`six_info`] as a value that borrows the units' items and serializes them without copying
+/// them (what the HTTP answer needs: the items are written once, straight from the units).
+pub fn six_info_view<'a>(
+    key: &PatientKey,
+    units: &'a [std::sync::Arc<Value>],
+    now: DateTime<Utc>,
+    for_patient: bool,
+) -> SixInfo<'a> {
     let now_ms = now.timestamp_millis();
     let mut plain: Vec<(&Value, &Value)> = vec![];
     let (mut labs, mut infections, mut rx) = (vec![], vec![], vec![]);
-    let mut latest_patient: Option<(&str, Value)> = None;
+    let mut latest_patient: Option<(&str, &Value)> = None;
     for u in units.iter().map(|u| &**u) {
         let Some(kind) = tag_of(u, T_KIND).and_then(Kind::from_code) else {
             continue;
         };
         let reg = tag_of(u, T_REGISTERED).unwrap_or("");
         if latest_patient.as_ref().is_none_or(|(r, _)| *r < reg) {
-            latest_patient = Some((reg, patient_of(u)));
+            latest_patient = Some((reg, u));
         }
         let items = unit_items(u, kind);
         plain.extend(
@@ -326,48 +337,160 @@ pub fn six_info(
     plain.extend(windowed(rx, now_ms, RX_WINDOW_MS));
     dedupe(&mut plain);
 
-    let mut patient = latest_patient.map(|(_, p)| p).unwrap_or_else(|| {
-        json!({"resourceType": "Patient", "identifier": [{"system": ids::MEMBER_ID_SYSTEM, "value": key.as_str()}]})
-    });
+    let mut patient = latest_patient
+        .map(|(_, u)| patient_of(u))
+        .unwrap_or_else(|| {
+            json!({"resourceType": "Patient", "identifier": [{"system": ids::MEMBER_ID_SYSTEM, "value": key.as_str()}]})
+        });
     patient["id"] = json!("patient");
-    let mut entries = vec![entry("urn:iryo-clins:patient".into(), patient)];
+    let mut items = vec![];
     for (n, (u, r)) in plain.into_iter().enumerate() {
         let fl = flags(r);
         if for_patient && fl.contains(&"UNINFORMED") {
             continue;
         }
-        let source = tag_of(u, T_SOURCE).unwrap_or("");
-        let mut item = r.clone();
-        if !item["meta"].is_object() {
-            item["meta"] = json!({});
-        }
-        item["meta"]["source"] = json!(format!("{}#{source}", ids::INSTITUTION_SYSTEM));
-        ensure_institution(&mut item, source);
-        for k in ["subject", "patient"] {
-            if item[k].is_object() {
-                item[k] = json!({"reference": "urn:iryo-clins:patient"});
-            }
-        }
-        if fl.contains(&"UNINFORMED") {
-            let date = ["recordedDate", "onsetDateTime"]
+        let inst = tag_of(u, T_SOURCE).unwrap_or("");
+        let uninformed = fl.contains(&"UNINFORMED").then(|| {
+            ["recordedDate", "onsetDateTime"]
                 .iter()
-                .find_map(|k| item[*k].as_str().map(str::to_string))
-                .unwrap_or_else(|| tag_of(u, T_REGISTERED).unwrap_or("").to_string());
-            let ext = json!({"url": UNINFORMED_EXT, "valueDateTime": date});
-            match item["extension"].as_array_mut() {
-                Some(a) => a.push(ext),
-                None => item["extension"] = json!([ext]),
+                .find_map(|k| r[*k].as_str().map(str::to_string))
+                .unwrap_or_else(|| tag_of(u, T_REGISTERED).unwrap_or("").to_string())
+        });
+        items.push(Shown {
+            n,
+            item: r,
+            inst,
+            uninformed,
+        });
+    }
+    SixInfo {
+        timestamp: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        patient,
+        items,
+    }
+}
+
+/// The 6情報 view of [`six_info_view`]: the Patient and the shown items, borrowed.
+pub struct SixInfo<'a> {
+    timestamp: String,
+    patient: Value,
+    items: Vec<Shown<'a>>,
+}
+
+impl SixInfo<'_> {
+    /// Entries of the Bundle (the Patient and the items).
+    pub fn entries(&self) -> usize {
+        self.items.len() + 1
+    }
+}
+
+/// One shown item and what the view changes in it: `meta.source` = its institution, the
+/// institution-number extension when missing, subject/patient → the view's Patient, and the
+/// UNINFORMED date extension.
+struct Shown<'a> {
+    n: usize,
+    item: &'a Value,
+    inst: &'a str,
+    uninformed: Option<String>,
+}
+
+impl Shown<'_> {
+    fn meta(&self, meta: &Value) -> Value {
+        let mut m = match meta {
+            Value::Object(m) => m.clone(),
+            _ => serde_json::Map::new(),
+        };
+        m.insert(
+            "source".into(),
+            Value::String(format!("{}#{}", ids::INSTITUTION_SYSTEM, self.inst)),
+        );
+        Value::Object(m)
+    }
+
+    fn extensions(&self, existing: Option<&Value>) -> Vec<Value> {
+        let mut list: Vec<Value> = existing
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if crate::checks::institution_of(self.item).is_none() {
+            list.push(json!({"url": ids::INSTITUTION_EXT, "valueIdentifier": {"system": ids::INSTITUTION_SYSTEM, "value": self.inst}}));
+        }
+        if let Some(d) = &self.uninformed {
+            list.push(json!({"url": UNINFORMED_EXT, "valueDateTime": d}));
+        }
+        list
+    }
+}
+
+impl serde::Serialize for Shown<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Some(obj) = self.item.as_object() else {
+            return self.item.serialize(s);
+        };
+        let mut m = s.serialize_map(None)?;
+        let (mut had_meta, mut had_ext) = (false, false);
+        let patient_ref = json!({"reference": "urn:iryo-clins:patient"});
+        for (k, v) in obj {
+            match k.as_str() {
+                "meta" => {
+                    had_meta = true;
+                    m.serialize_entry(k, &self.meta(v))?;
+                }
+                "extension" => {
+                    had_ext = true;
+                    m.serialize_entry(k, &self.extensions(Some(v)))?;
+                }
+                "subject" | "patient" if v.is_object() => m.serialize_entry(k, &patient_ref)?,
+                _ => m.serialize_entry(k, v)?,
             }
         }
-        entries.push(entry(format!("urn:iryo-clins:item:{n}"), item));
+        if !had_meta {
+            m.serialize_entry("meta", &self.meta(&Value::Null))?;
+        }
+        if !had_ext {
+            let ext = self.extensions(None);
+            if !ext.is_empty() {
+                m.serialize_entry("extension", &ext)?;
+            }
+        }
+        m.end()
     }
-    let mut b = json!({
-        "resourceType": "Bundle",
-        "type": "collection",
-        "timestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    });
-    b["entry"] = Value::Array(entries);
-    b
+}
+
+struct Entries<'b, 'a>(&'b SixInfo<'a>);
+
+impl serde::Serialize for Entries<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        struct One<'c, T: serde::Serialize>(String, &'c T);
+        impl<T: serde::Serialize> serde::Serialize for One<'_, T> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("fullUrl", &self.0)?;
+                m.serialize_entry("resource", self.1)?;
+                m.end()
+            }
+        }
+        let mut seq = s.serialize_seq(Some(self.0.entries()))?;
+        seq.serialize_element(&One("urn:iryo-clins:patient".into(), &self.0.patient))?;
+        for i in &self.0.items {
+            seq.serialize_element(&One(format!("urn:iryo-clins:item:{}", i.n), i))?;
+        }
+        seq.end()
+    }
+}
+
+impl serde::Serialize for SixInfo<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(4))?;
+        m.serialize_entry("resourceType", "Bundle")?;
+        m.serialize_entry("type", "collection")?;
+        m.serialize_entry("timestamp", &self.timestamp)?;
+        m.serialize_entry("entry", &Entries(self))?;
+        m.end()
+    }
 }
 
 /// Drop items taken out of documents that repeat another item (same source institution,

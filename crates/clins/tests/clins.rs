@@ -1153,5 +1153,18 @@ async fn concurrent_registrations_keep_the_index_complete() {
         assert_eq!((w.0, r.0), (200, 200), "{} {}", w.1, r.1);
         let (_, v) = env.view(B, PK_B).await;
         assert_eq!(entries_of(&v, "Observation").len(), 8 * 4, "{}", env.engine);
+        // the JSON written straight from the units is the view
+        let b = iryo_clins::Actor::Institution {
+            client: "hosp-b".into(),
+            number: B.into(),
+        };
+        let now = Utc::now();
+        let bytes = env
+            .state
+            .institution_view_json(&b, PK_B, now)
+            .await
+            .unwrap();
+        let value = env.state.institution_view(&b, PK_B, now).await.unwrap();
+        assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap(), value);
     }
 }
