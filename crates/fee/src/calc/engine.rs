@@ -307,6 +307,16 @@ fn item_of(p: &Procedure, quantity: Option<String>) -> LineItem {
     }
 }
 
+/// Drugs priced together ([`Ctx::priced_group`]).
+#[derive(Default)]
+struct PricedGroup {
+    /// yen × 10⁷
+    amount: i128,
+    parts_ja: Vec<String>,
+    items: Vec<LineItem>,
+    drugs: Vec<Drug>,
+}
+
 /// One drug of a 剤 or an injection: price × quantity (yen × 10⁷, exact), the arithmetic for
 /// the reason (`16.5円×3`), and its line item.
 fn priced_drug(drug: &Drug, q: i64) -> (i128, String, LineItem) {
@@ -1109,35 +1119,24 @@ impl Ctx<'_> {
                 continue;
             }
             // 薬剤料: the drugs of one 回 priced together, ≤ 15円 → 1点, × 回数
-            let mut amount = 0i128;
-            let mut items = Vec::new();
-            let mut parts_ja = Vec::new();
-            let (mut narcotic, mut biological, mut ok) = (false, false, true);
-            for (di, d) in inj.drugs.iter().enumerate() {
-                let q = positive_quantity(&d.quantity, format!("{field}.drugs[{di}].quantity"))?;
-                let Some(drug) = self.store.drug(&d.code, self.date)? else {
-                    self.unknown_code("医薬品", "drug", &d.code);
-                    ok = false;
-                    continue;
-                };
+            let Some(g) = self.priced_group(&field, &inj.drugs)? else {
+                continue;
+            };
+            let (amount, items, parts_ja) = (g.amount, g.items, g.parts_ja);
+            let mut narcotic = false;
+            let mut biological = false;
+            for drug in &g.drugs {
                 if drug.form != 4 {
                     self.msg(
                         Level::Warning,
                         "drug_form",
-                        Some(&d.code),
+                        Some(&drug.code),
                         format!("{}は注射薬（剤形区分4）ではありません", drug.name),
                         format!("{} is not an injectable (form {})", drug.code, drug.form),
                     );
                 }
                 narcotic |= drug.narcotic == 1;
                 biological |= drug.biological;
-                let (yen, part, item) = priced_drug(&drug, q);
-                amount += yen;
-                parts_ja.push(part);
-                items.push(item);
-            }
-            if !ok {
-                continue;
             }
             let points = drug_points(amount);
             let yen = format_fixed((amount / 100_000) as i64, 2);
@@ -1191,6 +1190,27 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// The drugs of one 回 (注射) or one group (処置の薬剤) priced together; `None` when a code is
+    /// unknown on the date (an error message is recorded).
+    fn priced_group(&mut self, field: &str, drugs: &[DrugOrder]) -> Result<Option<PricedGroup>> {
+        let mut g = PricedGroup::default();
+        let mut ok = true;
+        for (di, d) in drugs.iter().enumerate() {
+            let q = positive_quantity(&d.quantity, format!("{field}.drugs[{di}].quantity"))?;
+            let Some(drug) = self.store.drug(&d.code, self.date)? else {
+                self.unknown_code("医薬品", "drug", &d.code);
+                ok = false;
+                continue;
+            };
+            let (yen, part, item) = priced_drug(&drug, q);
+            g.amount += yen;
+            g.parts_ja.push(part);
+            g.items.push(item);
+            g.drugs.push(drug);
+        }
+        Ok(ok.then_some(g))
+    }
+
     // ---- 処置・手術の薬剤 (J300, K940): ≤ 15円 not billed, otherwise the 薬剤料 formula ------------
     fn treatment_drugs(&mut self) -> Result<()> {
         for (gi, g) in self.visit.treatment_drugs.iter().enumerate() {
@@ -1202,23 +1222,10 @@ impl Ctx<'_> {
                 ));
             }
             let shiki = g.shikibetsu.unwrap_or(40);
-            let mut amount = 0i128;
-            let (mut items, mut parts_ja, mut ok) = (Vec::new(), Vec::new(), true);
-            for (di, d) in g.drugs.iter().enumerate() {
-                let q = positive_quantity(&d.quantity, format!("{field}.drugs[{di}].quantity"))?;
-                let Some(drug) = self.store.drug(&d.code, self.date)? else {
-                    self.unknown_code("医薬品", "drug", &d.code);
-                    ok = false;
-                    continue;
-                };
-                let (yen, part, item) = priced_drug(&drug, q);
-                amount += yen;
-                parts_ja.push(part);
-                items.push(item);
-            }
-            if !ok {
+            let Some(priced) = self.priced_group(&field, &g.drugs)? else {
                 continue;
-            }
+            };
+            let (amount, items, parts_ja) = (priced.amount, priced.items, priced.parts_ja);
             let yen = format_fixed((amount / 100_000) as i64, 2);
             if amount <= 15 * 10_000_000 {
                 self.msg(
