@@ -1253,3 +1253,22 @@ fn treatment_drugs_under_fifteen_yen_are_not_billed() {
         Some(Level::Info)
     );
 }
+
+#[test]
+fn endoscopy_time_addition() {
+    // 休日に緊急の ＥＦ－胃・十二指腸 160093810 1,140 点 (時間加算区分 1): 休日加算（内視鏡検査）
+    // 160203970 1,140 × 80/100 = 912 (診療識別 60). Other 検査 (col 43 = 0) take none.
+    let mut v = visit(d(2024, 7, 14), adult(), VisitKind::None);
+    v.time_category = TimeCategory::Holiday;
+    v.procedures = vec![order("160093810"), order("160008010")];
+    let r = calc(&v);
+    assert!(
+        billed(&r).contains(&("160203970".into(), 912)),
+        "{:?}",
+        billed(&r)
+    );
+    assert_eq!(
+        r.lines.iter().filter(|l| l.rule == "time_addition").count(),
+        1
+    );
+}

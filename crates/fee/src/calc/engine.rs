@@ -980,7 +980,7 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    // ---- 処置・手術の時間外・休日・深夜加算 (J通則5, K通則12) ---------------------------------
+    // ---- 処置・手術・内視鏡検査の時間外・休日・深夜加算 (J通則5, K通則12, D 第3節) ------------------
     fn treatment_time_additions(&mut self) -> Result<()> {
         let cat = self.visit.time_category;
         let table: Vec<_> = rules::TREATMENT_TIME_ADDITIONS
@@ -1019,6 +1019,9 @@ impl Ctx<'_> {
             let base_line = self.lines[i].clone();
             let mut chosen = None;
             for (code, one) in [(add1, true), (add2, false)] {
+                if code.is_empty() {
+                    continue;
+                }
                 let Some(a) = self.procedure(code)? else {
                     continue;
                 };

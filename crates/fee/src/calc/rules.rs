@@ -39,12 +39,17 @@ pub const TOKUTEI_SHOHOSEN: &str = "120005710";
 pub const IPPANMEI_1: &str = "120004270";
 pub const IPPANMEI_2: &str = "120003570";
 
-/// 処置 (J通則5) and 手術 (K通則12) 時間外・休日・深夜加算 of an outpatient treated urgently
-/// outside the clinic's hours: (time category, 加算1 code (届出; 処置 only from
-/// [`TREATMENT_ADDITION1_MIN_POINTS`]), 加算2 code). The percentages come from the master.
-/// 加算2 applies to items whose 時間加算区分 (col 43) is 1; for 処置 the master sets it only on
-/// items of 150点 and more.
-pub const TREATMENT_TIME_ADDITIONS: [(char, TimeCategory, &str, &str); 8] = [
+/// 処置 (J通則5), 手術 (K通則12) and 内視鏡検査 (D 第3節 通則) 時間外・休日・深夜加算 of an
+/// outpatient treated urgently outside the clinic's hours: (part of the 区分, time category,
+/// 加算1 code (届出; 処置 only from [`TREATMENT_ADDITION1_MIN_POINTS`]; none for 検査), 加算2
+/// code). The percentages come from the master. They apply to items whose 時間加算区分 (col 43)
+/// is 1: the master sets it on 処置 of 150点 and more, on 手術, and among 検査 only on the
+/// 内視鏡検査 (D295–D325).
+pub const TREATMENT_TIME_ADDITIONS: [(char, TimeCategory, &str, &str); 12] = [
+    ('D', TimeCategory::Overtime, "", "160204070"),
+    ('D', TimeCategory::Holiday, "", "160203970"),
+    ('D', TimeCategory::LateNight, "", "160204170"),
+    ('D', TimeCategory::OvertimeSpecial, "", "160204270"),
     ('J', TimeCategory::Overtime, "140055390", "140000190"),
     ('J', TimeCategory::Holiday, "140055290", "140000290"),
     ('J', TimeCategory::LateNight, "140055490", "140000390"),
