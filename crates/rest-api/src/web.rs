@@ -867,7 +867,7 @@ async fn step_post(
             }
             let uname = p.username.clone();
             let r = blocking(move || {
-                acc.change_password(&tenant, &uid, &cur, &new, now)?;
+                acc.change_password_from(&tenant, &uid, &cur, &new, Some(&ip), now)?;
                 acc.login_password(&tenant, &uname, &new, &ip, now)
             })
             .await;
@@ -878,7 +878,9 @@ async fn step_post(
         }
         "enrol" => {
             let code = field(form, "code").trim().to_string();
-            match blocking(move || acc.confirm_totp(&tenant, &uid, &code, now)).await {
+            match blocking(move || acc.confirm_totp_from(&tenant, &uid, &code, Some(&ip), now))
+                .await
+            {
                 Ok((codes, ticket)) => {
                     start_session(web, headers, ticket, &p.next, Some(codes)).await
                 }
@@ -1050,7 +1052,7 @@ async fn account_post(
         "sign-out-everywhere" => {
             let p2 = p.clone();
             let r = blocking(move || {
-                acc.revoke_all_sessions(Actor::User(&p2), &tenant, &p2.subject, now)
+                acc.revoke_all_sessions_from(Actor::User(&p2), &tenant, &p2.subject, Some(&ip), now)
             })
             .await;
             match r {

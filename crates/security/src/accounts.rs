@@ -794,6 +794,19 @@ impl<S: SecurityStore> Accounts<S> {
         new_password: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
+        self.change_password_from(tenant, user_id, current, new_password, None, now)
+    }
+
+    /// [`Self::change_password`] logging the address the request came from.
+    pub fn change_password_from(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        current: &str,
+        new_password: &str,
+        source_ip: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         let mut u = self.user_by_id(tenant, user_id)?;
         self.usable(&u, now)?;
         if !password::verify_password(&u.password_hash, current) {
@@ -804,7 +817,7 @@ impl<S: SecurityStore> Accounts<S> {
                 Some(u.role.code().into()),
                 AuditAction::PasswordChange,
                 AuditOutcome::Denied,
-                None,
+                source_ip,
                 json!({"reason": "wrong current password"}),
             )?;
             return Err(generic_login_failure());
@@ -835,7 +848,7 @@ impl<S: SecurityStore> Accounts<S> {
             Some(u.role.code().into()),
             AuditAction::PasswordChange,
             AuditOutcome::Success,
-            None,
+            source_ip,
             json!({}),
         )?;
         Ok(())
@@ -872,6 +885,18 @@ impl<S: SecurityStore> Accounts<S> {
         code: &str,
         now: DateTime<Utc>,
     ) -> Result<(Vec<String>, LoginTicket)> {
+        self.confirm_totp_from(tenant, user_id, code, None, now)
+    }
+
+    /// [`Self::confirm_totp`] logging the address the request came from.
+    pub fn confirm_totp_from(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        code: &str,
+        source_ip: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<String>, LoginTicket)> {
         let mut u = self.user_by_id(tenant, user_id)?;
         let secret = self.open_totp(&u)?.ok_or_else(|| {
             SecurityError::invalid(
@@ -893,7 +918,7 @@ impl<S: SecurityStore> Accounts<S> {
             Some(u.role.code().into()),
             AuditAction::TotpEnrol,
             AuditOutcome::Success,
-            None,
+            source_ip,
             json!({}),
         )?;
         Ok((codes, self.ticket(tenant, user_id, true)))
@@ -1280,6 +1305,18 @@ impl<S: SecurityStore> Accounts<S> {
         user_id: &str,
         now: DateTime<Utc>,
     ) -> Result<u64> {
+        self.revoke_all_sessions_from(actor, tenant, user_id, None, now)
+    }
+
+    /// [`Self::revoke_all_sessions`] logging the address the request came from.
+    pub fn revoke_all_sessions_from(
+        &self,
+        actor: Actor<'_>,
+        tenant: &str,
+        user_id: &str,
+        source_ip: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
         let own = matches!(actor, Actor::User(p) if p.subject == user_id && p.tenant == tenant);
         if !own {
             actor.check(tenant)?;
@@ -1292,7 +1329,7 @@ impl<S: SecurityStore> Accounts<S> {
             actor.role(),
             AuditAction::SessionRevoke,
             AuditOutcome::Success,
-            None,
+            source_ip,
             json!({"user_id": user_id, "sessions": n}),
         )?;
         Ok(n)
