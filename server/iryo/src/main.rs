@@ -71,7 +71,8 @@ enum Cmd {
         /// TLS private key (PEM).
         #[arg(long, env = "IRYO_TLS_KEY", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
-        /// JSON file of SMART Backend Services clients for [base]/auth/token.
+        /// JSON file of SMART clients: Backend Services (keys) for [base]/auth/token, and
+        /// public apps (redirect_uris) for [base]/auth/authorize.
         #[arg(long, env = "IRYO_SMART_CLIENTS")]
         smart_clients: Option<PathBuf>,
         /// Public base URL (scheme://host[:port]) used in links.
