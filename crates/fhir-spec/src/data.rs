@@ -1,5 +1,6 @@
 //! The embedded data files (see README.md for how they are made).
 
+use crate::hash::FastMap;
 use crate::model::{build_core, Model};
 use crate::raw::RawCore;
 use crate::search::{convert, SearchIndex};
@@ -66,6 +67,98 @@ pub fn r4_value_sets() -> Vec<Value> {
 /// [`r4_structure_definitions`]). Parsed on each call.
 pub fn r4_extension_definitions() -> Vec<Value> {
     json_array(R4_EXTENSIONS, "r4-extensions").unwrap_or_default()
+}
+
+/// The R4 StructureDefinition (datatype, resource or core extension) with this canonical URL,
+/// parsed on each call; `None` if there is none. Only the requested definition is parsed:
+/// the embedded arrays are decompressed once and indexed by URL (a byte scan, no JSON
+/// tree), which is much cheaper than [`r4_structure_definitions`] when only a few are
+/// needed. Where both arrays have the URL, the extension definition wins (as when both
+/// lists are loaded in order).
+pub fn r4_definition_by_url(url: &str) -> Option<Value> {
+    static INDEX: OnceLock<(Vec<u8>, Vec<u8>, FastMap<String, (bool, usize, usize)>)> =
+        OnceLock::new();
+    let (sds, exts, index) = INDEX.get_or_init(|| {
+        let sds = unzstd(R4_SDS, "r4-structure-definitions").unwrap_or_default();
+        let exts = unzstd(R4_EXTENSIONS, "r4-extensions").unwrap_or_default();
+        let mut index = FastMap::default();
+        for (ext, bytes) in [(false, &sds), (true, &exts)] {
+            for (u, a, b) in index_array(bytes) {
+                index.insert(u, (ext, a, b));
+            }
+        }
+        (sds, exts, index)
+    });
+    let &(ext, a, b) = index.get(url)?;
+    let bytes = if ext { exts } else { sds };
+    serde_json::from_slice(bytes.get(a..b)?).ok()
+}
+
+/// The index after the string starting at `i` (`bytes[i]` is the opening quote).
+fn skip_string(bytes: &[u8], mut i: usize) -> usize {
+    i += 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'"' => return i + 1,
+            _ => i += 1,
+        }
+    }
+    i
+}
+
+fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
+    while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    i
+}
+
+/// (url, start, end) of each object of a JSON array of resources: the byte range of the
+/// object and the string value of its top-level `url` member (objects without one are left
+/// out). Escaped URLs are decoded by serde.
+fn index_array(bytes: &[u8]) -> Vec<(String, usize, usize)> {
+    let mut out = Vec::new();
+    let (mut depth, mut i, mut start) = (0usize, 0usize, 0usize);
+    let mut url: Option<String> = None;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                let s = i;
+                i = skip_string(bytes, i);
+                if depth == 2 && url.is_none() && &bytes[s..i] == b"\"url\"" {
+                    let j = skip_ws(bytes, i);
+                    if bytes.get(j) == Some(&b':') {
+                        let k = skip_ws(bytes, j + 1);
+                        if bytes.get(k) == Some(&b'"') {
+                            let e = skip_string(bytes, k);
+                            url = serde_json::from_slice::<String>(&bytes[k..e]).ok();
+                            i = e;
+                        }
+                    }
+                }
+                continue;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                if depth == 2 && bytes[i] == b'{' {
+                    start = i;
+                    url = None;
+                }
+            }
+            b'}' | b']' => {
+                if depth == 2 && bytes[i] == b'}' {
+                    if let Some(u) = url.take() {
+                        out.push((u, start, i + 1));
+                    }
+                }
+                depth = depth.saturating_sub(1);
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out
 }
 
 /// One file of the JP archive (from the uncompressed index; no decompression needed).

@@ -43,7 +43,8 @@ pub mod terminology;
 pub use check::{Issue, MAX_ISSUES};
 pub use data::{
     jp_file_by_url, jp_files, jp_raw_files, jp_resources, jp_resources_where, jp_search_parameters,
-    load_r4, r4_extension_definitions, r4_structure_definitions, r4_value_sets, JpArchive, JpFile,
+    load_r4, r4_definition_by_url, r4_extension_definitions, r4_structure_definitions,
+    r4_value_sets, JpArchive, JpFile,
 };
 pub use model::{
     Binding, BindingStrength, Child, ChildRef, Constraint, ElementDef, Model, Severity, TypeDef,

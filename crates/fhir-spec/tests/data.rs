@@ -160,3 +160,29 @@ fn shipped_conformance_resources_pass_the_structural_check() {
         );
     }
 }
+
+#[test]
+fn r4_definition_by_url_matches_the_full_lists() {
+    let mut all = std::collections::HashMap::new();
+    for sd in iryo_fhir_spec::r4_structure_definitions()
+        .into_iter()
+        .chain(iryo_fhir_spec::r4_extension_definitions())
+    {
+        let url = sd["url"].as_str().unwrap().to_string();
+        all.insert(url, sd);
+    }
+    assert!(all.len() > 300, "{}", all.len());
+    for (url, sd) in &all {
+        assert_eq!(
+            iryo_fhir_spec::r4_definition_by_url(url).as_ref(),
+            Some(sd),
+            "{url}"
+        );
+    }
+    assert!(iryo_fhir_spec::r4_definition_by_url("http://example.org/none").is_none());
+    let ext = iryo_fhir_spec::r4_definition_by_url(
+        "http://hl7.org/fhir/StructureDefinition/patient-birthPlace",
+    )
+    .unwrap();
+    assert_eq!(ext["type"], "Extension");
+}

@@ -610,54 +610,97 @@ fn env_var<'a>(name: &str, env: &Env<'_, 'a>) -> R<'a> {
     })
 }
 
-fn binary<'a>(op: BinOp, l: &Ast, r: &Ast, env: &Env<'_, 'a>) -> R<'a> {
-    // Short-circuit boolean operators.
-    match op {
-        BinOp::And => {
-            let a = to_bool(&eval(l, env)?)?;
-            if a == Some(false) {
-                return Ok(bool_coll(Some(false)));
+/// `to_bool(&eval(ast, env)?)`, without building the intermediate collections for the
+/// common boolean shapes (`and`/`or`/`implies`/`xor`, `=`, `!=`, `exists()`, `empty()`,
+/// `not()`): same results, same errors, same evaluation order.
+pub(crate) fn eval_bool(ast: &Ast, env: &Env<'_, '_>) -> Result<Option<bool>, EvalError> {
+    match ast {
+        Ast::Bin(op @ (BinOp::And | BinOp::Or | BinOp::Implies | BinOp::Xor), l, r) => {
+            bool_op(*op, l, r, env)
+        }
+        Ast::Bin(op @ (BinOp::Eq | BinOp::NotEq), l, r) => {
+            let eq = match &**r {
+                // `path = 'literal'`: compared without building the literal's collection.
+                Ast::Lit(Lit::Str(s)) => match eval(l, env)?.as_slice() {
+                    [] => None,
+                    [x] => crate::value::item_equals_str(x, s),
+                    _ => Some(false),
+                },
+                _ => {
+                    let a = eval(l, env)?;
+                    let b = eval(r, env)?;
+                    coll_equals(&a, &b)
+                }
+            };
+            Ok(if *op == BinOp::Eq { eq } else { eq.map(|x| !x) })
+        }
+        Ast::Call(Some(t), f @ (Func::Exists | Func::Empty | Func::Not), args)
+            if args.is_empty() =>
+        {
+            let input = eval(t, env)?;
+            match f {
+                Func::Exists => Ok(Some(!input.is_empty())),
+                Func::Empty => Ok(Some(input.is_empty())),
+                _ => Ok(to_bool(&input)?.map(|b| !b)),
             }
-            let b = to_bool(&eval(r, env)?)?;
-            return Ok(bool_coll(match (a, b) {
+        }
+        _ => to_bool(&eval(ast, env)?),
+    }
+}
+
+/// The boolean operators with FHIRPath's three-valued logic (short-circuit where allowed).
+fn bool_op(op: BinOp, l: &Ast, r: &Ast, env: &Env<'_, '_>) -> Result<Option<bool>, EvalError> {
+    Ok(match op {
+        BinOp::And => {
+            let a = eval_bool(l, env)?;
+            if a == Some(false) {
+                return Ok(Some(false));
+            }
+            let b = eval_bool(r, env)?;
+            match (a, b) {
                 (_, Some(false)) => Some(false),
                 (Some(true), Some(true)) => Some(true),
                 _ => None,
-            }));
+            }
         }
         BinOp::Or => {
-            let a = to_bool(&eval(l, env)?)?;
+            let a = eval_bool(l, env)?;
             if a == Some(true) {
-                return Ok(bool_coll(Some(true)));
+                return Ok(Some(true));
             }
-            let b = to_bool(&eval(r, env)?)?;
-            return Ok(bool_coll(match (a, b) {
+            let b = eval_bool(r, env)?;
+            match (a, b) {
                 (_, Some(true)) => Some(true),
                 (Some(false), Some(false)) => Some(false),
                 _ => None,
-            }));
+            }
         }
         BinOp::Implies => {
-            let a = to_bool(&eval(l, env)?)?;
+            let a = eval_bool(l, env)?;
             if a == Some(false) {
-                return Ok(bool_coll(Some(true)));
+                return Ok(Some(true));
             }
-            let b = to_bool(&eval(r, env)?)?;
-            return Ok(bool_coll(match (a, b) {
+            let b = eval_bool(r, env)?;
+            match (a, b) {
                 (_, Some(true)) => Some(true),
                 (Some(true), Some(false)) => Some(false),
                 _ => None,
-            }));
+            }
         }
-        BinOp::Xor => {
-            let a = to_bool(&eval(l, env)?)?;
-            let b = to_bool(&eval(r, env)?)?;
-            return Ok(bool_coll(match (a, b) {
+        _ => {
+            let a = eval_bool(l, env)?;
+            let b = eval_bool(r, env)?;
+            match (a, b) {
                 (Some(x), Some(y)) => Some(x != y),
                 _ => None,
-            }));
+            }
         }
-        _ => {}
+    })
+}
+
+fn binary<'a>(op: BinOp, l: &Ast, r: &Ast, env: &Env<'_, 'a>) -> R<'a> {
+    if matches!(op, BinOp::And | BinOp::Or | BinOp::Implies | BinOp::Xor) {
+        return Ok(bool_coll(bool_op(op, l, r, env)?));
     }
     let a = eval(l, env)?;
     let b = eval(r, env)?;

@@ -349,6 +349,27 @@ where
     Ok(())
 }
 
+/// Like [`each`], with the body evaluated as a boolean ([`crate::eval::eval_bool`]).
+fn each_bool<'a, F>(
+    input: &[Item<'a>],
+    body: &Ast,
+    env: &Env<'_, 'a>,
+    mut f: F,
+) -> Result<(), EvalError>
+where
+    F: FnMut(&Item<'a>, Option<bool>) -> Result<bool, EvalError>,
+{
+    for (i, it) in input.iter().enumerate() {
+        let focus = std::slice::from_ref(it);
+        let e = env.with_focus(focus, Some(i));
+        let r = crate::eval::eval_bool(body, &e)?;
+        if !f(it, r)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
 fn str_item<'a>(s: impl Into<String>) -> Item<'a> {
     Item::String(s.into())
 }
@@ -365,8 +386,8 @@ pub(crate) fn call<'a>(f: Func, input: Coll<'a>, args: &[Ast], env: &Env<'_, 'a>
         Func::Exists => {
             if let Some(c) = args.first() {
                 let mut found = false;
-                each(&input, c, env, |_, _, r| {
-                    if to_bool(&r)? == Some(true) {
+                each_bool(&input, c, env, |_, r| {
+                    if r == Some(true) {
                         found = true;
                         return Ok(false);
                     }
@@ -379,8 +400,8 @@ pub(crate) fn call<'a>(f: Func, input: Coll<'a>, args: &[Ast], env: &Env<'_, 'a>
         }
         Func::All => {
             let mut ok = true;
-            each(&input, &args[0], env, |_, _, r| {
-                if to_bool(&r)? != Some(true) {
+            each_bool(&input, &args[0], env, |_, r| {
+                if r != Some(true) {
                     ok = false;
                     return Ok(false);
                 }
@@ -427,8 +448,8 @@ pub(crate) fn call<'a>(f: Func, input: Coll<'a>, args: &[Ast], env: &Env<'_, 'a>
         // ---- filtering and projection
         Func::Where => {
             let mut out = Vec::new();
-            each(&input, &args[0], env, |_, it, r| {
-                if to_bool(&r)? == Some(true) {
+            each_bool(&input, &args[0], env, |it, r| {
+                if r == Some(true) {
                     out.push(it.clone());
                 }
                 Ok(true)

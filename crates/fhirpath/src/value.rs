@@ -412,6 +412,14 @@ pub(crate) fn item_equals(a: &Item<'_>, b: &Item<'_>) -> Option<bool> {
     }
 }
 
+/// `item_equals(a, &Item::String(s))` without building the string item.
+pub(crate) fn item_equals_str(a: &Item<'_>, s: &str) -> Option<bool> {
+    match a.val() {
+        None => Some(false),
+        Some(x) => val_equals(&x, &Val::Str(s)),
+    }
+}
+
 pub(crate) fn val_equals(x: &Val<'_>, y: &Val<'_>) -> Option<bool> {
     use Val::*;
     Some(match (x, y) {

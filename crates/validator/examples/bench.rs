@@ -9,6 +9,42 @@ use iryo_validator::Validator;
 use serde_json::{json, Value};
 use std::time::Instant;
 
+/// Validation on write in `base` mode (R4 structure, invariants, required bindings): time per
+/// resource for the fixtures and the Bundle's entries (`--base` runs only this).
+fn base_mode(v: &Validator) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let mut resources = Vec::new();
+    for name in [
+        "Patient-Example-JP-Patient-eCS-MAKINO.json",
+        "Condition-Example-JP-Condition-eCS-01.json",
+        "MedicationRequest-Example-JP-MedReq-PO-TID-2days.json",
+        "Observation-ErrorExample-ObsLabo-eGFR.json",
+    ] {
+        let text = std::fs::read_to_string(format!("{dir}/{name}")).expect("fixture");
+        resources.push(serde_json::from_str::<Value>(&text).expect("json"));
+    }
+    for r in &resources {
+        let _ = v.validate_base(r);
+    }
+    let n = 200;
+    for r in &resources {
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            std::hint::black_box(v.validate_base(std::hint::black_box(r)));
+            times.push(t.elapsed());
+        }
+        times.sort();
+        println!(
+            "base mode, {} ({} bytes): median {:?}, min {:?}",
+            r["resourceType"].as_str().unwrap_or("?"),
+            r.to_string().len(),
+            times[n / 2],
+            times[0]
+        );
+    }
+}
+
 /// The steady-state part alone (`valgrind --tool=callgrind --toggle-collect='*steady_loop*'`).
 #[inline(never)]
 fn steady_loop(v: &Validator, bundle: &Value, n: usize) {
@@ -26,6 +62,10 @@ fn main() {
         serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
     let args: Vec<String> = std::env::args().skip(1).collect();
     let v = Validator::new();
+    if args.iter().any(|a| a == "--base") {
+        base_mode(&v);
+        return;
+    }
     let t = Instant::now();
     let out = v.validate(&bundle, &[]);
     println!(
@@ -81,6 +121,7 @@ fn main() {
         times[0],
         times[n - 1]
     );
+    base_mode(&v);
     let t = Instant::now();
     let k = v.preload();
     println!(

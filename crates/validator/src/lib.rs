@@ -49,7 +49,7 @@ use parking_lot::RwLock;
 use profile::Profile;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 /// One problem found by the validator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,20 +164,6 @@ fn strip_version(url: &str) -> &str {
     url.split_once('|').map_or(url, |(u, _)| u)
 }
 
-/// Base R4 StructureDefinitions (types, resources, core extensions) by URL, parsed once.
-static R4_DEFS: LazyLock<HashMap<String, Value>> = LazyLock::new(|| {
-    let mut m = HashMap::new();
-    for sd in iryo_fhir_spec::r4_structure_definitions()
-        .into_iter()
-        .chain(iryo_fhir_spec::r4_extension_definitions())
-    {
-        if let Some(u) = sd.get("url").and_then(Value::as_str) {
-            m.insert(u.to_string(), sd);
-        }
-    }
-    m
-});
-
 /// The profile validator. Cheap to create; thread-safe (`Send + Sync`); profiles are
 /// loaded on first use and cached for the validator's lifetime.
 pub struct Validator {
@@ -186,7 +172,6 @@ pub struct Validator {
     base: RwLock<FastMap<String, Option<Arc<Profile>>>>,
     tenant: RwLock<HashMap<String, Value>>,
     jp: JpArchive,
-    terminology: &'static Terminology,
 }
 
 impl Default for Validator {
@@ -197,14 +182,24 @@ impl Default for Validator {
 
 impl Validator {
     /// A validator knowing base R4, JP Core 1.1.2, JP-CLINS 1.10.0 and eCheckupReport 1.5.0.
-    /// Nothing is loaded until the first validation.
+    /// Cheap: profiles are loaded on first use; the shipped terminology starts building on
+    /// a background thread (the first validation waits for it if needed).
     pub fn new() -> Validator {
+        // The first validation needs both the shipped terminology and the profiles it
+        // meets: build the terminology on another core meanwhile (once per process).
+        static WARM: std::sync::Once = std::sync::Once::new();
+        WARM.call_once(|| {
+            let _ = std::thread::Builder::new()
+                .name("iryo-terminology".into())
+                .spawn(|| {
+                    Terminology::r4_jp();
+                });
+        });
         Validator {
             cache: RwLock::new(FastMap::default()),
             base: RwLock::new(FastMap::default()),
             tenant: RwLock::new(HashMap::new()),
             jp: JpArchive::open(),
-            terminology: Terminology::r4_jp(),
         }
     }
 
@@ -249,7 +244,7 @@ impl Validator {
             .get(key)
             .cloned()
             .or_else(|| self.jp.by_url(key))
-            .or_else(|| R4_DEFS.get(key).cloned());
+            .or_else(|| iryo_fhir_spec::r4_definition_by_url(key));
         let compiled = sd.and_then(|sd| Profile::compile(&sd).ok()).map(Arc::new);
         self.cache.write().insert(key.to_string(), compiled.clone());
         compiled
@@ -291,6 +286,6 @@ impl Validator {
     }
 
     pub(crate) fn terminology(&self) -> &'static Terminology {
-        self.terminology
+        Terminology::r4_jp()
     }
 }
