@@ -1,6 +1,11 @@
 //! `iryo`: the one binary. Subcommands: `serve`, `import`, `tenant`, and the security
 //! commands `user`, `token`, `audit`, `security`, `backup`, `restore` (see docs/SECURITY.md).
 
+/// mimalloc instead of glibc malloc: JSON values and index entries are many small, short-lived
+/// allocations across threads, where glibc spent about a quarter of import CPU.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod clins_cli;
 mod fee;
 mod import;
@@ -135,7 +140,19 @@ enum TenantCmd {
     },
 }
 
+/// No transparent huge pages for this process: mimalloc asks for them, and the kernel then
+/// zeroes 2 MiB at each first touch (and again after each purge) — 13 % of import CPU
+/// measured with perf. Applies to every later page fault of the process.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl(PR_SET_THP_DISABLE) only sets a flag on this process; no pointers involved.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 fn main() {
+    disable_transparent_huge_pages();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
