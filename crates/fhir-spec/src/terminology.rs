@@ -9,7 +9,10 @@
 //! that system is then unknown (`None`), never a false "no".
 
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+/// The maps are keyed by codes and canonical URLs from our own data: FNV instead of SipHash.
+type HashMap<K, V> =
+    std::collections::HashMap<K, V, std::hash::BuildHasherDefault<crate::hash::Fnv>>;
+type HashSet<K> = std::collections::HashSet<K, std::hash::BuildHasherDefault<crate::hash::Fnv>>;
 use std::sync::{Arc, LazyLock, RwLock};
 
 /// One concept of a code system.
@@ -55,7 +58,7 @@ impl CodeSystemDef {
                 .unwrap_or(true),
             value_set: str_field(v, "valueSet"),
             concepts: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
         };
         if let Some(list) = v.get("concept").and_then(Value::as_array) {
             cs.add_concepts(list, None, 0);
@@ -177,7 +180,7 @@ impl CodeSystemDef {
     }
 
     fn descendants(&self, from: u32, include_self: bool) -> HashSet<u32> {
-        let mut out = HashSet::new();
+        let mut out = HashSet::default();
         let mut stack = vec![from];
         while let Some(c) = stack.pop() {
             if out.insert(c) {
@@ -191,7 +194,7 @@ impl CodeSystemDef {
     }
 
     fn ancestors(&self, from: u32) -> HashSet<u32> {
-        let mut out = HashSet::new();
+        let mut out = HashSet::default();
         let mut stack = vec![from];
         while let Some(c) = stack.pop() {
             if out.insert(c) {
@@ -287,7 +290,7 @@ impl Expansion {
 
     fn intersect(&mut self, other: &Expansion) {
         self.truncated |= other.truncated;
-        let mut keep: HashMap<String, HashSet<String>> = HashMap::new();
+        let mut keep: HashMap<String, HashSet<String>> = HashMap::default();
         for (s, cs) in &self.codes {
             for c in cs {
                 let inside = other.codes.get(s).is_some_and(|o| o.contains(c));
@@ -388,9 +391,9 @@ impl Terminology {
     /// Indexes CodeSystem and ValueSet resources (other resources are ignored).
     pub fn from_resources(resources: &[Value]) -> Terminology {
         let mut t = Terminology {
-            code_systems: HashMap::new(),
-            value_sets: HashMap::new(),
-            cache: RwLock::new(HashMap::new()),
+            code_systems: HashMap::default(),
+            value_sets: HashMap::default(),
+            cache: RwLock::new(HashMap::default()),
         };
         t.add(resources);
         t
@@ -408,7 +411,7 @@ impl Terminology {
         let mut t = Terminology {
             code_systems: self.code_systems.clone(),
             value_sets: self.value_sets.clone(),
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(HashMap::default()),
         };
         t.add(resources);
         t
@@ -614,11 +617,11 @@ impl Terminology {
             let matched: HashSet<u32> = match (property, op) {
                 ("concept" | "code", "is-a") => match cs.find(value) {
                     Some(c) => cs.descendants(c, true),
-                    None => HashSet::new(),
+                    None => HashSet::default(),
                 },
                 ("concept" | "code", "descendent-of") => match cs.find(value) {
                     Some(c) => cs.descendants(c, false),
-                    None => HashSet::new(),
+                    None => HashSet::default(),
                 },
                 ("concept" | "code", "is-not-a") => {
                     let below = cs

@@ -123,6 +123,10 @@ pub(crate) struct ChildGroup {
     pub shown: String,
     pub base: usize,
     pub slices: Vec<usize>,
+    /// [`key_bit`] of the name (0 for choice elements, which are always looked up).
+    pub bit: u64,
+    /// The element or one of its slices has `min` ≥ 1.
+    pub required: bool,
     /// How values are assigned to the slices, built on first use.
     pub index: OnceLock<crate::walk::SliceIndex>,
 }
@@ -131,9 +135,15 @@ impl ChildGroup {
     fn new(name: String, base: usize) -> ChildGroup {
         ChildGroup {
             shown: name.trim_end_matches("[x]").to_string(),
+            bit: if name.ends_with("[x]") {
+                0
+            } else {
+                key_bit(&name)
+            },
             name,
             base,
             slices: Vec::new(),
+            required: false,
             index: OnceLock::new(),
         }
     }
@@ -154,6 +164,25 @@ pub(crate) struct Elem {
     pub invariants: Vec<Arc<Invariant>>,
     pub content_reference: Option<String>,
     pub children: Vec<ChildGroup>,
+}
+
+/// A cheap 1-of-64 bit for an element name (`_name` counts as `name`): an object whose
+/// [`key_mask`] lacks a group's bit has no value for it.
+#[inline]
+pub(crate) fn key_bit(name: &str) -> u64 {
+    let b = name.as_bytes();
+    let (first, last) = (
+        *b.first().unwrap_or(&0) as u64,
+        *b.last().unwrap_or(&0) as u64,
+    );
+    1u64 << ((b.len() as u64 * 7 + first * 3 + last) & 63)
+}
+
+/// The union of [`key_bit`] over an object's keys.
+pub(crate) fn key_mask(obj: &serde_json::Map<String, Value>) -> u64 {
+    obj.keys()
+        .map(|k| key_bit(k.strip_prefix('_').unwrap_or(k)))
+        .fold(0, |a, b| a | b)
 }
 
 /// A compiled StructureDefinition.
@@ -437,6 +466,18 @@ impl Profile {
                 (None, None) => groups.push(ChildGroup::new(name, i)),
                 // A slice without its base element (not in a valid snapshot): treat as the base.
                 (None, Some(_)) => groups.push(ChildGroup::new(name, i)),
+            }
+        }
+        for i in 0..elements.len() {
+            let required: Vec<bool> = elements[i]
+                .children
+                .iter()
+                .map(|g| {
+                    elements[g.base].min >= 1 || g.slices.iter().any(|&s| elements[s].min >= 1)
+                })
+                .collect();
+            for (g, r) in elements[i].children.iter_mut().zip(required) {
+                g.required = r;
             }
         }
         Ok(Profile {

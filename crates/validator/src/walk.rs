@@ -661,7 +661,12 @@ impl<'a, 'v> Walk<'a, 'v> {
         loc: &Loc<'_>,
         resource: &'v Value,
     ) {
+        let mask = crate::profile::key_mask(obj);
         for g in &prof.elements[pe].children {
+            if g.bit != 0 && mask & g.bit == 0 && !g.required {
+                // No value and nothing required: nothing to check.
+                continue;
+            }
             let base = &prof.elements[g.base];
             let vals = self.collect(base, g, obj, loc);
             let shown = loc.child(Seg::Name(&g.shown));
