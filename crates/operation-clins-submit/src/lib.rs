@@ -451,7 +451,7 @@ impl Operation for ClinsSubmit {
             Access::new(Interaction::Read, "Organization"),
             in_compartment(Interaction::Create, "Task"),
         ];
-        if call.param("composition").is_some() || !call.body.is_empty() {
+        if requested_composition(call).ok().flatten().is_some() {
             // a document: the Composition and what it reaches
             for ty in [
                 "Composition",
