@@ -185,11 +185,7 @@ pub(crate) fn apply(
         if id.is_empty() {
             return Err(DbError::Invalid("resource without id".into()));
         }
-        let cur = c.query_one(
-            "SELECT rid, version, deleted FROM resource WHERE tenant = $1 AND type = $2 AND id = $3",
-            &[P::I(tenant), P::I(tcode), P::T(id.clone())],
-        )?;
-        let cur = cur.map(|r| (r[0].i(), r[1].i(), r[2].i() != 0));
+        let (cur, claimed) = current_for_write(c, alloc, tenant, tcode, &id, &p.op, tx, now)?;
         let if_match = match &p.op {
             WriteOp::Put { if_match, .. } | WriteOp::Delete { if_match, .. } => *if_match,
         };
@@ -221,9 +217,10 @@ pub(crate) fn apply(
                 if create_only && matches!(cur, Some((_, _, false))) {
                     return Err(DbError::AlreadyExists { ty, id });
                 }
-                let (rid, version) = match cur {
-                    Some((rid, v, _)) => (rid, v + 1),
-                    None => (alloc.rid(c)?, 1),
+                let (rid, version) = match (cur, claimed) {
+                    (Some((rid, v, _)), _) => (rid, v + 1),
+                    (None, Some(rid)) => (rid, 1),
+                    (None, None) => (alloc.rid(c)?, 1),
                 };
                 let created = !matches!(cur, Some((_, _, false)));
                 let (json, body) = match p.body {
@@ -290,6 +287,51 @@ pub(crate) fn apply(
         }
     }
     Ok(out)
+}
+
+/// The current (rid, version, deleted) of the resource a write replaces, read so that
+/// concurrent writers of the same resource are serialized. SQLite has one writer, so a plain
+/// read does. On PostgreSQL the row is locked (`FOR UPDATE`: a concurrent update waits and then
+/// sees the committed version), and a resource about to be created is claimed first by
+/// inserting its `resource` row (version 0, a placeholder that the write completes): of two
+/// concurrent creations of one id, the second waits on the key, finds the row, and becomes an
+/// update of the first instead of a duplicate version.
+#[allow(clippy::too_many_arguments)]
+fn current_for_write(
+    c: &mut dyn Sql,
+    alloc: &mut dyn Alloc,
+    tenant: i64,
+    tcode: i64,
+    id: &str,
+    op: &WriteOp,
+    tx: i64,
+    now: i64,
+) -> Result<(Option<(i64, i64, bool)>, Option<i64>), DbError> {
+    let pg = c.is_postgres();
+    let sql = if pg {
+        "SELECT rid, version, deleted FROM resource WHERE tenant = $1 AND type = $2 AND id = $3 FOR UPDATE"
+    } else {
+        "SELECT rid, version, deleted FROM resource WHERE tenant = $1 AND type = $2 AND id = $3"
+    };
+    let key = [P::I(tenant), P::I(tcode), P::T(id.to_string())];
+    let read = |c: &mut dyn Sql| -> Result<Option<(i64, i64, bool)>, DbError> {
+        Ok(c.query_one(sql, &key)?
+            .map(|r| (r[0].i(), r[1].i(), r[2].i() != 0)))
+    };
+    let cur = read(c)?;
+    if cur.is_some() || !pg || !matches!(op, WriteOp::Put { .. }) {
+        return Ok((cur, None));
+    }
+    let rid = alloc.rid(c)?;
+    let claimed = c.execute(
+        "INSERT INTO resource (tenant, type, id, rid, version, tx, last_updated, deleted) VALUES ($1, $2, $3, $4, 0, $5, $6, 1) ON CONFLICT (tenant, type, id) DO NOTHING",
+        &[P::I(tenant), P::I(tcode), P::T(id.to_string()), P::I(rid), P::I(tx), P::I(now)],
+    )?;
+    if claimed == 1 {
+        Ok((None, Some(rid)))
+    } else {
+        Ok((read(c)?, None))
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
