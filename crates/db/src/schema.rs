@@ -5,7 +5,7 @@
 //! by tenant (Citus `create_distributed_table(…, 'tenant')`) without change.
 
 /// Current schema version, kept in `meta`.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 const TABLES: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -71,6 +71,7 @@ CREATE TABLE IF NOT EXISTS sp_reference (
   target_type BIGINT NOT NULL, target_id TEXT @C NOT NULL, rid BIGINT NOT NULL,
   PRIMARY KEY (tenant, type, param, target_id, rid, target_type)
 ) @WR;
+CREATE INDEX IF NOT EXISTS sp_reference_rid ON sp_reference (tenant, type, param, rid, target_type, target_id);
 CREATE TABLE IF NOT EXISTS sp_uri (
   tenant BIGINT NOT NULL, type BIGINT NOT NULL, param BIGINT NOT NULL,
   value TEXT @C NOT NULL, rid BIGINT NOT NULL,

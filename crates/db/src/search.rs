@@ -151,23 +151,17 @@ fn clause_sql(
             ref_code,
             target_types,
             inner,
-        } => {
-            let pk = q.bind(P::I(param_key(ref_code)));
-            let alias = format!("c{depth}");
-            let mut ors = vec![];
-            for t in target_types {
-                let tc = type_code(t).ok_or_else(|| unsupported(t))?;
-                let tcb = q.bind(P::I(tc));
-                let cond = clause_sql(q, tenant, &alias, &tcb, inner, depth + 1)?;
-                ors.push(format!(
-                    "(s{depth}.target_type = {tcb} AND s{depth}.target_id IN (SELECT {alias}.id FROM resource {alias} WHERE {alias}.tenant = {tenant} AND {alias}.type = {tcb} AND {alias}.deleted = 0 AND {cond}))"
-                ));
-            }
-            Ok(format!(
-                "{r}.rid IN (SELECT s{depth}.rid FROM sp_reference s{depth} WHERE s{depth}.tenant = {tenant} AND s{depth}.type = {tcode} AND s{depth}.param = {pk} AND ({}))",
-                ors.join(" OR ")
-            ))
-        }
+        } => chain_sql(
+            q,
+            tenant,
+            r,
+            tcode,
+            ref_code,
+            target_types,
+            inner,
+            depth,
+            false,
+        ),
         Clause::Has {
             source_type,
             ref_code,
@@ -258,6 +252,87 @@ fn source(
         rank,
         seekable,
     })
+}
+
+/// A chained parameter (`subject:Patient.gender=female`): the references of parameter
+/// `ref_code` whose target matches `inner`. As a key set (`{r}.rid IN …`: all resources whose
+/// reference matches, good when the chain is what restricts the search), or as a per-candidate
+/// check (`probe`: the candidate's own references are found through `sp_reference_rid`, so the
+/// cost follows the number of candidates, not the number of resources the chain matches).
+#[allow(clippy::too_many_arguments)]
+fn chain_sql(
+    q: &mut Q,
+    tenant: &str,
+    r: &str,
+    tcode: &str,
+    ref_code: &str,
+    target_types: &[String],
+    inner: &Clause,
+    depth: usize,
+    probe: bool,
+) -> Result<String, DbError> {
+    let pk = q.bind(P::I(param_key(ref_code)));
+    let alias = format!("c{depth}");
+    let mut ors = vec![];
+    if probe {
+        // per candidate: its reference (sp_reference_rid), the target by id, the target's
+        // own condition checked the same way — seeks only
+        for t in target_types {
+            let tc = type_code(t).ok_or_else(|| unsupported(t))?;
+            let tcb = q.bind(P::I(tc));
+            let cond = match inner {
+                Clause::Param {
+                    code,
+                    kind,
+                    modifier,
+                    values,
+                    ..
+                } if code != "_id"
+                    && code != "_lastUpdated"
+                    && *kind != K::Composite
+                    && *modifier != Modifier::Not
+                    && !values.iter().any(|v| matches!(v, Value::Missing(_))) =>
+                {
+                    source(q, tenant, &tcb, code, *kind, modifier, values)?.probe(&alias)
+                }
+                Clause::Chain {
+                    ref_code,
+                    target_types,
+                    inner,
+                } => chain_sql(
+                    q,
+                    tenant,
+                    &alias,
+                    &tcb,
+                    ref_code,
+                    target_types,
+                    inner,
+                    depth + 1,
+                    true,
+                )?,
+                _ => clause_sql(q, tenant, &alias, &tcb, inner, depth + 1)?,
+            };
+            ors.push(format!(
+                "EXISTS (SELECT 1 FROM sp_reference s{depth} JOIN resource {alias} ON {alias}.tenant = s{depth}.tenant \
+                 AND {alias}.type = s{depth}.target_type AND {alias}.id = s{depth}.target_id AND {alias}.deleted = 0 \
+                 WHERE s{depth}.tenant = {tenant} AND s{depth}.type = {tcode} AND s{depth}.param = {pk} \
+                 AND s{depth}.rid = {r}.rid AND s{depth}.target_type = {tcb} AND {cond})"
+            ));
+        }
+        return Ok(format!("({})", ors.join(" OR ")));
+    }
+    for t in target_types {
+        let tc = type_code(t).ok_or_else(|| unsupported(t))?;
+        let tcb = q.bind(P::I(tc));
+        let cond = clause_sql(q, tenant, &alias, &tcb, inner, depth + 1)?;
+        ors.push(format!(
+            "(s{depth}.target_type = {tcb} AND s{depth}.target_id IN (SELECT {alias}.id FROM resource {alias} WHERE {alias}.tenant = {tenant} AND {alias}.type = {tcb} AND {alias}.deleted = 0 AND {cond}))"
+        ));
+    }
+    Ok(format!(
+        "{r}.rid IN (SELECT s{depth}.rid FROM sp_reference s{depth} WHERE s{depth}.tenant = {tenant} AND s{depth}.type = {tcode} AND s{depth}.param = {pk} AND ({}))",
+        ors.join(" OR ")
+    ))
 }
 
 fn param_name(code: &str, m: &Modifier) -> String {
@@ -741,9 +816,27 @@ fn plan_indexed(
         wh.push(s.probe("d"));
     }
     for (i, c) in query.clauses.iter().enumerate() {
-        if !sources.iter().any(|(j, _)| *j == Some(i)) && !positive(c) {
-            wh.push(clause_sql(&mut q, &t, "d", &tcode, c, 0)?);
+        if sources.iter().any(|(j, _)| *j == Some(i)) || positive(c) {
+            continue;
         }
+        wh.push(match c {
+            Clause::Chain {
+                ref_code,
+                target_types,
+                inner,
+            } => chain_sql(
+                &mut q,
+                &t,
+                "d",
+                &tcode,
+                ref_code,
+                target_types,
+                inner,
+                0,
+                true,
+            )?,
+            _ => clause_sql(&mut q, &t, "d", &tcode, c, 0)?,
+        });
     }
     let b = q.bind(P::I(bound));
     wh.push(format!("d.rid <= {b}"));

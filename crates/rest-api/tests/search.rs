@@ -288,6 +288,24 @@ async fn chains_has_includes_sort_paging() {
             ids(&srv, "Observation?subject:Patient.organization.name=山田").await,
             s(&["o1", "o2"])
         );
+        // a chain next to a selective clause is checked per candidate (another plan than a
+        // chain alone): the result must be the intersection of the two alone
+        for (chain, other) in [
+            ("patient.gender=female", "code=29463-7"),
+            ("patient.gender=female", "code=8480-6"),
+            ("subject:Patient.organization.name=山田", "code=8480-6"),
+            ("subject:Patient.organization.name=山田", "status=final"),
+            ("subject:Patient.family=yama", "status=final"),
+        ] {
+            let a = ids(&srv, &format!("Observation?{chain}")).await;
+            let b = ids(&srv, &format!("Observation?{other}")).await;
+            let both: Vec<String> = a.iter().filter(|x| b.contains(x)).cloned().collect();
+            assert_eq!(
+                ids(&srv, &format!("Observation?{other}&{chain}")).await,
+                both,
+                "{e}: {other}&{chain}"
+            );
+        }
         // reverse chain
         assert_eq!(
             ids(&srv, "Patient?_has:Observation:patient:code=29463-7").await,
