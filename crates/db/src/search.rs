@@ -715,7 +715,17 @@ fn plan(
             wh.push(format!("r.type = {b}"));
             b
         }
-        None => "r.type".to_string(),
+        None => {
+            if !query.types.is_empty() {
+                let mut codes = vec![];
+                for ty in &query.types {
+                    let tc = type_code(ty).ok_or_else(|| unsupported(ty))?;
+                    codes.push(q.bind(P::I(tc)));
+                }
+                wh.push(format!("r.type IN ({})", codes.join(", ")));
+            }
+            "r.type".to_string()
+        }
     };
     if let Some(comp) = compartment {
         let src = compartment_source(&mut q, &t, &tcode, query, comp)?;

@@ -1443,17 +1443,24 @@ async fn search_system(
         .filter(|(k, _)| k != "_type")
         .cloned()
         .collect();
+    for ty in &types {
+        if !iryo_fhir_spec::r4().is_resource_type(ty) {
+            return Err(FhirError::bad_request(
+                format!("_type の {ty} は FHIR R4 のリソース型ではありません"),
+                format!("_type: {ty} is not an R4 resource type"),
+            ));
+        }
+    }
     if let [ty] = types.as_slice() {
-        check_type(ty)?;
         return search_type(st, ctx, ty, &rest, None).await;
     }
+    let mut q = parse_pairs(iryo_search::model(), None, &rest, ctx.handling)?;
     if !types.is_empty() {
-        return Err(FhirError::bad_request(
-            "_type は現在1つの型だけ指定できます",
-            "_type with several types is not supported yet; give one type",
-        ));
+        // several types: the parameters common to all resources (`_id`, `_lastUpdated`,
+        // `_tag`, `_profile`, `_security`, `_source`) over those types
+        q.understood.push(("_type".into(), types.join(",")));
+        q.types = types;
     }
-    let q = parse_pairs(iryo_search::model(), None, &rest, ctx.handling)?;
     run_search(st, ctx, q, None, ctx.base.clone()).await
 }
 

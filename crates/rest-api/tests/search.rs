@@ -562,3 +562,63 @@ fn match_list(b: &Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// System-level search over several types (`_type=Patient,Observation`) with the parameters
+/// common to all resources, paged, in one tenant only.
+#[tokio::test]
+async fn system_search_over_several_types() {
+    for srv in TestServer::all().await {
+        let e = srv.engine;
+        srv.tenant("clinic-b").await;
+        for (base, n) in [("/fhir", 3), ("/t/clinic-b/fhir", 1)] {
+            for i in 0..n {
+                let p = json!({"resourceType": "Patient", "id": format!("p{i}"), "meta": {"tag": [{"system": "urn:t", "code": "x"}]}});
+                assert_eq!(srv.put(&format!("{base}/Patient/p{i}"), &p).await.0, 201);
+                let o = json!({"resourceType": "Observation", "id": format!("o{i}"), "status": "final",
+                    "code": {"text": "x"}, "meta": {"tag": [{"system": "urn:t", "code": "x"}]}});
+                assert_eq!(
+                    srv.put(&format!("{base}/Observation/o{i}"), &o).await.0,
+                    201
+                );
+                let c = json!({"resourceType": "Condition", "id": format!("c{i}"),
+                    "subject": {"reference": format!("Patient/p{i}")}, "meta": {"tag": [{"system": "urn:t", "code": "x"}]}});
+                assert_eq!(srv.put(&format!("{base}/Condition/c{i}"), &c).await.0, 201);
+            }
+        }
+        let (st, _, b) = srv
+            .get("/fhir?_type=Patient,Observation&_tag=urn:t|x&_count=4")
+            .await;
+        assert_eq!(st, 200, "{e}: {b}");
+        assert_eq!(
+            b["total"], 6,
+            "{e}: Patients and Observations of this tenant only"
+        );
+        let mut got = match_list(&b);
+        let next = b["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .and_then(|l| l["url"].as_str())
+            .expect("next link")
+            .to_string();
+        assert!(next.contains("_type=Patient,Observation"), "{e}: {next}");
+        let (st, _, b2) = srv.get(next.strip_prefix(&srv.base).unwrap()).await;
+        assert_eq!(st, 200, "{e}: {b2}");
+        got.extend(match_list(&b2));
+        got.sort();
+        assert_eq!(got, vec!["o0", "o1", "o2", "p0", "p1", "p2"], "{e}");
+        // an unknown type is an error, not an empty result
+        let (st, _, oo) = srv.get("/fhir?_type=Patient,NoSuchType").await;
+        assert_eq!(
+            (st, oo["resourceType"].as_str()),
+            (400, Some("OperationOutcome")),
+            "{e}"
+        );
+        // the other tenant sees its own two
+        let (_, _, b) = srv
+            .get("/t/clinic-b/fhir?_type=Patient,Observation&_tag=urn:t|x")
+            .await;
+        assert_eq!(b["total"], 2, "{e}");
+    }
+}

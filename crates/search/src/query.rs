@@ -177,6 +177,8 @@ pub enum Summary {
 pub struct SearchQuery {
     /// None for a system-level search (`GET [base]?…`).
     pub resource_type: Option<String>,
+    /// A system-level search limited to these types (`_type=Patient,Observation`); empty: all.
+    pub types: Vec<String>,
     pub clauses: Vec<Clause>,
     pub sort: Vec<SortKey>,
     pub count: Option<usize>,
@@ -232,6 +234,7 @@ pub fn parse_pairs(
 ) -> Result<SearchQuery, QueryError> {
     let mut q = SearchQuery {
         resource_type: resource_type.map(str::to_string),
+        types: vec![],
         clauses: vec![],
         sort: vec![],
         count: None,
