@@ -707,6 +707,15 @@ impl ClinsState {
                 iryo_db::DbError::VersionConflict { ty, .. }
                 | iryo_db::DbError::AlreadyExists { ty, .. },
             ) if ty == "Basic" => Err(Stored::Conflict),
+            // PostgreSQL: two transactions that passed the If-Match check at once collide on
+            // the version key (23505), or are serialization / deadlock victims: the same race
+            Err(iryo_db::DbError::Postgres(m))
+                if ["(23505)", "(40001)", "(40P01)"]
+                    .iter()
+                    .any(|c| m.contains(c)) =>
+            {
+                Err(Stored::Conflict)
+            }
             Err(e) => Err(Stored::Refused(Refusal::internal(e))),
         }
     }
