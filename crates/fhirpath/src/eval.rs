@@ -177,7 +177,7 @@ fn push_values<'a>(
 /// than hashing the key with the map's SipHash.
 #[inline]
 fn get_key<'v>(obj: &'v serde_json::Map<String, Value>, name: &str) -> Option<&'v Value> {
-    if obj.len() <= 16 {
+    if obj.len() <= 32 {
         obj.iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v)
     } else {
         obj.get(name)
@@ -204,6 +204,12 @@ fn ext_of<'v>(
 ) -> Option<&'v Value> {
     if !may_have_primitive_ext(value) || !obj.keys().any(|k| k.starts_with('_')) {
         return None;
+    }
+    if obj.len() <= 32 {
+        return obj
+            .iter()
+            .find(|(k, _)| k.len() == key.len() + 1 && k.starts_with('_') && &k[1..] == key)
+            .map(|(_, v)| v);
     }
     let mut k = String::with_capacity(key.len() + 1);
     k.push('_');

@@ -320,6 +320,56 @@ impl Expression {
         eval::eval(&self.ast, &env)
     }
 
+    /// Whether the expression yields at most one Boolean by its form: `and`, `or`, `xor`,
+    /// `implies`, `=`, `!=`, or `exists()`/`empty()`/`not()` at the top. Such an expression
+    /// can be evaluated with [`Expression::evaluate_boolean`].
+    pub fn has_boolean_form(&self) -> bool {
+        use parser::{Ast, BinOp};
+        match &*self.ast {
+            Ast::Bin(op, _, _) => matches!(
+                op,
+                BinOp::And | BinOp::Or | BinOp::Xor | BinOp::Implies | BinOp::Eq | BinOp::NotEq
+            ),
+            Ast::Call(Some(_), f, args) => {
+                args.is_empty()
+                    && matches!(
+                        f,
+                        functions::Func::Exists | functions::Func::Empty | functions::Func::Not
+                    )
+            }
+            _ => false,
+        }
+    }
+
+    /// For an expression of [boolean form](Expression::has_boolean_form): its result
+    /// (`None` = empty, `Some(b)` = the single Boolean) computed without building the
+    /// intermediate collections. The input is typed as in [`Expression::evaluate`] (no
+    /// `type_code`) or [`Expression::evaluate_typed`]. For other expressions the result is
+    /// the singleton-boolean reading of [`Expression::evaluate`] (an error for several items).
+    pub fn evaluate_boolean<'a>(
+        &self,
+        ctx: &Context<'a>,
+        input: &'a Value,
+        type_code: Option<&'a str>,
+    ) -> Result<Option<bool>, EvalError> {
+        let item = match type_code {
+            Some(t) => Item::node(input, t),
+            None if value::resource_type(input).is_some() => Item::resource(input),
+            None => Item::node(input, "Element"),
+        };
+        let input = [item];
+        let now = std::cell::OnceCell::new();
+        let env = eval::Env {
+            ctx,
+            focus: &input,
+            index: None,
+            total: None,
+            context: &input,
+            now: &now,
+        };
+        eval::eval_bool(&self.ast, &env)
+    }
+
     /// Singleton-boolean evaluation as used for invariants: empty → `None`,
     /// a single Boolean → its value, a single other item → `true`, several items → error.
     pub fn evaluate_bool(

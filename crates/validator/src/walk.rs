@@ -123,6 +123,9 @@ fn key_part(key: &mut String, s: &str) {
     key.push_str(s);
 }
 
+/// The values under one element name (most often one or two: kept on the stack).
+type Vals<'p, 'v> = smallvec::SmallVec<[Val<'p, 'v>; 4]>;
+
 /// One instance value under an element name.
 struct Val<'p, 'v> {
     value: &'v Value,
@@ -190,7 +193,7 @@ pub(crate) fn choice_type<'k>(key: &'k str, prefix: &str) -> Option<&'k str> {
 /// Object member lookup; small objects are scanned (cheaper than hashing the key).
 #[inline]
 fn get_key<'v>(obj: &'v Map<String, Value>, name: &str) -> Option<&'v Value> {
-    if obj.len() <= 16 {
+    if obj.len() <= 32 {
         obj.iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v)
     } else {
         obj.get(name)
@@ -668,7 +671,8 @@ impl<'a, 'v> Walk<'a, 'v> {
                 continue;
             }
             let base = &prof.elements[g.base];
-            let vals = self.collect(base, g, obj, loc);
+            let mut vals = Vals::new();
+            self.collect(base, g, obj, loc, &mut vals);
             let shown = loc.child(Seg::Name(&g.shown));
             self.cardinality(base, None, vals.len(), &shown);
             if g.slices.is_empty() {
@@ -787,11 +791,10 @@ impl<'a, 'v> Walk<'a, 'v> {
         g: &'p ChildGroup,
         obj: &'v Map<String, Value>,
         loc: &Loc<'_>,
-    ) -> Vec<Val<'p, 'v>>
-    where
+        out: &mut Vals<'p, 'v>,
+    ) where
         'v: 'p,
     {
-        let mut out = Vec::new();
         if let Some(prefix) = g.name.strip_suffix("[x]") {
             for (k, v) in obj {
                 let Some(t) = choice_type(k, prefix) else {
@@ -816,20 +819,14 @@ impl<'a, 'v> Walk<'a, 'v> {
                     );
                     continue;
                 }
-                push_values(
-                    &mut out,
-                    v,
-                    get_underscore(obj, k),
-                    t,
-                    Seg::Choice(prefix, t),
-                );
+                push_values(out, v, get_underscore(obj, k), t, Seg::Choice(prefix, t));
             }
-            return out;
+            return;
         }
         let v = get_key(obj, &g.name);
         let ext = get_underscore(obj, &g.name);
         if v.is_none() && ext.is_none() {
-            return out;
+            return;
         }
         let t = base
             .types
@@ -845,8 +842,7 @@ impl<'a, 'v> Walk<'a, 'v> {
         } else {
             t
         };
-        push_values(&mut out, v.unwrap_or(&NULL), ext, t, Seg::Name(&g.name));
-        out
+        push_values(out, v.unwrap_or(&NULL), ext, t, Seg::Name(&g.name));
     }
 
     fn cardinality(&mut self, e: &Elem, slice: Option<&str>, n: usize, loc: &Loc<'_>) {
@@ -922,12 +918,20 @@ impl<'a, 'v> Walk<'a, 'v> {
             let verdict = if inv.absent_in(val) {
                 inv.empty_verdict()
             } else {
-                let out = if is_root && field(val, "resourceType").is_some() {
-                    expr.evaluate(&ctx, val)
+                let as_resource = is_root && field(val, "resourceType").is_some();
+                if expr.has_boolean_form() {
+                    // At most one Boolean: evaluated without intermediate collections.
+                    let t = (!as_resource).then_some(type_code);
+                    match expr.evaluate_boolean(&ctx, val, t) {
+                        Ok(Some(false)) => Verdict::Fail,
+                        Ok(_) => Verdict::Pass,
+                        Err(e) => Verdict::Error(e.message_ja, e.message_en),
+                    }
+                } else if as_resource {
+                    Verdict::of(expr.evaluate(&ctx, val))
                 } else {
-                    expr.evaluate_typed(&ctx, val, type_code)
-                };
-                Verdict::of(out)
+                    Verdict::of(expr.evaluate_typed(&ctx, val, type_code))
+                }
             };
             self.report(inv, verdict, loc);
         }
@@ -1678,7 +1682,7 @@ fn type_list(e: &Elem) -> String {
 }
 
 fn push_values<'p, 'v>(
-    out: &mut Vec<Val<'p, 'v>>,
+    out: &mut Vals<'p, 'v>,
     v: &'v Value,
     ext: Option<&'v Value>,
     t: &'p str,
