@@ -308,16 +308,7 @@ impl Expression {
         ctx: &Context<'a>,
         input: Vec<Item<'a>>,
     ) -> Result<Vec<Item<'a>>, EvalError> {
-        let now = std::cell::OnceCell::new();
-        let env = eval::Env {
-            ctx,
-            focus: &input,
-            index: None,
-            total: None,
-            context: &input,
-            now: &now,
-        };
-        eval::eval(&self.ast, &env)
+        with_env(ctx, &input, |env| eval::eval(&self.ast, env))
     }
 
     /// Whether the expression yields at most one Boolean by its form: `and`, `or`, `xor`,
@@ -357,17 +348,7 @@ impl Expression {
             None if value::resource_type(input).is_some() => Item::resource(input),
             None => Item::node(input, "Element"),
         };
-        let input = [item];
-        let now = std::cell::OnceCell::new();
-        let env = eval::Env {
-            ctx,
-            focus: &input,
-            index: None,
-            total: None,
-            context: &input,
-            now: &now,
-        };
-        eval::eval_bool(&self.ast, &env)
+        with_env(ctx, &[item], |env| eval::eval_bool(&self.ast, env))
     }
 
     /// Singleton-boolean evaluation as used for invariants: empty → `None`,
@@ -380,6 +361,23 @@ impl Expression {
         let out = self.evaluate(ctx, input)?;
         eval::to_bool(&out)
     }
+}
+
+/// Runs `f` with the top-level environment for `input` (`$this` and `%context`).
+fn with_env<'a, T>(
+    ctx: &Context<'a>,
+    input: &[Item<'a>],
+    f: impl FnOnce(&eval::Env<'_, 'a>) -> T,
+) -> T {
+    let now = std::cell::OnceCell::new();
+    f(&eval::Env {
+        ctx,
+        focus: input,
+        index: None,
+        total: None,
+        context: input,
+        now: &now,
+    })
 }
 
 fn focus_names(a: &parser::Ast, out: &mut Vec<String>) -> Option<()> {
