@@ -188,29 +188,8 @@ struct CachedChild {
     choice: bool,
 }
 
-/// FNV-1a hasher for the small per-thread lookup cache.
-#[derive(Default, Clone, Copy)]
-struct Fnv(u64);
-
-impl std::hash::Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
-    }
-}
-
-type FnvMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
+/// The fast hasher of `iryo-fhir-spec` for the small per-thread lookup cache.
+type FnvMap<K, V> = HashMap<K, V, BuildHasherDefault<iryo_fhir_spec::Fnv>>;
 
 /// Upper bound of cached (parent, key) pairs per thread; keys come from
 /// input JSON, so the cache must not grow without limit.
