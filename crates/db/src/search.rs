@@ -687,6 +687,9 @@ struct Plan {
     /// expressions bind theirs last; PostgreSQL refuses parameters a statement does not use).
     count: String,
     count_params: usize,
+    /// Counting is one index range scan (a single clause driving, nothing else to check), so
+    /// the total is given even when not asked for.
+    cheap_count: bool,
 }
 
 /// Compile a search. Index-driven when it can be: the most selective clause's index range
@@ -748,6 +751,7 @@ fn plan(
         select: format!("SELECT r.rid {from} ORDER BY {}", order.join(", ")),
         count: format!("SELECT COUNT(*) {from}"),
         count_params,
+        cheap_count: false,
         q,
     })
 }
@@ -848,6 +852,7 @@ fn plan_indexed(
             _ => clause_sql(&mut q, &t, "d", &tcode, c, 0)?,
         });
     }
+    let cheap_count = wh.is_empty();
     let b = q.bind(P::I(bound));
     wh.push(format!("d.rid <= {b}"));
     let distinct = format!(
@@ -860,6 +865,7 @@ fn plan_indexed(
         select: format!("{distinct} ORDER BY d.rid"),
         count: format!("SELECT COUNT(*) FROM ({distinct}) x"),
         count_params: q.p.len(),
+        cheap_count,
         q,
     }))
 }
@@ -954,9 +960,14 @@ pub(crate) fn run_in(
         Some(t)
     } else if !has_next && (offset == 0 || !rids.is_empty()) {
         Some((offset + rids.len()) as i64)
-    } else {
+    } else if query.total.is_some() || pl.cheap_count {
         c.query_one(&pl.count, &pl.q.p[..pl.count_params])?
             .map(|r| r[0].i())
+    } else {
+        // Without `_total`, a count that would visit every match (several clauses, chains,
+        // sorting) is left out: its cost grows with the data while the page's does not.
+        // `_total=accurate` asks for it.
+        None
     };
     let matches = read_rids(c, ctx, tenant, &rids)?;
     let token = (has_next || offset > 0).then(|| make_token(bound, total));
