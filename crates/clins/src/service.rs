@@ -31,8 +31,6 @@ const INDEX_EXT: &str = "urn:iryo:clins:index";
 /// Attempts of a write that lost a race on the per-patient index.
 const INDEX_ATTEMPTS: usize = 8;
 pub(crate) const T_CONSENT_OK: &str = "urn:iryo:clins:referral-consent";
-const CLIENT_SYSTEM: &str = "urn:iryo:clins:client-id";
-const INSURER_SYSTEM: &str = "http://jpfhir.jp/fhir/core/mhlw/IdSystem/InsurerNumber";
 
 /// Configuration of the platform.
 #[derive(Debug, Clone)]
@@ -249,9 +247,9 @@ impl ClinsState {
     }
 
     /// Bind a client id (the `sub` of its tokens) to an institution number or 保険者番号.
-    /// Stored as an Organization in the platform tenant.
+    /// Stored in the platform tenant's settings (`bindings`).
     pub async fn bind_client(&self, client: &str, binding: Binding) -> Result<(), String> {
-        store_binding(&self.inner.store, self.inner.tenant, client, &binding).await?;
+        store_binding(&self.inner.store, self.inner.tenant, client, Some(&binding)).await?;
         self.inner
             .clients
             .write()
@@ -1487,67 +1485,87 @@ async fn log_writer(
     }
 }
 
-/// Write a client binding into the platform tenant `tenant` of `store` (an Organization
-/// with the client id and the institution number or 保険者番号).
+/// Write a client binding into the settings of the platform tenant `tenant` of `store`
+/// (`bindings`: client id → `{"institution": N}` or `{"insurer": N}`). Tenant settings and not
+/// resources, so that `iryo clins bind` may write them while a server runs on the same store
+/// (a second process must not allocate resource keys in a SQLite store a server writes to).
 async fn store_binding(
     store: &Store,
     tenant: i64,
     client: &str,
-    binding: &Binding,
-) -> Result<(), String> {
-    let (system, value) = match binding {
-        Binding::Institution(n) if ids::is_institution_number(n) => (ids::INSTITUTION_SYSTEM, n),
-        Binding::Insurer(n) if n.len() == 8 && n.bytes().all(|b| b.is_ascii_digit()) => {
-            (INSURER_SYSTEM, n)
+    binding: Option<&Binding>,
+) -> Result<bool, String> {
+    let entry = match binding {
+        Some(Binding::Institution(n)) if ids::is_institution_number(n) => {
+            Some(json!({"institution": n}))
         }
-        _ => {
+        Some(Binding::Insurer(n)) if n.len() == 8 && n.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(json!({"insurer": n}))
+        }
+        Some(b) => {
             return Err(format!(
-                "不正な紐付けです / invalid binding {binding:?} (医療機関番号は10桁 [0-4][0-9][1-3][0-9]{{7}}、保険者番号は8桁)"
+                "不正な紐付けです / invalid binding {b:?} (医療機関番号は10桁 [0-4][0-9][1-3][0-9]{{7}}、保険者番号は8桁)"
             ))
         }
+        None => None,
     };
     if client.trim().is_empty() {
         return Err("クライアントIDが空です / empty client id".into());
     }
-    let org = json!({
-        "resourceType": "Organization",
-        "id": unit_resource_id("client-", client),
-        "identifier": [{"system": CLIENT_SYSTEM, "value": client}, {"system": system, "value": value}],
-        "name": client,
-    });
-    store
-        .write(tenant, vec![WriteOp::put(org)])
+    let mut settings = store
+        .tenant_settings(tenant)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(())
+    if !settings.is_object() {
+        settings = json!({});
+    }
+    if !settings["bindings"].is_object() {
+        settings["bindings"] = json!({});
+    }
+    let list = settings["bindings"].as_object_mut().expect("object");
+    let changed = match entry {
+        Some(e) => {
+            list.insert(client.to_string(), e);
+            true
+        }
+        None => list.remove(client).is_some(),
+    };
+    if changed {
+        store
+            .tenant_set_settings(tenant, settings)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(changed)
 }
 
-fn binding_of_org(v: &Value) -> Option<(String, Binding)> {
-    let ids = v["identifier"].as_array()?;
-    let client = ids
-        .iter()
-        .find(|i| i["system"] == CLIENT_SYSTEM)?
-        .get("value")?
-        .as_str()?
-        .to_string();
-    let b = ids.iter().find_map(|i| {
-        let val = i["value"].as_str()?.to_string();
-        match i["system"].as_str()? {
-            ids::INSTITUTION_SYSTEM => Some(Binding::Institution(val)),
-            INSURER_SYSTEM => Some(Binding::Insurer(val)),
-            _ => None,
-        }
-    })?;
-    Some((client, b))
+fn binding_of(v: &Value) -> Option<Binding> {
+    if let Some(n) = v["institution"].as_str() {
+        return Some(Binding::Institution(n.to_string()));
+    }
+    v["insurer"]
+        .as_str()
+        .map(|n| Binding::Insurer(n.to_string()))
+}
+
+async fn all_bindings(store: &Store, tenant: i64) -> Result<Vec<(String, Binding)>, String> {
+    let settings = store
+        .tenant_settings(tenant)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out: Vec<(String, Binding)> = settings["bindings"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(c, v)| Some((c.clone(), binding_of(v)?)))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
 }
 
 async fn read_binding(store: &Store, tenant: i64, client: &str) -> Option<Binding> {
-    let r = store
-        .read(tenant, "Organization", &unit_resource_id("client-", client))
-        .await
-        .ok()??;
-    let v: Value = serde_json::from_slice(r.json.as_deref()?).ok()?;
-    binding_of_org(&v).map(|(_, b)| b)
+    let settings = store.tenant_settings(tenant).await.ok()?;
+    binding_of(settings.get("bindings")?.get(client)?)
 }
 
 /// Host-side management of client bindings (`iryo clins bind`), on the store of a running
@@ -1577,43 +1595,19 @@ impl Bindings {
 
     /// Bind `client` (the `sub` of its platform tokens).
     pub async fn bind(&self, client: &str, binding: Binding) -> Result<(), String> {
-        store_binding(&self.store, self.tenant, client, &binding).await
+        store_binding(&self.store, self.tenant, client, Some(&binding))
+            .await
+            .map(|_| ())
     }
 
     /// Remove the binding of `client`; false when there was none.
     pub async fn unbind(&self, client: &str) -> Result<bool, String> {
-        if read_binding(&self.store, self.tenant, client)
-            .await
-            .is_none()
-        {
-            return Ok(false);
-        }
-        self.store
-            .write(
-                self.tenant,
-                vec![WriteOp::Delete {
-                    ty: "Organization".into(),
-                    id: unit_resource_id("client-", client),
-                    if_match: None,
-                }],
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(true)
+        store_binding(&self.store, self.tenant, client, None).await
     }
 
     /// Every binding, sorted by client id.
     pub async fn list(&self) -> Result<Vec<(String, Binding)>, String> {
-        let qs = format!("identifier={}|&_count=1000", enc(CLIENT_SYSTEM));
-        let mut out: Vec<(String, Binding)> =
-            search_all(&self.store, self.tenant, "Organization", &qs)
-                .await?
-                .iter()
-                .filter_map(parse_stored)
-                .filter_map(|v| binding_of_org(&v))
-                .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
+        all_bindings(&self.store, self.tenant).await
     }
 }
 

@@ -1,5 +1,6 @@
 //! `iryo clins …` against a running `iryo serve`: bindings of users, clients and tenants to
-//! 医療機関番号 / 保険者番号 take effect on the server's /clins/fhir without a restart.
+//! 医療機関番号 / 保険者番号 take effect on the server's /clins/fhir without a restart, and a
+//! clinic tenant's physician submits with `$clins-submit` through the server's access policy.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Output};
@@ -77,11 +78,17 @@ fn serve(data: &str) -> Server {
 
 /// `GET path` with a bearer token: (status line, body).
 fn get(srv: &Server, path: &str, token: &str) -> (String, String) {
+    http(srv, "GET", path, token, "")
+}
+
+/// Any request with a bearer token and a FHIR JSON body: (status line, body).
+fn http(srv: &Server, method: &str, path: &str, token: &str, body: &str) -> (String, String) {
     let mut s = std::net::TcpStream::connect(&srv.listen).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n",
-        srv.listen
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        srv.listen,
+        body.len()
     )
     .unwrap();
     let mut out = String::new();
@@ -92,15 +99,19 @@ fn get(srv: &Server, path: &str, token: &str) -> (String, String) {
 }
 
 fn token(data: &str, who: &[&str]) -> String {
+    token_for(data, "clins-platform", who)
+}
+
+fn token_for(data: &str, tenant: &str, who: &[&str]) -> String {
     let mut args = vec![
         "token",
         "issue",
         "--data",
         data,
         "--tenant",
-        "clins-platform",
+        tenant,
         "--scopes",
-        "user/*.rs",
+        "user/*.cruds",
     ];
     args.extend_from_slice(who);
     let out = ok(&args);
@@ -210,6 +221,79 @@ fn bind_institutions_and_insurers_to_a_running_server() {
     ok(&[
         "clins", "remote", "--data", &d, "--tenant", "clinic-b", "--clear",
     ]);
+
+    // $clins-submit through the running server, with the access policy on: a physician of
+    // clinic-b sends a patient's allergy list; a physician of clinic-a cannot reach clinic-b
+    ok(&[
+        "user",
+        "add",
+        "--data",
+        &d,
+        "--tenant",
+        "clinic-b",
+        "--username",
+        "dr-b",
+        "--name",
+        "医師B",
+        "--role",
+        "physician",
+    ]);
+    let tok_b = token_for(&d, "clinic-b", &["--user", "dr-b"]);
+    let fixtures = format!(
+        "{}/../../crates/clins/tests/fixtures",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let read = |f: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(format!("{fixtures}/{f}")).unwrap()).unwrap()
+    };
+    let example = read("Bundle-Bundle-CLINS-Observations-Example-01.json");
+    let mut patient = example["entry"][0]["resource"].clone();
+    patient["id"] = serde_json::json!("pb");
+    let (s, body) = http(
+        &srv,
+        "PUT",
+        "/t/clinic-b/fhir/Patient/pb",
+        &tok_b,
+        &patient.to_string(),
+    );
+    assert!(s.contains(" 20"), "{s} {body}");
+    let mut al = read("AllergyIntolerance-Example-JP-AllergyIntolerance-eCS-01.json");
+    al["id"] = serde_json::json!("al1");
+    al["patient"] = serde_json::json!({"reference": "Patient/pb"});
+    let (s, body) = http(
+        &srv,
+        "PUT",
+        "/t/clinic-b/fhir/AllergyIntolerance/al1",
+        &tok_b,
+        &al.to_string(),
+    );
+    assert!(s.contains(" 20"), "{s} {body}");
+    let submit = "/t/clinic-b/fhir/Patient/pb/$clins-submit?type=AllergyIntolerance";
+    let (s, body) = http(&srv, "POST", submit, &tok_b, "");
+    assert!(
+        s.contains("200") && body.contains("\"completed\""),
+        "{s} {body}"
+    );
+    ok(&[
+        "user",
+        "add",
+        "--data",
+        &d,
+        "--tenant",
+        "clinic-c",
+        "--username",
+        "dr-c",
+        "--name",
+        "医師C",
+        "--role",
+        "physician",
+    ]);
+    let tok_c = token_for(&d, "clinic-c", &["--user", "dr-c"]);
+    let (s, body) = http(&srv, "POST", submit, &tok_c, "");
+    assert!(
+        s.contains("401") && body.contains("他の医療機関"),
+        "another tenant's user: {s} {body}"
+    );
 
     let list = ok(&["clins", "list", "--data", &d]);
     for want in [
