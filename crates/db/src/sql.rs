@@ -138,6 +138,11 @@ impl Sql for Lite {
         Ok(out)
     }
     fn batch(&mut self, sql: &str) -> Result<(), DbError> {
+        if !sql.contains(';') {
+            // BEGIN, COMMIT, SAVEPOINT … run on every request: keep them prepared
+            self.0.prepare_cached(sql)?.raw_execute()?;
+            return Ok(());
+        }
         self.0.execute_batch(sql)?;
         Ok(())
     }
