@@ -344,7 +344,9 @@ impl Expansion {
 pub struct Terminology {
     code_systems: HashMap<String, Arc<CodeSystemDef>>,
     value_sets: HashMap<String, Arc<Value>>,
-    cache: RwLock<HashMap<String, Arc<Expansion>>>,
+    /// Expansions by value set URL; `None` = not a known value set (also remembered: finding
+    /// that out scans every code system for an implicit value set).
+    cache: RwLock<HashMap<String, Option<Arc<Expansion>>>>,
 }
 
 impl std::fmt::Debug for Terminology {
@@ -483,15 +485,15 @@ impl Terminology {
     /// diamond-shaped imports cannot blow up).
     fn expand_at(&self, url: &str, depth: usize) -> Option<Arc<Expansion>> {
         if let Some(e) = self.cache.read().ok().and_then(|c| c.get(url).cloned()) {
-            return Some(e);
+            return e;
         }
-        let e = Arc::new(self.expand_uncached(url, depth)?);
-        if depth == 0 || !e.truncated {
+        let e = self.expand_uncached(url, depth).map(Arc::new);
+        if depth == 0 || !e.as_ref().is_some_and(|e| e.truncated) {
             if let Ok(mut c) = self.cache.write() {
-                c.insert(url.to_string(), Arc::clone(&e));
+                c.insert(url.to_string(), e.clone());
             }
         }
-        Some(e)
+        e
     }
 
     fn expand_uncached(&self, url: &str, depth: usize) -> Option<Expansion> {
