@@ -1586,15 +1586,33 @@ fn plain_value<'v>(start: &'v Value, segs: &[String]) -> Pv<'v> {
     Pv::One(cur)
 }
 
-/// Collects every string value starting with `#` below `v`.
-fn local_refs<'v>(v: &'v Value, out: &mut std::collections::HashSet<&'v str>) {
+/// Removes from `needed` every id whose local reference `#id` occurs in a string below `v`;
+/// stops as soon as `needed` is empty. Returns true when a string is exactly `#` (a reference
+/// to the container) and `hash` is set (then the walk goes on to the end).
+fn find_local_refs(v: &Value, needed: &mut Vec<&str>, hash: bool) -> bool {
     match v {
-        Value::String(s) if s.starts_with('#') => {
-            out.insert(s.as_str());
+        Value::String(s) => {
+            if let Some(id) = s.strip_prefix('#') {
+                if hash && id.is_empty() {
+                    return true;
+                }
+                needed.retain(|n| *n != id);
+            }
+            false
         }
-        Value::Array(a) => a.iter().for_each(|x| local_refs(x, out)),
-        Value::Object(o) => o.values().for_each(|x| local_refs(x, out)),
-        _ => {}
+        Value::Array(a) => {
+            a.iter().any(|x| {
+                let found = find_local_refs(x, needed, hash);
+                found || (!hash && needed.is_empty())
+            }) && hash
+        }
+        Value::Object(o) => {
+            o.values().any(|x| {
+                let found = find_local_refs(x, needed, hash);
+                found || (!hash && needed.is_empty())
+            }) && hash
+        }
+        _ => false,
     }
 }
 
@@ -1604,19 +1622,20 @@ fn contained_all_referenced(res: &Value) -> bool {
     let Some(contained) = field(res, "contained").and_then(Value::as_array) else {
         return true;
     };
-    let mut refs = std::collections::HashSet::new();
-    local_refs(res, &mut refs);
-    contained.iter().all(|c| {
-        let Some(id) = field(c, "id").and_then(Value::as_str) else {
-            return true;
-        };
-        if refs.contains(format!("#{id}").as_str()) {
-            return true;
-        }
-        let mut inner = std::collections::HashSet::new();
-        local_refs(c, &mut inner);
-        inner.contains("#")
-    })
+    let mut needed: Vec<&str> = contained
+        .iter()
+        .filter_map(|c| field(c, "id").and_then(Value::as_str))
+        .collect();
+    if !needed.is_empty() {
+        find_local_refs(res, &mut needed, false);
+    }
+    // The ones not referenced must refer to their container.
+    contained
+        .iter()
+        .all(|c| match field(c, "id").and_then(Value::as_str) {
+            Some(id) if needed.contains(&id) => find_local_refs(c, &mut Vec::new(), true),
+            _ => true,
+        })
 }
 
 /// The instance values at a discriminator path.
