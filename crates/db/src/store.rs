@@ -144,10 +144,41 @@ pub struct HistoryEntry {
 
 // ------------------------------------------------------------------ engines
 
-/// SQLite key counters, owned by the writer thread.
+/// SQLite key counters, owned by the writer thread. Other processes may write the same file
+/// (`iryo import`, `iryo clins bind` … next to a running `iryo serve`), so the counters are also
+/// kept in `meta` (`next_rid`, `next_tx`): each write transaction — which holds SQLite's write
+/// lock from `BEGIN IMMEDIATE` to `COMMIT` — starts from the larger of its own and the stored
+/// values and stores its last values before it commits.
 struct LiteAlloc {
     rid: i64,
     tx: i64,
+}
+
+impl LiteAlloc {
+    fn sync_from_db(&mut self, w: &mut Lite) -> Result<(), DbError> {
+        for r in w.query(
+            "SELECT key, value FROM meta WHERE key IN ('next_rid', 'next_tx')",
+            &[],
+        )? {
+            let mut it = r.into_iter();
+            let key = it.next().map(V::t).unwrap_or_default();
+            let value: i64 = it.next().map(V::t).unwrap_or_default().parse().unwrap_or(0);
+            match key.as_str() {
+                "next_rid" => self.rid = self.rid.max(value),
+                _ => self.tx = self.tx.max(value),
+            }
+        }
+        Ok(())
+    }
+
+    fn store_to_db(&self, w: &mut Lite) -> Result<(), DbError> {
+        w.execute(
+            "INSERT INTO meta (key, value) VALUES ('next_rid', $1), ('next_tx', $2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[P::T(self.rid.to_string()), P::T(self.tx.to_string())],
+        )?;
+        Ok(())
+    }
 }
 
 impl Alloc for LiteAlloc {
@@ -751,7 +782,9 @@ fn writer_loop(mut w: Lite, mut alloc: LiteAlloc, rx: crossbeam_channel::Receive
                 Err(_) => break,
             }
         }
-        let begin = w.batch("BEGIN IMMEDIATE");
+        let begin = w
+            .batch("BEGIN IMMEDIATE")
+            .and_then(|()| alloc.sync_from_db(&mut w));
         let mut finishers = Vec::with_capacity(jobs.len());
         for job in jobs {
             if let Err(e) = &begin {
@@ -769,7 +802,10 @@ fn writer_loop(mut w: Lite, mut alloc: LiteAlloc, rx: crossbeam_channel::Receive
             finishers.push(fin);
         }
         let commit = match begin {
-            Ok(()) => w.batch("COMMIT").map_err(|e| e.to_string()),
+            Ok(()) => alloc
+                .store_to_db(&mut w)
+                .and_then(|()| w.batch("COMMIT"))
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         if commit.is_err() {
