@@ -913,11 +913,17 @@ pub async fn store_write(
     ops: Vec<WriteOp>,
 ) -> Result<Vec<WriteOutcome>, FhirError> {
     let settings = st.store.tenant_settings(ctx.tenant).await?;
-    if settings.get("validation").and_then(Value::as_str) == Some("profiles") {
+    // off: the structural check only; base (default): base R4 invariants and required
+    // bindings; profiles: every profile in meta.profile
+    let mode = settings
+        .get("validation")
+        .and_then(Value::as_str)
+        .unwrap_or("base");
+    if mode != "off" {
         let many = ops.len() > 1;
         for (i, op) in ops.iter().enumerate() {
             if let WriteOp::Put { resource, .. } = op {
-                crate::validate::validate_on_write("profiles", resource).map_err(|mut e| {
+                crate::validate::validate_on_write(mode, resource).map_err(|mut e| {
                     if many {
                         for is in e.issues.iter_mut() {
                             is.message_ja = format!("書き込み {i}: {}", is.message_ja);

@@ -61,11 +61,20 @@ async fn validation_on_write_per_tenant() {
         // gender 'mail' breaks the required binding of JP_Patient: structurally it is a valid code
         let bad = json!({"resourceType": "Patient", "meta": {"profile": ["http://jpfhir.jp/fhir/core/StructureDefinition/JP_Patient"]},
             "name": [{"family": "山田"}], "gender": "mail"});
+        // the default tenant validates against base R4: the required binding of
+        // Patient.gender refuses 'mail' too
         let (st, _, b) = srv.post("/fhir/Patient", &bad).await;
-        assert_eq!(
-            st, 201,
-            "{e}: the default tenant only runs the structural check: {b}"
-        );
+        assert_eq!(st, 422, "{e}: base R4 validation on write: {b}");
+        assert!(b.to_string().contains("gender"), "{b}");
+        // a tenant with validation off keeps only the structural check
+        srv.tenant("no-validation").await;
+        let t_off = srv.store.tenant_id("no-validation").await.unwrap().unwrap();
+        srv.store
+            .tenant_set_settings(t_off, json!({"validation": "off"}))
+            .await
+            .unwrap();
+        let (st, _, b) = srv.post("/t/no-validation/fhir/Patient", &bad).await;
+        assert_eq!(st, 201, "{e}: {b}");
         let (st, _, oo) = srv.post("/t/strict-clinic/fhir/Patient", &bad).await;
         assert_eq!(st, 422, "{e}: {oo}");
         assert_eq!(oo["resourceType"], "OperationOutcome");
