@@ -4,7 +4,5 @@ mod engine;
 pub mod model;
 pub mod rules;
 
-pub use engine::{
-    calculate, calculate_month, copay, default_burden, drug_points, high_cost_limit,
-};
+pub use engine::{calculate, calculate_month, copay, default_burden, drug_points, high_cost_limit};
 pub use model::*;
