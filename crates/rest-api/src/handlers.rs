@@ -920,18 +920,25 @@ pub async fn store_write(
         .and_then(Value::as_str)
         .unwrap_or("base");
     if mode != "off" {
+        let validator = if mode == "profiles" {
+            crate::validate::tenant_validator(st, ctx.tenant).await?
+        } else {
+            crate::validate::shared_validator()
+        };
         let many = ops.len() > 1;
         for (i, op) in ops.iter().enumerate() {
             if let WriteOp::Put { resource, .. } = op {
-                crate::validate::validate_on_write(mode, resource).map_err(|mut e| {
-                    if many {
-                        for is in e.issues.iter_mut() {
-                            is.message_ja = format!("書き込み {i}: {}", is.message_ja);
-                            is.message_en = format!("write {i}: {}", is.message_en);
+                crate::validate::validate_on_write(&validator, mode, resource).map_err(
+                    |mut e| {
+                        if many {
+                            for is in e.issues.iter_mut() {
+                                is.message_ja = format!("書き込み {i}: {}", is.message_ja);
+                                is.message_en = format!("write {i}: {}", is.message_en);
+                            }
                         }
-                    }
-                    e
-                })?;
+                        e
+                    },
+                )?;
             }
         }
     }

@@ -8,15 +8,96 @@ use crate::AppState;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use iryo_validator::{Severity, Validator};
+use parking_lot::Mutex;
 use serde_json::Value;
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
 
-/// One validator per process: profiles are loaded lazily and cached.
-static VALIDATOR: LazyLock<Validator> = LazyLock::new(Validator::new);
+/// One validator per process for the shipped definitions: profiles are loaded lazily and
+/// cached.
+static VALIDATOR: LazyLock<Arc<Validator>> = LazyLock::new(|| Arc::new(Validator::new()));
 
-/// The shared validator (e.g. to add tenant StructureDefinitions).
+/// Validators of tenants that store StructureDefinitions of their own: the shipped definitions
+/// plus the tenant's (never another tenant's), rebuilt when the tenant's StructureDefinitions
+/// change. Keyed by tenant; the stamp is (count, newest lastUpdated) of those definitions.
+static TENANT_VALIDATORS: LazyLock<Mutex<HashMap<i64, ((i64, i64), Arc<Validator>)>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The shared validator of the shipped definitions.
 pub fn validator() -> &'static Validator {
     &VALIDATOR
+}
+
+/// The shared validator of the shipped definitions, as the `Arc` the write path holds.
+pub fn shared_validator() -> Arc<Validator> {
+    VALIDATOR.clone()
+}
+
+/// The validator for a tenant: the shared one, or — when the tenant stores
+/// StructureDefinitions (profiles, extensions) — one that also knows those. Looking is one
+/// index lookup per call (the newest StructureDefinition of the tenant); the definitions are
+/// loaded again only when that changes, so every server sharing a database sees uploads.
+pub async fn tenant_validator(st: &AppState, tenant: i64) -> Result<Arc<Validator>, FhirError> {
+    let q = iryo_search::query::parse_query(
+        iryo_search::model(),
+        Some("StructureDefinition"),
+        "_sort=-_lastUpdated&_count=1&_total=accurate",
+        iryo_search::query::Handling::Strict,
+    )
+    .map_err(FhirError::from)?;
+    let page = st
+        .store
+        .search(
+            tenant,
+            iryo_db::SearchRequest {
+                query: q,
+                page_token: None,
+                base_url: String::new(),
+            },
+        )
+        .await?;
+    let Some(newest) = page.matches.first() else {
+        return Ok(VALIDATOR.clone());
+    };
+    let stamp = (page.total.unwrap_or(1), newest.last_updated);
+    if let Some((s, v)) = TENANT_VALIDATORS.lock().get(&tenant) {
+        if *s == stamp {
+            return Ok(v.clone());
+        }
+    }
+    let v = Validator::new();
+    // up to 1,000 definitions per tenant (one page); more are not loaded
+    let q = iryo_search::query::parse_query(
+        iryo_search::model(),
+        Some("StructureDefinition"),
+        "_count=1000",
+        iryo_search::query::Handling::Strict,
+    )
+    .map_err(FhirError::from)?;
+    let page = st
+        .store
+        .search(
+            tenant,
+            iryo_db::SearchRequest {
+                query: q,
+                page_token: None,
+                base_url: String::new(),
+            },
+        )
+        .await?;
+    for r in &page.matches {
+        let Some(json) = &r.json else { continue };
+        let Ok(sd) = serde_json::from_slice::<Value>(json) else {
+            continue;
+        };
+        // definitions without a snapshot cannot drive validation; they are skipped
+        if let Err(e) = v.add_structure_definition(sd) {
+            tracing::warn!("StructureDefinition/{} not used for validation: {e}", r.id);
+        }
+    }
+    let v = Arc::new(v);
+    TENANT_VALIDATORS.lock().insert(tenant, (stamp, v.clone()));
+    Ok(v)
 }
 
 /// True when `Accept-Language` prefers English over Japanese.
@@ -167,7 +248,7 @@ fn outcome_response(outcome: &iryo_validator::Outcome, english: bool, ctx: &Ctx)
 /// OperationOutcome (HTTP 200) with messages in Japanese, or English when `Accept-Language`
 /// prefers it. `mode=delete` is accepted and answers without checks (iryo has no delete rules).
 pub async fn validate_operation(
-    _st: &AppState,
+    st: &AppState,
     ctx: &Ctx,
     resource_type: Option<&str>,
     headers: &HeaderMap,
@@ -179,7 +260,9 @@ pub async fn validate_operation(
     let outcome = match &req.resource {
         Some(resource) if req.mode.as_deref() != Some("delete") => {
             let refs: Vec<&str> = req.profiles.iter().map(String::as_str).collect();
-            VALIDATOR.validate(resource, &refs)
+            tenant_validator(st, ctx.tenant)
+                .await?
+                .validate(resource, &refs)
         }
         _ => iryo_validator::Outcome::default(),
     };
@@ -199,7 +282,7 @@ pub async fn validate_operation(
 ///   answer does not tell whether the resource exists;
 /// - `create` is refused (400): a create has no id.
 pub async fn validate_instance(
-    _st: &AppState,
+    st: &AppState,
     ctx: &Ctx,
     resource_type: &str,
     id: &str,
@@ -241,7 +324,9 @@ pub async fn validate_instance(
     }
     let resource = req.resource.unwrap_or_default();
     let refs: Vec<&str> = req.profiles.iter().map(String::as_str).collect();
-    let mut outcome = VALIDATOR.validate(&resource, &refs);
+    let mut outcome = tenant_validator(st, ctx.tenant)
+        .await?
+        .validate(&resource, &refs);
     if mode == Some("update") {
         let body_id = resource.get("id").and_then(Value::as_str);
         if body_id != Some(id) {
@@ -274,11 +359,15 @@ pub async fn validate_instance(
 /// Validation on write, per tenant setting: `off` (nothing), `base` (the base R4
 /// definitions: structure, cardinality, invariants, required bindings), `profiles` (every
 /// profile in `meta.profile`). Errors refuse the write with 422 and an OperationOutcome.
-pub fn validate_on_write(mode: &str, resource: &Value) -> Result<(), FhirError> {
+pub fn validate_on_write(
+    validator: &Validator,
+    mode: &str,
+    resource: &Value,
+) -> Result<(), FhirError> {
     let outcome = match mode {
         "off" => return Ok(()),
-        "base" => VALIDATOR.validate_base(resource),
-        "profiles" => VALIDATOR.validate(resource, &[]),
+        "base" => validator.validate_base(resource),
+        "profiles" => validator.validate(resource, &[]),
         other => {
             return Err(FhirError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
