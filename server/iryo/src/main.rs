@@ -130,7 +130,7 @@ enum TenantCmd {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Set a tenant's validation on write: off | base (structural R4 check, default) | profiles (meta.profile, 422 on error).
+    /// Set a tenant's validation on write: off (structure only) | base (base R4 invariants and required bindings, default) | profiles (also meta.profile); 422 on error.
     Set {
         #[command(flatten)]
         store: StoreArgs,
