@@ -33,29 +33,34 @@ pub fn shared_validator() -> Arc<Validator> {
     VALIDATOR.clone()
 }
 
+/// A search of the tenant's StructureDefinitions.
+async fn structure_definitions(
+    st: &AppState,
+    tenant: i64,
+    qs: &str,
+) -> Result<iryo_db::SearchPage, FhirError> {
+    let query = iryo_search::query::parse_query(
+        iryo_search::model(),
+        Some("StructureDefinition"),
+        qs,
+        iryo_search::query::Handling::Strict,
+    )
+    .map_err(FhirError::from)?;
+    let req = iryo_db::SearchRequest {
+        query,
+        page_token: None,
+        base_url: String::new(),
+    };
+    Ok(st.store.search(tenant, req).await?)
+}
+
 /// The validator for a tenant: the shared one, or — when the tenant stores
 /// StructureDefinitions (profiles, extensions) — one that also knows those. Looking is one
 /// index lookup per call (the newest StructureDefinition of the tenant); the definitions are
 /// loaded again only when that changes, so every server sharing a database sees uploads.
 pub async fn tenant_validator(st: &AppState, tenant: i64) -> Result<Arc<Validator>, FhirError> {
-    let q = iryo_search::query::parse_query(
-        iryo_search::model(),
-        Some("StructureDefinition"),
-        "_sort=-_lastUpdated&_count=1&_total=accurate",
-        iryo_search::query::Handling::Strict,
-    )
-    .map_err(FhirError::from)?;
-    let page = st
-        .store
-        .search(
-            tenant,
-            iryo_db::SearchRequest {
-                query: q,
-                page_token: None,
-                base_url: String::new(),
-            },
-        )
-        .await?;
+    let page =
+        structure_definitions(st, tenant, "_sort=-_lastUpdated&_count=1&_total=accurate").await?;
     let Some(newest) = page.matches.first() else {
         return Ok(VALIDATOR.clone());
     };
@@ -67,24 +72,7 @@ pub async fn tenant_validator(st: &AppState, tenant: i64) -> Result<Arc<Validato
     }
     let v = Validator::new();
     // up to 1,000 definitions per tenant (one page); more are not loaded
-    let q = iryo_search::query::parse_query(
-        iryo_search::model(),
-        Some("StructureDefinition"),
-        "_count=1000",
-        iryo_search::query::Handling::Strict,
-    )
-    .map_err(FhirError::from)?;
-    let page = st
-        .store
-        .search(
-            tenant,
-            iryo_db::SearchRequest {
-                query: q,
-                page_token: None,
-                base_url: String::new(),
-            },
-        )
-        .await?;
+    let page = structure_definitions(st, tenant, "_count=1000").await?;
     for r in &page.matches {
         let Some(json) = &r.json else { continue };
         let Ok(sd) = serde_json::from_slice::<Value>(json) else {
