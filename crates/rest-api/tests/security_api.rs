@@ -9,7 +9,7 @@ use iryo_rest_api::auth::{AuditSink, Security, TOKEN_AUDIENCE, TOKEN_ISSUER};
 use iryo_rest_api::Config;
 use iryo_security::roles::Role;
 use iryo_security::scopes::ScopeSet;
-use iryo_security::store::{AuditQuery, SecurityStore, SqliteSecurityStore};
+use iryo_security::store::{AuditQuery, PgSecurityStore, SecurityStore, SqliteSecurityStore};
 use iryo_security::token::{ClientKeys, ClientRegistration, TokenRequest, TokenService};
 use iryo_testkit::TestServer;
 use serde_json::{json, Value};
@@ -22,6 +22,7 @@ struct Env {
     srv: TestServer,
     store: Arc<dyn SecurityStore>,
     audit: AuditSink,
+    _pg: Option<iryo_testkit::PgDb>,
 }
 
 fn tokens() -> TokenService {
@@ -58,8 +59,28 @@ fn config(store: Arc<dyn SecurityStore>, audit: AuditSink) -> Config {
 async fn envs() -> Vec<Env> {
     let mut out = Vec::new();
     for engine in ["sqlite", "postgres"] {
-        let store: Arc<dyn SecurityStore> =
-            Arc::new(SqliteSecurityStore::open_in_memory().expect("security store"));
+        // each engine with its own security store: SQLite, or a PostgreSQL database
+        let (store, pg): (Arc<dyn SecurityStore>, _) = if engine == "sqlite" {
+            (
+                Arc::new(SqliteSecurityStore::open_in_memory().expect("security store")),
+                None,
+            )
+        } else {
+            let Some(db) = iryo_testkit::PgDb::create("iryo_secapi").await else {
+                continue;
+            };
+            let url = db.url.clone();
+            let s: Arc<dyn SecurityStore> = tokio::task::spawn_blocking(move || {
+                Arc::new(PgSecurityStore::connect(&url).expect("pg security store"))
+                    as Arc<dyn SecurityStore>
+            })
+            .await
+            .expect("open pg security store");
+            // the blocking client must not be dropped on an async thread (the aborted server
+            // task holds it): keep it; the database is dropped WITH (FORCE) at the end
+            std::mem::forget(s.clone());
+            (s, Some(db))
+        };
         let audit = AuditSink::start(store.clone());
         let cfg = config(store.clone(), audit.clone());
         let srv = if engine == "sqlite" {
@@ -70,7 +91,12 @@ async fn envs() -> Vec<Env> {
                 None => continue,
             }
         };
-        out.push(Env { srv, store, audit });
+        out.push(Env {
+            srv,
+            store,
+            audit,
+            _pg: pg,
+        });
     }
     out
 }
@@ -125,8 +151,12 @@ impl Env {
 
     fn log(&self, q: AuditQuery) -> Vec<iryo_security::audit::AuditRecord> {
         self.audit.flush();
-        self.store
-            .search_audit("default", &q)
+        // on a thread of its own: the PostgreSQL store's client blocks, which an async
+        // test thread must not do
+        let store = self.store.clone();
+        std::thread::spawn(move || store.search_audit("default", &q))
+            .join()
+            .expect("audit search thread")
             .expect("search audit")
     }
 
@@ -217,7 +247,11 @@ async fn forged_expired_none_and_missing_tokens_are_refused_and_logged() {
         assert!(failed.len() >= 4, "{} failures logged", failed.len());
         assert!(env.denied_count() >= before + 4);
         // the chain stays intact
-        assert!(env.store.verify_audit_chain("default").unwrap().is_ok());
+        let store = env.store.clone();
+        let verified = std::thread::spawn(move || store.verify_audit_chain("default"))
+            .join()
+            .expect("verify thread");
+        assert!(verified.unwrap().is_ok(), "{}", env.srv.engine);
     }
 }
 

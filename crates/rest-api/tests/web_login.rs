@@ -27,38 +27,7 @@ async fn blk<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.expect("blocking task")
 }
 
-/// A PostgreSQL database for a security store, dropped at the end.
-struct PgDb {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        let (admin, name) = (self.admin.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            if let Ok(mut c) = postgres::Client::connect(&admin, postgres::NoTls) {
-                let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-            }
-        })
-        .join();
-    }
-}
-
-async fn pg_db() -> Option<PgDb> {
-    let admin = std::env::var(iryo_testkit::PG_ENV).ok()?;
-    let name = format!("iryo_websec_{}", uuid::Uuid::new_v4().simple());
-    let (a, n) = (admin.clone(), name.clone());
-    blk(move || {
-        let mut c = postgres::Client::connect(&a, postgres::NoTls).expect("connect admin");
-        c.batch_execute(&format!("CREATE DATABASE {n}"))
-            .expect("create db");
-    })
-    .await;
-    let url = iryo_testkit::with_database(&admin, &name);
-    Some(PgDb { admin, name, url })
-}
+use iryo_testkit::PgDb;
 
 struct Env {
     srv: TestServer,
@@ -115,7 +84,7 @@ async fn open_store(engine: &str) -> Option<(Arc<dyn SecurityStore>, Option<PgDb
             None,
         ));
     }
-    let db = pg_db().await?;
+    let db = PgDb::create("iryo_websec").await?;
     let url = db.url.clone();
     let s: Arc<dyn SecurityStore> =
         blk(move || Arc::new(PgSecurityStore::connect(&url).expect("pg store"))).await;
@@ -1262,7 +1231,9 @@ async fn jti_replay_refused_across_servers() {
             .await;
             (v, None)
         } else {
-            let Some(db) = pg_db().await else { continue };
+            let Some(db) = PgDb::create("iryo_websec").await else {
+                continue;
+            };
             let url = db.url.clone();
             let v = blk(move || {
                 (0..2)

@@ -257,3 +257,46 @@ pub fn match_ids(bundle: &Value) -> Vec<String> {
     v.sort();
     v
 }
+
+/// A fresh PostgreSQL database on the `IRYO_TEST_POSTGRES` server (for stores a test opens
+/// itself, such as a security store), dropped when this is dropped.
+pub struct PgDb {
+    /// URL of the new database.
+    pub url: String,
+    admin: String,
+    name: String,
+}
+
+impl PgDb {
+    /// Creates `{prefix}_{random}`; None (with a SKIPPED message) when `IRYO_TEST_POSTGRES` is
+    /// not set.
+    pub async fn create(prefix: &str) -> Option<PgDb> {
+        let Ok(admin) = std::env::var(PG_ENV) else {
+            eprintln!("SKIPPED: PostgreSQL part of this test ({PG_ENV} is not set)");
+            return None;
+        };
+        let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+        let (a, n) = (admin.clone(), name.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut c = postgres::Client::connect(&a, postgres::NoTls).expect("connect admin");
+            c.batch_execute(&format!("CREATE DATABASE {n}"))
+                .expect("create db");
+        })
+        .await
+        .expect("create db task");
+        let url = with_database(&admin, &name);
+        Some(PgDb { url, admin, name })
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            if let Ok(mut c) = postgres::Client::connect(&admin, postgres::NoTls) {
+                let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        })
+        .join();
+    }
+}
