@@ -376,7 +376,15 @@ fn visit_from_encounter(ix: &Index, enc: &Value) -> Result<VisitInput> {
     }
     let start = str_at(enc, &["period", "start"])
         .ok_or_else(|| err(enc, "period.start", "the visit date is missing"))?;
-    let date = parse_date(enc, "period.start", start)?;
+    // with a time: the clinic's local (JST) date and time, which also give 深夜 and 休日
+    let local = chrono::DateTime::parse_from_rfc3339(start).ok().map(|t| {
+        t.with_timezone(&chrono::FixedOffset::east_opt(9 * 3600).expect("JST"))
+            .naive_local()
+    });
+    let date = match local {
+        Some(l) => l.date(),
+        None => parse_date(enc, "period.start", start)?,
+    };
     let visit_kind = match code_in(enc.get("type"), SYSTEM_VISIT_KIND) {
         None | Some("revisit") => VisitKind::Revisit,
         Some("initial") => VisitKind::Initial,
@@ -384,7 +392,9 @@ fn visit_from_encounter(ix: &Index, enc: &Value) -> Result<VisitInput> {
         Some(c) => return Err(err(enc, "type", format!("unknown visit kind '{c}'"))),
     };
     let time_category = match extension(enc, EXT_TIME_CATEGORY) {
-        None => TimeCategory::Normal,
+        None => local
+            .map(crate::calc::calendar::time_category_at)
+            .unwrap_or(TimeCategory::Normal),
         Some(e) => {
             let c = e.get("valueCode").and_then(Value::as_str).unwrap_or("");
             serde_json::from_value::<TimeCategory>(Value::String(c.to_string())).map_err(|_| {

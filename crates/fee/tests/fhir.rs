@@ -555,3 +555,65 @@ fn treatment_drugs_are_grouped_per_shikibetsu() {
         "{e}"
     );
 }
+
+/// Without the time-category extension, the visit's own date and time give 深夜 and 休日
+/// (in JST, also when written in UTC); the extension still decides when present.
+#[test]
+fn time_category_from_the_visit_time() {
+    let category = |start: &str, ext: Option<&str>| {
+        let mut b = bundle();
+        edit(&mut b, "v-0001", |r| {
+            r["period"]["start"] = json!(start);
+            if let Some(c) = ext {
+                r["extension"] = json!([{"url": fhir::EXT_TIME_CATEGORY, "valueCode": c}]);
+            } else if let Some(o) = r.as_object_mut() {
+                o.remove("extension");
+            }
+        });
+        let v = visits_from_bundle(&b).unwrap();
+        let v = v
+            .iter()
+            .find(|v| v.id.contains("v-0001"))
+            .expect("visit v-0001");
+        (v.date.to_string(), v.time_category)
+    };
+    // a Tuesday morning
+    assert_eq!(
+        category("2024-07-16T10:00:00+09:00", None),
+        ("2024-07-16".into(), TimeCategory::Normal)
+    );
+    // 海の日 (2024-07-15, a Monday) and a Sunday: 休日
+    assert_eq!(
+        category("2024-07-15T10:00:00+09:00", None).1,
+        TimeCategory::Holiday
+    );
+    assert_eq!(
+        category("2024-07-14T10:00:00+09:00", None).1,
+        TimeCategory::Holiday
+    );
+    // 23:30 on a weekday: 深夜; 05:59 too; 06:00 not
+    assert_eq!(
+        category("2024-07-16T23:30:00+09:00", None).1,
+        TimeCategory::LateNight
+    );
+    assert_eq!(
+        category("2024-07-16T05:59:00+09:00", None).1,
+        TimeCategory::LateNight
+    );
+    assert_eq!(
+        category("2024-07-16T06:00:00+09:00", None).1,
+        TimeCategory::Normal
+    );
+    // written in UTC: 2024-07-16T15:30Z is 07-17 00:30 in Japan
+    assert_eq!(
+        category("2024-07-16T15:30:00Z", None),
+        ("2024-07-17".into(), TimeCategory::LateNight)
+    );
+    // a date without a time: nothing derived
+    assert_eq!(category("2024-07-14", None).1, TimeCategory::Normal);
+    // the extension wins (時間外 needs the clinic's hours, so only the caller knows it)
+    assert_eq!(
+        category("2024-07-16T10:00:00+09:00", Some("overtime")).1,
+        TimeCategory::Overtime
+    );
+}

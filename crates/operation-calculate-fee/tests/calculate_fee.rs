@@ -220,7 +220,7 @@ async fn put_all(srv: &TestServer, base: &str, resources: &[Value]) {
     }
 }
 
-/// Patient p-1 of the default tenant: visit a1 on 2024-07-01 (tests, a drug), a2 on 07-15.
+/// Patient p-1 of the default tenant: visit a1 on 2024-07-01 (tests, a drug), a2 on 07-16 (07-15 is 海の日: a 休日加算 would apply).
 fn clinic_a_data() -> Vec<Value> {
     vec![
         patient("p-1", "1980-05-01"),
@@ -230,7 +230,7 @@ fn clinic_a_data() -> Vec<Value> {
         service_request("sr-2", "a1", "p-1", "160019410"), // グルコース
         charge_item("ci-1", "a1", "p-1", "160000410"),     // 尿蛋白
         gaster("mr-1", "a1", "p-1"),
-        encounter("a2", "p-1", "2024-07-15T09:30:00+09:00", "revisit"),
+        encounter("a2", "p-1", "2024-07-16T09:30:00+09:00", "revisit"),
         service_request("sr-3", "a2", "p-1", "160019410"), // グルコース again
     ]
 }
@@ -306,7 +306,7 @@ async fn worked_example_with_history_and_tenant_facility() {
             .contains("16.5円×3 = 49.5円 → 5点 × 14日分"));
         assert_eq!(part(line, "shikibetsu"), "21");
 
-        // a2 (07-15): the 生化学的検査(1)判断料 was billed on a1, so only
+        // a2 (07-16): the 生化学的検査(1)判断料 was billed on a1, so only
         //   再診料 75 + グルコース 11 + 外来管理加算 52 = 138 点 → 1,380 円 × 30 % = 414 → 410 円
         let (st, _, v) = srv
             .post(

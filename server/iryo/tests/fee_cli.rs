@@ -464,7 +464,12 @@ fn receipt_pages_through_many_encounters() {
         x["id"] = json!(e);
         x["subject"]["reference"] = json!(format!("Patient/{p}"));
         x.as_object_mut().unwrap().remove("diagnosis");
-        x["period"] = json!({"start": format!("2024-07-{:02}T10:00:00+09:00", n % 28 + 1)});
+        // weekdays of July 2024 that are not 休日 (7/15 is 海の日; Sundays would add 休日加算)
+        const DAYS: [u32; 22] = [
+            1, 2, 3, 4, 5, 8, 9, 10, 11, 12, 16, 17, 18, 19, 22, 23, 24, 25, 26, 29, 30, 31,
+        ];
+        let day = DAYS[n % DAYS.len()];
+        x["period"] = json!({"start": format!("2024-07-{day:02}T10:00:00+09:00")});
         list.push(x);
     }
     let c = clinic_with(list, "default");

@@ -1,5 +1,6 @@
 //! Outpatient (入院外) fee calculation driven by the masters and the 電子点数表.
 
+pub mod calendar;
 mod engine;
 pub mod model;
 pub mod rules;
