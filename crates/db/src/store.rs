@@ -220,12 +220,29 @@ struct WriterJob {
 }
 
 /// A small blocking connection pool.
-struct Pool<C> {
+struct Pool<C: Send + 'static> {
     idle: Mutex<Vec<C>>,
     make: Box<dyn Fn() -> Result<C, DbError> + Send + Sync>,
 }
 
-impl<C> Pool<C> {
+impl<C: Send + 'static> Drop for Pool<C> {
+    /// The blocking PostgreSQL client shuts its connection down with a runtime of its own,
+    /// which panics on a thread that drives async tasks (a store dropped at the end of an
+    /// async command or test): idle connections are dropped on a plain thread instead.
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut *self.idle.lock());
+        if idle.is_empty() {
+            return;
+        }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let _ = std::thread::spawn(move || drop(idle)).join();
+        } else {
+            drop(idle);
+        }
+    }
+}
+
+impl<C: Send + 'static> Pool<C> {
     fn get(&self) -> Result<C, DbError> {
         if let Some(c) = self.idle.lock().pop() {
             return Ok(c);
