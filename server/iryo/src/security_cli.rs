@@ -505,8 +505,8 @@ fn system_entry(
 }
 
 /// SQLite: every `*.db` file of the data directory through the online backup API, other
-/// regular files copied; then encrypted into one container. PostgreSQL: refused (see
-/// docs/SECURITY.md: use pg_dump into the encrypted container directory).
+/// regular files copied; PostgreSQL: every table from one snapshot ([`pg_snapshot`]) plus the
+/// data directory's files; then encrypted into one container.
 fn run_backup(
     h: &SecurityHandle,
     sec: &SecArgs,
@@ -514,12 +514,6 @@ fn run_backup(
     key: &Path,
     keep: usize,
 ) -> anyhow::Result<()> {
-    if sec.store.database.is_some() {
-        bail!(
-            "PostgreSQL のバックアップは pg_dump で行ってください（docs/SECURITY.md） / \
-             PostgreSQL backups are not built in yet: use pg_dump (docs/SECURITY.md)"
-        );
-    }
     let now = Utc::now();
     let key_bytes = if key.exists() {
         backup::read_key_file(key).map_err(sec_err)?
@@ -539,9 +533,18 @@ fn run_backup(
         .context("staging directory")?;
     let snap = staging.path().join("data");
     std::fs::create_dir_all(&snap)?;
-    for entry in
-        std::fs::read_dir(data).with_context(|| format!("cannot read {}", data.display()))?
-    {
+    if let Some(url) = &sec.store.database {
+        let n = pg_snapshot(url, &snap)?;
+        eprintln!("PostgreSQL: {n} 表を一貫したスナップショットで複製しました / {n} tables copied from one snapshot");
+    }
+    let entries = if sec.store.database.is_some() && !data.exists() {
+        Vec::new() // PostgreSQL without a local data directory (server key kept elsewhere)
+    } else {
+        std::fs::read_dir(data)
+            .with_context(|| format!("cannot read {}", data.display()))?
+            .collect::<Vec<_>>()
+    };
+    for entry in entries {
         let entry = entry?;
         let p = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -596,6 +599,107 @@ fn run_backup(
     Ok(())
 }
 
+/// The file of a PostgreSQL backup that holds the sequences' values (its presence marks one).
+const PG_SEQUENCES: &str = "pg-sequences.json";
+
+/// A table name as found in `pg_tables` or a backup: lower-case letters, digits, `_`.
+fn plain_table_name(t: &str) -> bool {
+    !t.is_empty()
+        && t.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// PostgreSQL: every table of the schema (FHIR store, security store) copied with `COPY … TO
+/// STDOUT (FORMAT binary)` inside one `REPEATABLE READ READ ONLY` transaction — one consistent
+/// snapshot while servers keep writing — as `pg-<table>.copy`, plus the sequences' values.
+fn pg_snapshot(url: &str, dest: &Path) -> anyhow::Result<usize> {
+    use std::io::Write as _;
+    let mut c = postgres::Client::connect(url, postgres::NoTls)
+        .with_context(|| "PostgreSQL に接続できません / cannot connect to PostgreSQL")?;
+    let mut tx = c
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()?;
+    let tables: Vec<String> = tx
+        .query(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1",
+            &[],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .filter(|t: &String| plain_table_name(t))
+        .collect();
+    for t in &tables {
+        let mut r = tx.copy_out(&format!("COPY \"{t}\" TO STDOUT (FORMAT binary)"))?;
+        let mut f = std::fs::File::create(dest.join(format!("pg-{t}.copy")))?;
+        std::io::copy(&mut r, &mut f)?;
+        f.flush()?;
+    }
+    let mut seqs = serde_json::Map::new();
+    for r in tx.query(
+        "SELECT sequencename::text, last_value FROM pg_sequences WHERE schemaname = current_schema()",
+        &[],
+    )? {
+        let name: String = r.get(0);
+        let value: Option<i64> = r.get(1);
+        seqs.insert(name, serde_json::json!(value));
+    }
+    std::fs::write(
+        dest.join(PG_SEQUENCES),
+        serde_json::to_vec(&serde_json::Value::Object(seqs))?,
+    )?;
+    tx.commit()?;
+    Ok(tables.len())
+}
+
+/// Loads a PostgreSQL backup in one transaction: every table in it emptied and filled again
+/// (`COPY … FROM STDIN`), the sequences set. Schemas are created first if the database is new.
+fn pg_load(sec: &SecArgs, url: &str, src: &Path) -> anyhow::Result<()> {
+    // the FHIR and security schemas (a fresh database has none)
+    drop(iryo_db::Store::open_blocking(url).map_err(|e| anyhow::anyhow!("{e}"))?);
+    drop(SecurityHandle::open(sec)?);
+    let mut tables = vec![];
+    for f in std::fs::read_dir(src)?.filter_map(|e| e.ok()) {
+        let name = f.file_name().to_string_lossy().into_owned();
+        if let Some(t) = name
+            .strip_prefix("pg-")
+            .and_then(|n| n.strip_suffix(".copy"))
+        {
+            if !plain_table_name(t) {
+                bail!("バックアップの表名 {t} が不正です / bad table name {t} in the backup");
+            }
+            tables.push(t.to_string());
+        }
+    }
+    tables.sort();
+    let seqs: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(src.join(PG_SEQUENCES))?)?;
+    let mut c = postgres::Client::connect(url, postgres::NoTls)
+        .with_context(|| "PostgreSQL に接続できません / cannot connect to PostgreSQL")?;
+    let mut tx = c.transaction()?;
+    let list = tables
+        .iter()
+        .map(|t| format!("\"{t}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    tx.batch_execute(&format!("TRUNCATE {list}"))?;
+    for t in &tables {
+        let mut w = tx.copy_in(&format!("COPY \"{t}\" FROM STDIN (FORMAT binary)"))?;
+        let mut f = std::fs::File::open(src.join(format!("pg-{t}.copy")))?;
+        std::io::copy(&mut f, &mut w)?;
+        w.finish()
+            .with_context(|| format!("表 {t} を読み込めません / cannot load table {t}"))?;
+    }
+    for (name, v) in &seqs {
+        if let (true, Some(v)) = (plain_table_name(name), v.as_i64()) {
+            tx.execute("SELECT setval($1::text::regclass, $2)", &[name, &v])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 /// The newest container of a directory, or the file itself.
 fn container_of(from: &Path) -> anyhow::Result<PathBuf> {
     if from.is_file() {
@@ -623,12 +727,6 @@ fn container_of(from: &Path) -> anyhow::Result<PathBuf> {
 /// Verifies the container, extracts it beside the data directory, then swaps it in (the
 /// previous directory is kept as `<data>.before-restore-<time>`).
 fn run_restore(sec: &SecArgs, from: &Path, key: &Path) -> anyhow::Result<()> {
-    if sec.store.database.is_some() {
-        bail!(
-            "PostgreSQL への復元は組み込まれていません（docs/SECURITY.md） / \
-             restoring into PostgreSQL is not built in (docs/SECURITY.md)"
-        );
-    }
     let container = container_of(from)?;
     let key_bytes = backup::read_key_file(key).map_err(sec_err)?;
     let manifest = backup::verify_backup(&container, &key_bytes).map_err(sec_err)?;
@@ -645,6 +743,30 @@ fn run_restore(sec: &SecArgs, from: &Path, key: &Path) -> anyhow::Result<()> {
     let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
     let incoming = parent.join(format!(".{name}.restored-{stamp}"));
     backup::decrypt_to(&container, &incoming, &key_bytes).map_err(sec_err)?;
+    let has_pg = incoming.join(PG_SEQUENCES).exists();
+    match (&sec.store.database, has_pg) {
+        (Some(url), true) => {
+            // the database first, in one transaction: if it fails, nothing is replaced
+            if let Err(e) = pg_load(sec, url, &incoming) {
+                let _ = std::fs::remove_dir_all(&incoming);
+                return Err(e);
+            }
+            for f in std::fs::read_dir(&incoming)?.filter_map(|e| e.ok()) {
+                if f.file_name().to_string_lossy().starts_with("pg-") {
+                    std::fs::remove_file(f.path())?;
+                }
+            }
+        }
+        (None, true) | (Some(_), false) => {
+            let _ = std::fs::remove_dir_all(&incoming);
+            bail!(
+                "このバックアップは {} のものです（--database の有無を確認してください） / this backup is of {} (check --database)",
+                if has_pg { "PostgreSQL" } else { "SQLite" },
+                if has_pg { "a PostgreSQL store" } else { "an SQLite store" }
+            );
+        }
+        (None, false) => {}
+    }
     // restored files are owner-only (the server key refuses wider permissions)
     #[cfg(unix)]
     for f in std::fs::read_dir(&incoming)?.filter_map(|e| e.ok()) {
