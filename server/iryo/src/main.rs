@@ -80,6 +80,10 @@ enum Cmd {
         /// public apps (redirect_uris) for [base]/auth/authorize.
         #[arg(long, env = "IRYO_SMART_CLIENTS")]
         smart_clients: Option<PathBuf>,
+        /// Accounts not used for this many days are disabled (checked at start and hourly;
+        /// R7 不要アカウントの無効化).
+        #[arg(long, default_value_t = 90, env = "IRYO_DORMANT_DAYS")]
+        dormant_days: u32,
         /// Public base URL (scheme://host[:port]) used in links.
         #[arg(long)]
         public_base: Option<String>,
@@ -181,6 +185,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             insecure_loopback,
             behind_proxy,
             smart_clients,
+            dormant_days,
             tls_cert,
             tls_key,
         } => {
@@ -249,9 +254,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     Some(p) => security_cli::load_clients(p)?,
                     None => Vec::new(),
                 },
-                accounts: Some(std::sync::Arc::new(iryo_security::accounts::Accounts::new(
-                    shared.clone(),
-                    handle.config.clone(),
+                accounts: Some(spawn_housekeeping(std::sync::Arc::new(
+                    iryo_security::accounts::Accounts::new(
+                        shared.clone(),
+                        iryo_security::accounts::SecurityConfig {
+                            dormant_after: chrono::Duration::days(i64::from(dormant_days)),
+                            ..handle.config.clone()
+                        },
+                    ),
                 ))),
                 secure_cookies: tls.is_some() || behind_proxy,
             };
@@ -378,4 +388,36 @@ fn operations(data: &std::path::Path, clins: &iryo_clins::ClinsState) -> iryo_re
             clins.clone(),
         )),
     ])
+}
+
+/// The accounts' periodic job, on a thread of its own (the security store blocks): dormant
+/// accounts disabled in every tenant (each one logged by the store), expired sessions purged —
+/// at start, then hourly.
+fn spawn_housekeeping<S>(
+    acc: std::sync::Arc<iryo_security::accounts::Accounts<S>>,
+) -> std::sync::Arc<iryo_security::accounts::Accounts<S>>
+where
+    S: iryo_security::store::SecurityStore + Send + Sync + 'static,
+{
+    let a = acc.clone();
+    let spawned = std::thread::Builder::new()
+        .name("iryo-housekeeping".into())
+        .spawn(move || loop {
+            match a.housekeeping(chrono::Utc::now()) {
+                Ok((disabled, purged)) => {
+                    for (tenant, user) in &disabled {
+                        eprintln!(
+                            "iryo: 長期間使われていないアカウントを無効にしました / dormant account disabled: {tenant}/{user}"
+                        );
+                    }
+                    tracing::debug!("housekeeping: {} sessions purged", purged);
+                }
+                Err(e) => tracing::warn!("housekeeping failed: {}", e.message_en),
+            }
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the housekeeping thread: {e}");
+    }
+    acc
 }

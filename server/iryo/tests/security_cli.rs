@@ -491,3 +491,53 @@ fn postgres_backup_and_restore() {
     assert_eq!(count(&mut c, "p3") + count(&mut c, "p2"), 2);
     let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
 }
+
+/// `iryo serve` disables dormant accounts by itself (at start, then hourly): with
+/// `--dormant-days 0` every active account counts as unused, so the nurse added before the
+/// start is disabled without anyone running a command.
+#[test]
+fn serve_disables_dormant_accounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("data").display().to_string();
+    let o = iryo(&[
+        "user",
+        "add",
+        "--data",
+        &d,
+        "--username",
+        "nurse1",
+        "--name",
+        "看護 花子",
+        "--role",
+        "nurse",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = iryo(&["user", "list", "--data", &d]);
+    let line = |t: &str| {
+        t.lines()
+            .find(|l| l.contains("nurse1"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(!line(&text(&o)).contains("disabled"), "{}", text(&o));
+    let port = free_port();
+    let (srv, lines) = serve_with(&d, port, &["--dormant-days", "0"]);
+    let mut disabled = false;
+    for _ in 0..50 {
+        let o = iryo(&["user", "list", "--data", &d]);
+        if line(&text(&o)).contains("disabled") {
+            disabled = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(srv);
+    assert!(
+        disabled,
+        "nurse1 still active; serve printed: {}",
+        lines.join("\n")
+    );
+    // the disabling is in the access log, which still verifies
+    let o = iryo(&["audit", "verify", "--data", &d]);
+    assert!(o.status.success(), "{}", text(&o));
+}
