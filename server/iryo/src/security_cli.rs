@@ -166,6 +166,18 @@ pub enum AuditCmd {
         #[arg(long)]
         tenant: Option<String>,
     },
+    /// Export the access log for review: every entry as a FHIR AuditEvent (IHE BALP), one per
+    /// line (NDJSON), in chain order; prints each chain's head (keep it off-host).
+    Export {
+        #[command(flatten)]
+        sec: SecArgs,
+        /// One tenant; default all.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Output file (NDJSON).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -462,6 +474,57 @@ pub fn run(cmd: SecCmd) -> anyhow::Result<()> {
             if broken > 0 {
                 bail!("監査ログの改ざんを検出しました / audit chain broken in {broken} tenant(s)");
             }
+            Ok(())
+        }
+        SecCmd::Audit {
+            cmd: AuditCmd::Export { sec, tenant, out },
+        } => {
+            use std::io::Write as _;
+            let h = SecurityHandle::open(&sec)?;
+            let tenants = match tenant {
+                Some(t) => vec![t],
+                None => h.store().audit_tenants().map_err(sec_err)?,
+            };
+            let file = std::fs::File::create(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            let mut w = std::io::BufWriter::new(file);
+            let mut total = 0u64;
+            for t in &tenants {
+                let mut next = 0u64;
+                let mut n = 0u64;
+                let mut head = None;
+                loop {
+                    let page = h.store().audit_range(t, next, 1000).map_err(sec_err)?;
+                    let Some(last) = page.last() else { break };
+                    next = last.entry.seq + 1;
+                    head = Some(iryo_security::audit::ChainHead::of(last));
+                    w.write_all(iryo_security::audit::to_ndjson(&page).as_bytes())?;
+                    n += page.len() as u64;
+                }
+                total += n;
+                match head {
+                    Some(hd) => println!(
+                        "{t}: {n} 件 / entries; chain head seq {} hash {}",
+                        hd.seq, hd.hash
+                    ),
+                    None => println!("{t}: 0 件 / entries"),
+                }
+            }
+            w.flush()?;
+            let mut e = NewAuditEntry::new(
+                now,
+                SYSTEM_TENANT,
+                &format!("host:{}", operator()),
+                AuditAction::AuditExport,
+                AuditOutcome::Success,
+            );
+            e.details = serde_json::json!({"tenants": tenants, "entries": total,
+                "file": out.display().to_string()});
+            h.store().append_audit(e).map_err(sec_err)?;
+            println!(
+                "監査ログを書き出しました / access log exported: {} ({total} entries)",
+                out.display()
+            );
             Ok(())
         }
         SecCmd::Security {
