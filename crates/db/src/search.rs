@@ -281,20 +281,7 @@ fn chain_sql(
             let tc = type_code(t).ok_or_else(|| unsupported(t))?;
             let tcb = q.bind(P::I(tc));
             let cond = match inner {
-                Clause::Param {
-                    code,
-                    kind,
-                    modifier,
-                    values,
-                    ..
-                } if code != "_id"
-                    && code != "_lastUpdated"
-                    && *kind != K::Composite
-                    && *modifier != Modifier::Not
-                    && !values.iter().any(|v| matches!(v, Value::Missing(_))) =>
-                {
-                    source(q, tenant, &tcb, code, *kind, modifier, values)?.probe(&alias)
-                }
+                c if is_positive(c) => positive_source(q, tenant, &tcb, c)?.probe(&alias),
                 Clause::Chain {
                     ref_code,
                     target_types,
@@ -333,6 +320,41 @@ fn chain_sql(
         "{r}.rid IN (SELECT s{depth}.rid FROM sp_reference s{depth} WHERE s{depth}.tenant = {tenant} AND s{depth}.type = {tcode} AND s{depth}.param = {pk} AND ({}))",
         ors.join(" OR ")
     ))
+}
+
+/// A clause that one index range can answer by itself: a parameter (not `_id` or
+/// `_lastUpdated`, which live in `resource`) without `:not`, `:missing` or composite values.
+fn is_positive(c: &Clause) -> bool {
+    match c {
+        Clause::Param {
+            code,
+            kind,
+            modifier,
+            values,
+            ..
+        } => {
+            code != "_id"
+                && code != "_lastUpdated"
+                && *kind != K::Composite
+                && *modifier != Modifier::Not
+                && !values.iter().any(|v| matches!(v, Value::Missing(_)))
+        }
+        _ => false,
+    }
+}
+
+/// The [`Source`] of a clause for which [`is_positive`] holds.
+fn positive_source(q: &mut Q, tenant: &str, tcode: &str, c: &Clause) -> Result<Source, DbError> {
+    match c {
+        Clause::Param {
+            code,
+            kind,
+            modifier,
+            values,
+            ..
+        } => source(q, tenant, tcode, code, *kind, modifier, values),
+        _ => Err(unsupported("clause without an index range")),
+    }
 }
 
 fn param_name(code: &str, m: &Modifier) -> String {
@@ -768,29 +790,13 @@ fn plan_indexed(
     if !query.sort.is_empty() {
         return Ok(None);
     }
-    let positive = |c: &Clause| match c {
-        Clause::Param {
-            code,
-            kind,
-            modifier,
-            values,
-            ..
-        } => {
-            code != "_id"
-                && code != "_lastUpdated"
-                && *kind != K::Composite
-                && *modifier != Modifier::Not
-                && !values.iter().any(|v| matches!(v, Value::Missing(_)))
-        }
-        _ => false,
-    };
     let resource_free = |c: &Clause| match c {
         Clause::Param { code, .. } => code != "_id" && code != "_lastUpdated",
         Clause::Chain { .. } => true,
         Clause::Has { .. } => false,
     };
     if !query.clauses.iter().all(resource_free)
-        || (compartment.is_none() && !query.clauses.iter().any(positive))
+        || (compartment.is_none() && !query.clauses.iter().any(is_positive))
     {
         return Ok(None);
     }
@@ -804,18 +810,8 @@ fn plan_indexed(
         sources.push((None, compartment_source(&mut q, &t, &tcode, query, comp)?));
     }
     for (i, c) in query.clauses.iter().enumerate() {
-        if let Clause::Param {
-            code,
-            kind,
-            modifier,
-            values,
-            ..
-        } = c
-        {
-            if positive(c) {
-                let src = source(&mut q, &t, &tcode, code, *kind, modifier, values)?;
-                sources.push((Some(i), src));
-            }
+        if is_positive(c) {
+            sources.push((Some(i), positive_source(&mut q, &t, &tcode, c)?));
         }
     }
     let driver = sources
@@ -830,7 +826,7 @@ fn plan_indexed(
         wh.push(s.probe("d"));
     }
     for (i, c) in query.clauses.iter().enumerate() {
-        if sources.iter().any(|(j, _)| *j == Some(i)) || positive(c) {
+        if sources.iter().any(|(j, _)| *j == Some(i)) || is_positive(c) {
             continue;
         }
         wh.push(match c {
