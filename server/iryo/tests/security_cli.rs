@@ -432,14 +432,13 @@ fn postgres_backup_and_restore() {
     // changes after the backup
     run(&["import", &ndjson("p2")]);
     run(&["tenant", "create", "clinic-b"]);
-    let count = |c: &mut postgres::Client, id: &str| -> i64 {
-        let mut db = postgres::Client::connect(&url, postgres::NoTls).expect("connect db");
-        let _ = c;
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).expect("connect db");
+    let mut count = |id: &str| -> i64 {
         db.query_one("SELECT count(*) FROM resource WHERE id = $1", &[&id])
             .unwrap()
             .get(0)
     };
-    assert_eq!(count(&mut c, "p2"), 1);
+    assert_eq!(count("p2"), 1);
     // a tampered container is refused before anything is touched
     let container = std::fs::read_dir(&b)
         .unwrap()
@@ -461,7 +460,7 @@ fn postgres_backup_and_restore() {
     ];
     a.extend(["--database", url.as_str(), "--data", d.as_str()]);
     assert!(!iryo(&a).status.success());
-    assert_eq!(count(&mut c, "p2"), 1, "nothing replaced");
+    assert_eq!(count("p2"), 1, "nothing replaced");
     // a SQLite restore of a PostgreSQL backup is refused
     let o = iryo(&[
         "restore",
@@ -473,10 +472,28 @@ fn postgres_backup_and_restore() {
         &key,
     ]);
     assert!(!o.status.success(), "{}", text(&o));
+    // a load that fails half-way (a table no longer has the backup's columns) rolls back:
+    // the tables emptied before it are as they were, the data directory is not swapped
+    let mut admin_db = postgres::Client::connect(&url, postgres::NoTls).expect("connect db");
+    admin_db
+        .batch_execute("ALTER TABLE tenant ADD COLUMN extra BIGINT")
+        .unwrap();
+    let mut a = vec!["restore", "--from", b.as_str(), "--key", key.as_str()];
+    a.extend(["--database", url.as_str(), "--data", d.as_str()]);
+    let o = iryo(&a);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert_eq!(count("p2"), 1, "rolled back: {}", text(&o));
+    assert!(!std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().contains("before-restore")));
+    admin_db
+        .batch_execute("ALTER TABLE tenant DROP COLUMN extra")
+        .unwrap();
     // the good restore: the state of the backup
     run(&["restore", "--from", &b, "--key", &key]);
-    assert_eq!(count(&mut c, "p1"), 1);
-    assert_eq!(count(&mut c, "p2"), 0);
+    assert_eq!(count("p1"), 1);
+    assert_eq!(count("p2"), 0);
     let o = run(&["tenant", "list"]);
     assert!(
         text(&o).contains("clinic-a") && !text(&o).contains("clinic-b"),
@@ -488,7 +505,7 @@ fn postgres_backup_and_restore() {
     // the sequences came back too: new writes get fresh keys
     run(&["import", &ndjson("p3")]);
     run(&["import", &ndjson("p2")]);
-    assert_eq!(count(&mut c, "p3") + count(&mut c, "p2"), 2);
+    assert_eq!(count("p3") + count("p2"), 2);
     let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
 }
 
