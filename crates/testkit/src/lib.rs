@@ -31,22 +31,14 @@ pub struct TestServer {
     /// What `Store::open` was given (data directory or PostgreSQL URL).
     pub location: String,
     _dir: Option<tempfile::TempDir>,
-    pg_db: Option<(String, String)>,
+    /// The test database (dropped with the server, after the task is stopped).
+    _pg_db: Option<PgDb>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.task.abort();
-        if let Some((admin_url, db)) = self.pg_db.take() {
-            // drop the test database from a separate thread (postgres::Client is blocking)
-            let _ = std::thread::spawn(move || {
-                if let Ok(mut c) = postgres::Client::connect(&admin_url, postgres::NoTls) {
-                    let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
-                }
-            })
-            .join();
-        }
     }
 }
 
@@ -59,7 +51,7 @@ impl TestServer {
         engine: &'static str,
         location: String,
         dir: Option<tempfile::TempDir>,
-        pg_db: Option<(String, String)>,
+        pg_db: Option<PgDb>,
     ) -> TestServer {
         let app = iryo_rest_api::router(iryo_rest_api::AppState::new(store.clone(), config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -78,7 +70,7 @@ impl TestServer {
             engine,
             location,
             _dir: dir,
-            pg_db,
+            _pg_db: pg_db,
             task,
         }
     }
@@ -103,25 +95,12 @@ impl TestServer {
     }
 
     pub async fn postgres_with(config: iryo_rest_api::Config) -> Option<TestServer> {
-        let Ok(admin_url) = std::env::var(PG_ENV) else {
-            eprintln!("SKIPPED: PostgreSQL part of this test ({PG_ENV} is not set)");
-            return None;
-        };
-        let db = format!("iryo_test_{}", uuid::Uuid::new_v4().simple());
-        let (u2, d2) = (admin_url.clone(), db.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut c = postgres::Client::connect(&u2, postgres::NoTls)
-                .expect("connect to the PostgreSQL admin URL");
-            c.batch_execute(&format!("CREATE DATABASE {d2}"))
-                .expect("create test database");
-        })
-        .await
-        .expect("create db");
-        let url = with_database(&admin_url, &db);
-        let store = iryo_db::Store::open(&url)
+        let db = PgDb::create("iryo_test").await?;
+        let store = iryo_db::Store::open(&db.url)
             .await
             .expect("open postgres store");
-        Some(Self::start(store, config, "postgres", url, None, Some((admin_url, db))).await)
+        let url = db.url.clone();
+        Some(Self::start(store, config, "postgres", url, None, Some(db)).await)
     }
 
     /// Another server on the same database, as a second `iryo serve` process would be (its
